@@ -1,0 +1,1 @@
+"""dqnn: Direct Quantization (DQ) for training low-bit-width CNNs in JAX/Flax."""

@@ -1,0 +1,180 @@
+"""DQ activation quantizer: nearest-level quantization with per-channel error weighting.
+
+One level table per tensor (layer), `L = 2**bits` levels, parameterised as
+- `basis`: levels `{e . v : e in {0,1}^b}` (bit-operation compatible, as in LQ-Nets);
+- `free`: `L` free levels, used sorted;
+- `uniform`: `clip * k / (L-1)`.
+The levels minimise the weighted error `E = sum_c w_c mean_{n,h,w} (x_c - Q(x_c))^2` with
+`w_c = 1 / (mean x_c^2 + eps * mean_c' mean x_c'^2)` (`weighting='channel'`, DQ) or `w_c = 1`
+(`weighting='pooled'`, the LQ-Nets baseline): by gradient (`update='gradient'`, the levels are
+`params`) or by closed-form weighted least squares plus a moving average
+(`update='closed_form'`, the levels are state in the `quant_stats` collection, updated only when
+that collection is mutable). See docs/method.md.
+"""
+import functools
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dqnn.quantizers import levels as lv
+from dqnn.quantizers.bits import check_bits
+
+STATS = 'quant_stats'
+PARAMETERISATIONS = ('basis', 'free', 'uniform')
+WEIGHTINGS = ('channel', 'pooled')
+UPDATES = ('gradient', 'closed_form')
+
+
+def channel_weights(x: jax.Array, weighting: str, eps: float) -> jax.Array:
+  """`w_c` for channels-last `x`: inverse channel energy (`channel`) or ones (`pooled`)."""
+  channels = x.reshape(-1, x.shape[-1])
+  if weighting == 'pooled':
+    return jnp.ones(channels.shape[-1], channels.dtype)
+  energy = jnp.mean(channels ** 2, axis=0)
+  # eps is relative to the mean energy, so the weighting does not depend on the input's scale.
+  return 1.0 / (energy + eps * jnp.mean(energy) + 1e-30)
+
+
+def weighted_level_sums(x: jax.Array, levels: jax.Array, weighting: str, eps: float):
+  """Per level `l`: `mass_l = sum_{x->l} w_c / M` and `moment_l = sum_{x->l} w_c x / M`.
+
+  `M` is the number of elements per channel. Both the gradient of `E` and its closed-form
+  minimiser are functions of these two sums.
+  """
+  channels = x.reshape(-1, x.shape[-1])
+  weights = jnp.broadcast_to(channel_weights(channels, weighting, eps), channels.shape)
+  weights = weights / channels.shape[0]
+  nearest = lv.nearest_level_1d(channels, levels).reshape(-1, 1)
+  num_levels = levels.shape[0]
+  mass = lv.sum_by_level(weights.reshape(-1, 1), nearest, num_levels)[0]
+  moment = lv.sum_by_level((weights * channels).reshape(-1, 1), nearest, num_levels)[0]
+  return mass, moment
+
+
+def per_channel_relative_error(x: jax.Array, q: jax.Array) -> jax.Array:
+  """`mean (x_c - q_c)^2 / mean x_c^2` for every channel (last axis)."""
+  x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+  q = q.reshape(-1, q.shape[-1]).astype(jnp.float32)
+  return jnp.mean((x - q) ** 2, axis=0) / jnp.maximum(jnp.mean(x ** 2, axis=0), 1e-30)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def quantize(x: jax.Array, levels: jax.Array, weighting: str, eps: float,
+             task_grad_weight: float) -> jax.Array:
+  """Nearest of the sorted `levels` (values past the ends clip to them)."""
+  return levels[lv.nearest_level_1d(x, levels)]
+
+
+def _quantize_fwd(x, levels, weighting, eps, task_grad_weight):
+  return quantize(x, levels, weighting, eps, task_grad_weight), (x, levels)
+
+
+def _quantize_bwd(weighting, eps, task_grad_weight, residuals, g):
+  x, levels = residuals
+  # x: clipped straight-through. levels: the gradient of the weighted error E (not of the task
+  # loss), so the levels minimise the per-channel weighted error; optionally plus the task term.
+  grad_x = jnp.where(x <= levels[-1], g, 0).astype(g.dtype)
+  mass, moment = weighted_level_sums(x, levels, weighting, eps)
+  grad_levels = -2.0 * (moment - levels * mass)
+  if task_grad_weight:
+    nearest = lv.nearest_level_1d(x, levels).reshape(-1, 1)
+    task = lv.sum_by_level(g.reshape(-1, 1).astype(levels.dtype), nearest, levels.shape[0])[0]
+    grad_levels = grad_levels + task_grad_weight * task
+  return grad_x, grad_levels
+
+
+quantize.defvjp(_quantize_fwd, _quantize_bwd)
+
+
+def binary_codes(bits: int) -> jax.Array:
+  """All `e in {0,1}^bits` as rows, `(2**bits, bits)`."""
+  return jnp.array(list(itertools.product((0.0, 1.0), repeat=bits)))[:, ::-1]
+
+
+def initial_top_level(x: jax.Array, num_levels: int) -> jax.Array:
+  """LSQ's initial range, `2 sqrt(L-1) mean|x|`, shared by every activation quantizer.
+
+  When initialised with an all-zero dummy batch, `mean|x|` falls back to that of a ReLU'd unit
+  Gaussian (0.4).
+  """
+  mean_abs = jnp.mean(jnp.abs(x.astype(jnp.float32)))
+  mean_abs = jnp.where(mean_abs > 0, mean_abs, 0.4)
+  return 2.0 * jnp.sqrt(num_levels - 1.0) * mean_abs
+
+
+def levels_from(parameterisation: str, value: jax.Array, bits: int) -> jax.Array:
+  """The sorted `(L,)` level table of a parameter value."""
+  num_levels = 2 ** bits
+  if parameterisation == 'basis':
+    return jnp.sort(binary_codes(bits) @ value)
+  if parameterisation == 'free':
+    return jnp.sort(value)
+  return value * jnp.arange(num_levels) / (num_levels - 1)
+
+
+def closed_form(parameterisation: str, mass: jax.Array, moment: jax.Array, levels: jax.Array,
+                current: jax.Array, bits: int) -> jax.Array:
+  """The parameter value minimising `E` with every element's level held fixed."""
+  num_levels = 2 ** bits
+  if parameterisation == 'free':
+    return jnp.where(mass > 0, moment / jnp.where(mass > 0, mass, 1), levels)
+  if parameterisation == 'uniform':
+    fraction = jnp.arange(num_levels) / (num_levels - 1)
+    denom = jnp.sum(mass * fraction ** 2)
+    return jnp.where(denom > 0, jnp.sum(moment * fraction) / jnp.where(denom > 0, denom, 1),
+                     current)
+  # Basis: weighted least squares over the codes of the levels in sorted order.
+  codes = binary_codes(bits)
+  codes = codes[jnp.argsort(codes @ current)]
+  gram = codes.T @ (mass[:, None] * codes) + 1e-9 * jnp.eye(bits)
+  return jnp.linalg.solve(gram, codes.T @ moment)
+
+
+class DQActivation(nn.Module):
+  """Quantizes non-negative activations (channels last) to `2**bits` learned levels."""
+  bits: int
+  weighting: str = 'channel'
+  parameterisation: str = 'basis'
+  update: str = 'gradient'
+  task_grad_weight: float = 0.0
+  momentum: float = 0.9
+  eps: float = 1e-3
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    check_bits(self.bits, 'a_bits')
+    _check_choice('weighting', self.weighting, WEIGHTINGS)
+    _check_choice('parameterisation', self.parameterisation, PARAMETERISATIONS)
+    _check_choice('update', self.update, UPDATES)
+    if self.bits == 32:
+      return x
+    xf = x.astype(jnp.float32)
+    name = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[self.parameterisation]
+    init = functools.partial(self._initial_value, xf)
+    if self.update == 'gradient':
+      value = self.param(name, lambda _: init())
+    else:
+      value = self.variable(STATS, name, init).value
+    levels = levels_from(self.parameterisation, value, self.bits)
+    if self.update == 'closed_form' and self.is_mutable_collection(STATS) and not self.is_initializing():
+      mass, moment = weighted_level_sums(jax.lax.stop_gradient(xf), levels, self.weighting, self.eps)
+      fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits)
+      self.put_variable(STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
+    return quantize(xf, levels, self.weighting, self.eps, self.task_grad_weight).astype(x.dtype)
+
+  def _initial_value(self, x):
+    """Uniform levels from 0 to `initial_top_level`, in this parameterisation."""
+    num_levels = 2 ** self.bits
+    top = initial_top_level(x, num_levels)
+    if self.parameterisation == 'basis':
+      return top * 2.0 ** jnp.arange(self.bits) / (num_levels - 1)
+    if self.parameterisation == 'free':
+      return top * jnp.arange(num_levels) / (num_levels - 1)
+    return top
+
+
+def _check_choice(what, value, choices):
+  if value not in choices:
+    raise ValueError(f'{what} must be one of {", ".join(choices)}; got {value!r}.')

@@ -1,0 +1,133 @@
+"""Level-table arithmetic shared by the quantizers.
+
+A level table holds `L = 2**bits` strictly increasing values per group, shape `(G, L)`. Values
+being quantized are laid out as `(N, G)`: group `g` is column `g` (the output channel of a
+kernel, or a single column for a per-tensor table). See docs/method.md for the equations.
+"""
+import jax
+import jax.numpy as jnp
+
+# Up to this many levels, per-level sums are a fused compare-and-reduce (no scatter, deterministic
+# on every backend); beyond it (8 bits) a scatter-add is cheaper than the L-fold compare.
+_COMPARE_MAX_LEVELS = 16
+
+
+def as_groups(x: jax.Array, num_groups: int) -> jax.Array:
+  """Reshapes `x` (last axis = output channels) to `(N, G)`; `G` is 1 or x.shape[-1]."""
+  return x.reshape(-1, num_groups)
+
+
+def sum_by_level(values: jax.Array, level_index: jax.Array, num_levels: int) -> jax.Array:
+  """`out[g, l] = sum of values[n, g] over n with level_index[n, g] == l`, shape `(G, L)`."""
+  if num_levels <= _COMPARE_MAX_LEVELS:
+    hits = level_index[..., None] == jnp.arange(num_levels)
+    return jnp.sum(jnp.where(hits, values[..., None], 0), axis=0)
+  groups = jnp.broadcast_to(jnp.arange(values.shape[1]), values.shape)
+  return jnp.zeros((values.shape[1], num_levels), values.dtype).at[groups, level_index].add(values)
+
+
+def lookup(levels: jax.Array, level_index: jax.Array) -> jax.Array:
+  """`levels[g, level_index[n, g]]`, shape `(N, G)`."""
+  return jnp.take_along_axis(levels.T, level_index, axis=0)
+
+
+def round_index(index: jax.Array, num_levels: int) -> jax.Array:
+  """The level a straight-through index selects: round, clipped to `[0, L-1]`."""
+  return jnp.clip(jnp.round(index), 0, num_levels - 1).astype(jnp.int32)
+
+
+def soft_value(index: jax.Array, levels: jax.Array) -> jax.Array:
+  """`s(index, levels)`: piecewise-linear interpolation of each group's levels at `index`.
+
+  Extended linearly past the end levels with the end gaps, so `s` is a bijection between
+  `[-1/2, L-1/2]` and the union of the levels' rounding cells.
+  """
+  num_levels = levels.shape[-1]
+  lower = jnp.clip(jnp.floor(index), 0, num_levels - 2).astype(jnp.int32)
+  lo = lookup(levels, lower)
+  hi = lookup(levels, lower + 1)
+  return lo + (index - lower) * (hi - lo)
+
+
+def fractional_index(values: jax.Array, levels: jax.Array) -> jax.Array:
+  """`s^-1(values, levels)`, clipped to `[-1/2, L-1/2]`; its rounding is the nearest level."""
+  num_levels = levels.shape[-1]
+  # Per group: the last level <= value, as the left end of the interpolation interval.
+  below = jax.vmap(lambda lv, v: jnp.searchsorted(lv, v, side='right'), in_axes=(0, 1), out_axes=1)
+  lower = jnp.clip(below(levels, values) - 1, 0, num_levels - 2)
+  lo = lookup(levels, lower)
+  hi = lookup(levels, lower + 1)
+  index = lower + (values - lo) / (hi - lo)
+  return jnp.clip(index, -0.5, num_levels - 0.5)
+
+
+def nearest_index(values: jax.Array, levels: jax.Array) -> jax.Array:
+  """Index of the nearest level for each value, `(N, G)` against `(G, L)`."""
+  return round_index(fractional_index(values, levels), levels.shape[-1])
+
+
+def min_gap(levels: jax.Array, ratio: float) -> jax.Array:
+  """The smallest gap levels may have: `ratio` times each group's mean gap (never 0)."""
+  spread = levels[:, -1:] - levels[:, :1]
+  return jnp.maximum(ratio * spread / (levels.shape[-1] - 1), 1e-8)
+
+
+def make_increasing(levels: jax.Array, gap: jax.Array) -> jax.Array:
+  """Sorts each row and pushes levels apart so consecutive gaps are at least `gap`.
+
+  The adjustment is centred, so a symmetric table stays symmetric.
+  """
+  levels = jnp.sort(levels, axis=-1)
+  steps = gap * jnp.arange(levels.shape[-1])
+  shifted = levels - steps
+  pushed_up = jax.lax.cummax(shifted, axis=1) + steps
+  pushed_down = -jax.lax.cummax(-shifted, axis=1, reverse=True) + steps
+  return (pushed_up + pushed_down) / 2
+
+
+def mirror(half_levels: jax.Array) -> jax.Array:
+  """The full symmetric table `(-h[::-1], h)` of a positive half table `h`, shape `(G, L)`."""
+  return jnp.concatenate([-half_levels[:, ::-1], half_levels], axis=-1)
+
+
+def lloyd_step(values: jax.Array, levels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+  """One (weighted) k-means step: each level moves to the mean of the values nearest to it.
+
+  A level with no values keeps its place. Returns the unsorted, unprojected new table.
+  """
+  num_levels = levels.shape[-1]
+  index = nearest_index(values, levels)
+  weights = jnp.ones_like(values) if weights is None else weights
+  mass = sum_by_level(weights, index, num_levels)
+  total = sum_by_level(weights * values, index, num_levels)
+  return jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1), levels)
+
+
+def kmeans_levels(values: jax.Array, num_levels: int, *, iterations: int, symmetric: bool,
+                  gap_ratio: float) -> jax.Array:
+  """Per-column k-means of `values` `(N, G)` into `num_levels` levels, started at quantiles.
+
+  With `symmetric`, the data are mirrored and each step keeps the table symmetric.
+  """
+  if symmetric:
+    values = jnp.concatenate([values, -values], axis=0)
+  quantiles = (jnp.arange(num_levels) + 0.5) / num_levels
+  levels = jnp.quantile(values, quantiles, axis=0).T
+
+  def project(levels):
+    if symmetric:
+      levels = (levels - levels[:, ::-1]) / 2
+    return make_increasing(levels, min_gap(levels, gap_ratio))
+
+  levels = project(levels)
+  for _ in range(iterations):
+    levels = project(lloyd_step(values, levels))
+  return levels
+
+
+def nearest_level_1d(x: jax.Array, levels: jax.Array) -> jax.Array:
+  """Index of the nearest of the sorted 1-D `levels` for every element of `x`."""
+  midpoints = (levels[1:] + levels[:-1]) / 2
+  if levels.shape[0] <= _COMPARE_MAX_LEVELS:
+    return jnp.sum(x[..., None] > midpoints, axis=-1, dtype=jnp.int32)
+  return jnp.searchsorted(midpoints, x, side='left').astype(jnp.int32)

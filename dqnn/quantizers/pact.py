@@ -1,0 +1,28 @@
+"""PACT (Choi et al. 2018, baseline): activations clipped at a learned `alpha`, then uniform.
+
+The clip gets PACT's gradient (the upstream gradient where `x >= alpha`); rounding is
+straight-through. `alpha` starts at the shared data-dependent range (`initial_top_level`).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.dq_activation import initial_top_level
+from dqnn.quantizers.ste import replace_ste
+
+
+class PACTActivation(nn.Module):
+  bits: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    check_bits(self.bits, 'a_bits')
+    if self.bits == 32:
+      return x
+    xf = x.astype(jnp.float32)
+    alpha = self.param('clip', lambda _: initial_top_level(xf, 2 ** self.bits))
+    clipped = jnp.minimum(jnp.maximum(xf, 0), alpha)
+    steps = 2 ** self.bits - 1
+    quantized = jnp.round(clipped * steps / alpha) * alpha / steps
+    return replace_ste(clipped, quantized).astype(x.dtype)
