@@ -5,7 +5,8 @@ the quantizer names and their options. The input is quantized to `a_bits` (the o
 previous BN+ReLU), the kernel to `w_bits`; 32 bits is exactly the float layer, with the same
 parameter names. Trainable quantizer parameters live in `params` under `weight_quantizer` /
 `act_quantizer`; statistics that are not trained by gradient live in `quant_stats` — pass
-`mutable=['batch_stats', 'quant_stats']` when training.
+`mutable=['batch_stats', 'quant_stats']` when training. Set `a_signed` for a layer whose input
+can be negative (it is not the output of a ReLU).
 """
 from typing import Any, Mapping
 
@@ -28,7 +29,8 @@ class _Quantized:
     if check_bits(self.a_bits, 'a_bits') == FULL_PRECISION:
       return inputs
     return quantizers.activation_quantizer(
-        self.act_quantizer, self.a_bits, self.act_options, name='act_quantizer')(inputs)
+        self.act_quantizer, self.a_bits, self.act_options, signed=self.a_signed,
+        name='act_quantizer')(inputs)
 
   def param(self, name, init_fn, *init_args, **init_kwargs):
     # nn.Conv / nn.Dense create their kernel through self.param('kernel', ...): a quantized layer
@@ -49,6 +51,7 @@ class QuantConv(_Quantized, nn.Conv):
   act_quantizer: str = 'dq'
   weight_options: Mapping[str, Any] | None = None
   act_options: Mapping[str, Any] | None = None
+  a_signed: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -63,6 +66,7 @@ class QuantDense(_Quantized, nn.Dense):
   act_quantizer: str = 'dq'
   weight_options: Mapping[str, Any] | None = None
   act_options: Mapping[str, Any] | None = None
+  a_signed: bool = False
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -74,10 +78,11 @@ class QuantizeActivation(nn.Module):
   bits: int
   quantizer: str = 'dq'
   options: Mapping[str, Any] | None = None
+  signed: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if check_bits(self.bits, 'bits') == FULL_PRECISION:
       return x
     return quantizers.activation_quantizer(self.quantizer, self.bits, self.options,
-                                           name='quantizer')(x)
+                                           signed=self.signed, name='quantizer')(x)

@@ -32,11 +32,16 @@ class DoReFaWeight(nn.Module):
 
 
 class DoReFaActivation(nn.Module):
+  """Clips to [0, 1] ([-1, 1] when signed) and quantizes uniformly."""
   bits: int
+  signed: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     check_bits(self.bits, 'a_bits')
     if self.bits == 32:
       return x
-    return quantize_unit(jnp.clip(x.astype(jnp.float32), 0, 1), self.bits).astype(x.dtype)
+    xf = x.astype(jnp.float32)
+    if self.signed:
+      return (2 * quantize_unit((jnp.clip(xf, -1, 1) + 1) / 2, self.bits) - 1).astype(x.dtype)
+    return quantize_unit(jnp.clip(xf, 0, 1), self.bits).astype(x.dtype)

@@ -4,6 +4,8 @@ One level table per tensor (layer), `L = 2**bits` levels, parameterised as
 - `basis`: levels `{e . v : e in {0,1}^b}` (bit-operation compatible, as in LQ-Nets);
 - `free`: `L` free levels, used sorted;
 - `uniform`: `clip * k / (L-1)`.
+For inputs that can be negative (`signed=True`), the codes are `{-1,1}^b` and the uniform grid
+spans `[-clip, clip]`.
 The levels minimise the weighted error `E = sum_c w_c mean_{n,h,w} (x_c - Q(x_c))^2` with
 `w_c = 1 / (mean x_c^2 + eps * mean_c' mean x_c'^2)` (`weighting='channel'`, DQ) or `w_c = 1`
 (`weighting='pooled'`, the LQ-Nets baseline): by gradient (`update='gradient'`, the levels are
@@ -75,7 +77,7 @@ def _quantize_bwd(weighting, eps, task_grad_weight, residuals, g):
   x, levels = residuals
   # x: clipped straight-through. levels: the gradient of the weighted error E (not of the task
   # loss), so the levels minimise the per-channel weighted error; optionally plus the task term.
-  grad_x = jnp.where(x <= levels[-1], g, 0).astype(g.dtype)
+  grad_x = jnp.where((x >= levels[0]) & (x <= levels[-1]), g, 0).astype(g.dtype)
   mass, moment = weighted_level_sums(x, levels, weighting, eps)
   grad_levels = -2.0 * (moment - levels * mass)
   if task_grad_weight:
@@ -88,9 +90,16 @@ def _quantize_bwd(weighting, eps, task_grad_weight, residuals, g):
 quantize.defvjp(_quantize_fwd, _quantize_bwd)
 
 
-def binary_codes(bits: int) -> jax.Array:
-  """All `e in {0,1}^bits` as rows, `(2**bits, bits)`."""
-  return jnp.array(list(itertools.product((0.0, 1.0), repeat=bits)))[:, ::-1]
+def binary_codes(bits: int, signed: bool = False) -> jax.Array:
+  """All `e in {0,1}^bits` (or `{-1,1}^bits` when signed) as rows, `(2**bits, bits)`."""
+  codes = jnp.array(list(itertools.product((0.0, 1.0), repeat=bits)))[:, ::-1]
+  return 2 * codes - 1 if signed else codes
+
+
+def unit_grid(num_levels: int, signed: bool) -> jax.Array:
+  """`L` uniform points on [0, 1], or on [-1, 1] when signed."""
+  grid = jnp.arange(num_levels) / (num_levels - 1)
+  return 2 * grid - 1 if signed else grid
 
 
 def initial_top_level(x: jax.Array, num_levels: int) -> jax.Array:
@@ -104,37 +113,35 @@ def initial_top_level(x: jax.Array, num_levels: int) -> jax.Array:
   return 2.0 * jnp.sqrt(num_levels - 1.0) * mean_abs
 
 
-def levels_from(parameterisation: str, value: jax.Array, bits: int) -> jax.Array:
+def levels_from(parameterisation: str, value: jax.Array, bits: int, signed: bool) -> jax.Array:
   """The sorted `(L,)` level table of a parameter value."""
-  num_levels = 2 ** bits
   if parameterisation == 'basis':
-    return jnp.sort(binary_codes(bits) @ value)
+    return jnp.sort(binary_codes(bits, signed) @ value)
   if parameterisation == 'free':
     return jnp.sort(value)
-  return value * jnp.arange(num_levels) / (num_levels - 1)
+  return value * unit_grid(2 ** bits, signed)
 
 
 def closed_form(parameterisation: str, mass: jax.Array, moment: jax.Array, levels: jax.Array,
-                current: jax.Array, bits: int) -> jax.Array:
+                current: jax.Array, bits: int, signed: bool) -> jax.Array:
   """The parameter value minimising `E` with every element's level held fixed."""
-  num_levels = 2 ** bits
   if parameterisation == 'free':
     return jnp.where(mass > 0, moment / jnp.where(mass > 0, mass, 1), levels)
   if parameterisation == 'uniform':
-    fraction = jnp.arange(num_levels) / (num_levels - 1)
-    denom = jnp.sum(mass * fraction ** 2)
-    return jnp.where(denom > 0, jnp.sum(moment * fraction) / jnp.where(denom > 0, denom, 1),
-                     current)
+    grid = unit_grid(2 ** bits, signed)
+    denom = jnp.sum(mass * grid ** 2)
+    return jnp.where(denom > 0, jnp.sum(moment * grid) / jnp.where(denom > 0, denom, 1), current)
   # Basis: weighted least squares over the codes of the levels in sorted order.
-  codes = binary_codes(bits)
+  codes = binary_codes(bits, signed)
   codes = codes[jnp.argsort(codes @ current)]
   gram = codes.T @ (mass[:, None] * codes) + 1e-9 * jnp.eye(bits)
   return jnp.linalg.solve(gram, codes.T @ moment)
 
 
 class DQActivation(nn.Module):
-  """Quantizes non-negative activations (channels last) to `2**bits` learned levels."""
+  """Quantizes activations (channels last; non-negative unless `signed`) to learned levels."""
   bits: int
+  signed: bool = False
   weighting: str = 'channel'
   parameterisation: str = 'basis'
   update: str = 'gradient'
@@ -157,21 +164,23 @@ class DQActivation(nn.Module):
       value = self.param(name, lambda _: init())
     else:
       value = self.variable(STATS, name, init).value
-    levels = levels_from(self.parameterisation, value, self.bits)
+    levels = levels_from(self.parameterisation, value, self.bits, self.signed)
     if self.update == 'closed_form' and self.is_mutable_collection(STATS) and not self.is_initializing():
       mass, moment = weighted_level_sums(jax.lax.stop_gradient(xf), levels, self.weighting, self.eps)
-      fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits)
+      fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits,
+                           self.signed)
       self.put_variable(STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
     return quantize(xf, levels, self.weighting, self.eps, self.task_grad_weight).astype(x.dtype)
 
   def _initial_value(self, x):
-    """Uniform levels from 0 to `initial_top_level`, in this parameterisation."""
+    """Uniform levels up to `initial_top_level` (from its negative when signed)."""
     num_levels = 2 ** self.bits
     top = initial_top_level(x, num_levels)
     if self.parameterisation == 'basis':
-      return top * 2.0 ** jnp.arange(self.bits) / (num_levels - 1)
+      # Signed codes span twice the range of {0,1} codes with the same basis.
+      return top * 2.0 ** jnp.arange(self.bits) / (num_levels - 1) / (2 if self.signed else 1)
     if self.parameterisation == 'free':
-      return top * jnp.arange(num_levels) / (num_levels - 1)
+      return top * unit_grid(num_levels, self.signed)
     return top
 
 

@@ -109,3 +109,33 @@ class DQWeight(nn.Module):
 
     names = (HALF_LEVELS if self.symmetric else LEVELS, INDEX)
     return quantized_weight({name: self.param(name, init, name) for name in names})
+
+
+def validate(params: Any, path: str = '') -> None:
+  """Raises one clear error if any DQ weight quantizer in `params` is malformed.
+
+  Checks what the direct update relies on: strictly increasing levels (positive half levels
+  when symmetric), an index shaped like a kernel whose last axis matches the level groups, and
+  finite values. Call it on restored parameters before training resumes.
+  """
+  if is_dq_weight(params):
+    table = level_table(params)
+    where = path or '<root>'
+    if table.ndim != 2 or table.shape[-1] not in tuple(2 ** b for b in (1, 2, 3, 4, 8)):
+      raise ValueError(f'DQ levels at {where} have shape {table.shape}; expected (G, 2**bits).')
+    index = params[INDEX]
+    if index.ndim < 2 or table.shape[0] not in (1, index.shape[-1]):
+      raise ValueError(f'DQ index at {where} has shape {index.shape}, which does not match '
+                       f'{table.shape[0]} level groups.')
+    gaps = jnp.diff(table, axis=-1)
+    if HALF_LEVELS in params:
+      gaps = jnp.concatenate([gaps, params[HALF_LEVELS][:, :1]], axis=-1)
+    if not bool(jnp.all(gaps > 0)):
+      raise ValueError(f'DQ levels at {where} are not strictly increasing (smallest gap '
+                       f'{float(jnp.min(gaps)):.3g}); the checkpoint is corrupt or not a DQ model.')
+    if not (bool(jnp.all(jnp.isfinite(table))) and bool(jnp.all(jnp.isfinite(index)))):
+      raise ValueError(f'DQ parameters at {where} are not finite.')
+    return
+  if isinstance(params, dict):
+    for key, value in params.items():
+      validate(value, f'{path}/{key}' if path else key)

@@ -27,17 +27,22 @@ class LSQWeight(nn.Module):
   @nn.compact
   def __call__(self, shape: tuple[int, ...]) -> jax.Array:
     check_bits(self.bits, 'w_bits')
-    if self.bits == 1:
-      raise ValueError("LSQ weights need w_bits >= 2 (its signed grid has no 1-bit form); "
-                       "use weight_quantizer='dq' or 'dorefa' for 1 bit.")
+    q_neg, q_pos = signed_range(self.bits)
     kernel = self.param('kernel', self.kernel_init, shape, jnp.float32)
-    q_neg, q_pos = 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
     step = self.param('step', lambda _: 2 * jnp.mean(jnp.abs(kernel)) / jnp.sqrt(q_pos))
     return lsq_quantize(kernel, step, -q_neg, q_pos, 1.0 / jnp.sqrt(kernel.size * q_pos))
 
 
+def signed_range(bits: int) -> tuple[int, int]:
+  """LSQ's signed integer range `(Qn, Qp)`; 1 bit has no zero-centred signed grid."""
+  if bits == 1:
+    raise ValueError("LSQ's signed grid needs >= 2 bits; use the 'dq' quantizer for 1 bit.")
+  return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
 class LSQActivation(nn.Module):
   bits: int
+  signed: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -45,7 +50,9 @@ class LSQActivation(nn.Module):
     if self.bits == 32:
       return x
     xf = x.astype(jnp.float32)
-    q_pos = 2 ** self.bits - 1
-    step = self.param('step', lambda _: initial_top_level(xf, 2 ** self.bits) / q_pos)
+    q_neg, q_pos = signed_range(self.bits) if self.signed else (0, 2 ** self.bits - 1)
+    # initial_top_level / Qp = 2 mean|x| / sqrt(Qp): LSQ's own initial step.
+    step = self.param('step', lambda _: initial_top_level(xf, q_pos + 1) / q_pos)
     per_example = xf.size // xf.shape[0]
-    return lsq_quantize(xf, step, 0, q_pos, 1.0 / jnp.sqrt(per_example * q_pos)).astype(x.dtype)
+    return lsq_quantize(xf, step, -q_neg, q_pos,
+                        1.0 / jnp.sqrt(per_example * q_pos)).astype(x.dtype)

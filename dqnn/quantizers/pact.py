@@ -1,5 +1,7 @@
 """PACT (Choi et al. 2018, baseline): activations clipped at a learned `alpha`, then uniform.
 
+Signed inputs are clipped to `[-alpha, alpha]`.
+
 The clip gets PACT's gradient (the upstream gradient where `x >= alpha`); rounding is
 straight-through. `alpha` starts at the shared data-dependent range (`initial_top_level`).
 """
@@ -14,6 +16,7 @@ from dqnn.quantizers.ste import replace_ste
 
 class PACTActivation(nn.Module):
   bits: int
+  signed: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -22,7 +25,8 @@ class PACTActivation(nn.Module):
       return x
     xf = x.astype(jnp.float32)
     alpha = self.param('clip', lambda _: initial_top_level(xf, 2 ** self.bits))
-    clipped = jnp.minimum(jnp.maximum(xf, 0), alpha)
+    low = -alpha if self.signed else 0.0
+    clipped = jnp.minimum(jnp.maximum(xf, low), alpha)
     steps = 2 ** self.bits - 1
-    quantized = jnp.round(clipped * steps / alpha) * alpha / steps
+    quantized = low + jnp.round((clipped - low) * steps / (alpha - low)) * (alpha - low) / steps
     return replace_ste(clipped, quantized).astype(x.dtype)

@@ -1,0 +1,9 @@
+"""Exceptions raised by the dqnn input-data package."""
+
+
+class DatasetNotFoundError(ValueError):
+  """A requested TFDS dataset is not prepared in `data_dir` and cannot be fetched.
+
+  The message always contains the exact offline command
+  (`python -m dqnn.data.prepare ...`) that builds the dataset from local files.
+  """

@@ -1,0 +1,251 @@
+r"""Offline prepare tool: builds TFDS-format datasets from local files.
+
+Writes `<data_dir>/cifar100/<version>/` or `<data_dir>/imagenet2012/<version>/`
+with the same features as the real TFDS builders (see `dqnn.data.writer`), so
+the pipelines read prepared and TFDS-downloaded data identically.
+
+CIFAR-100 from an .npz (uint8 `image` [N,32,32,3] RGB, `label` [N] fine labels):
+
+  python -m dqnn.data.prepare --source=npz \
+      --input=../shared/data/cifar100/train.npz --data_dir=$TFDS_DATA_DIR
+
+  Per class, the examples are taken in file order (first `--limit_per_class`
+  of them if set); the FIRST `--holdout_per_class` (default 50) go to split
+  `test`, the rest to `train`. NOTE: this `test` split is a validation split
+  carved from the training file, NOT the official CIFAR-100 test set. `id` is
+  '<split>_<index in the npz>', `coarse_label` is derived from the fine label.
+
+ImageNet-2012 from a folder (`DIR/<wnid>/*.JPEG` sub-folders or flat
+`DIR/<wnid>_*.JPEG` files):
+
+  python -m dqnn.data.prepare --source=image_folder \
+      --input=../shared/data/imagenet_sample --data_dir=$TFDS_DATA_DIR
+
+  label = index of the wnid in the sorted 1000 ILSVRC-2012 wnids (the list
+  shipped in tensorflow_datasets). Files are ordered by (label, file name);
+  `--limit=N` keeps the first N files in sorted path order. Split `validation`:
+  with `--holdout_per_class=K`, the first K files of each class; otherwise
+  (default) every round(1/--eval_fraction)-th file of the ordered list
+  (positions stride-1, 2*stride-1, ...; every 5th for the default 0.2).
+  JPEG bytes are stored as-is (grayscale stays grayscale; the pipeline decodes
+  with 3 channels); non-JPEG and CMYK/YCCK files are re-encoded as RGB JPEG
+  (quality 95), as TFDS does for the CMYK files of the real ImageNet.
+
+Refuses to overwrite an existing prepared dataset unless `--overwrite`.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import sys
+
+import numpy as np
+
+from dqnn.data import writer
+
+_IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+CIFAR_HOLDOUT_NOTE = (
+    "NOTE: cifar100 'test' is a held-out validation carve of the input file "
+    '(first {k} images per class in file order), NOT the official CIFAR-100 '
+    'test set.')
+
+
+def _summary(name, out, counts):
+  parts = ', '.join(f'{s}={n}' for s, n in counts.items())
+  return f'Prepared {name}: splits {parts} -> {out}'
+
+
+# ------------------------------------------------------------------ CIFAR.
+
+
+def carve_npz_splits(labels: np.ndarray, holdout_per_class: int,
+                     limit_per_class: int | None = None):
+  """Returns (train_indices, test_indices) into the npz, both sorted."""
+  train, test = [], []
+  for c in np.unique(labels):
+    idx = np.flatnonzero(labels == c)  # file order
+    if limit_per_class is not None:
+      idx = idx[:limit_per_class]
+    test.append(idx[:holdout_per_class])
+    train.append(idx[holdout_per_class:])
+  train = np.sort(np.concatenate(train)) if train else np.zeros(0, np.int64)
+  test = np.sort(np.concatenate(test)) if test else np.zeros(0, np.int64)
+  return train, test
+
+
+def prepare_cifar100_npz(input_path: str, data_dir: str, *,
+                         holdout_per_class: int = 50,
+                         limit_per_class: int | None = None,
+                         overwrite: bool = False) -> dict:
+  with np.load(input_path) as f:
+    images, labels = f['image'], f['label'].astype(np.int64)
+  if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
+    raise ValueError(f'Expected uint8 images [N,32,32,3], got {images.dtype} {images.shape}.')
+  if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= 100:
+    raise ValueError('Expected labels [N] in [0, 100).')
+  train_idx, test_idx = carve_npz_splits(labels, holdout_per_class, limit_per_class)
+  if not len(train_idx) or not len(test_idx):
+    raise ValueError(
+        f'Empty split (train={len(train_idx)}, test={len(test_idx)}); check '
+        '--holdout_per_class / --limit_per_class.')
+
+  def gen(split, indices):
+    def _gen():
+      for i in indices:
+        key = f'{split}_{int(i):05d}'
+        yield key, {'id': key, 'image': images[i], 'label': int(labels[i]),
+                    'coarse_label': writer.CIFAR100_FINE_TO_COARSE[labels[i]]}
+    return _gen
+
+  out = writer.write_tfds_dataset(
+      'cifar100', data_dir,
+      {'train': gen('train', train_idx), 'test': gen('test', test_idx)},
+      overwrite=overwrite)
+  return {'name': 'cifar100', 'path': out,
+          'counts': {'train': len(train_idx), 'test': len(test_idx)}}
+
+
+# --------------------------------------------------------------- ImageNet.
+
+
+def list_image_folder(input_dir: str, limit: int | None = None):
+  """Returns sorted [(label, wnid, path)] for class sub-folders or flat files."""
+  wnid_to_label = {w: i for i, w in enumerate(writer.imagenet_wnids())}
+  entries = []
+  for root, dirs, files in os.walk(input_dir):
+    dirs.sort()
+    for f in sorted(files):
+      if f.lower().endswith(_IMAGE_EXTS):
+        entries.append(os.path.join(root, f))
+  entries.sort(key=lambda p: os.path.relpath(p, input_dir))
+  if limit is not None:
+    entries = entries[:limit]
+  out = []
+  for p in entries:
+    rel = os.path.relpath(p, input_dir)
+    parts = rel.split(os.sep)
+    wnid = parts[-2] if len(parts) > 1 else parts[0].split('_')[0]
+    if wnid not in wnid_to_label:
+      raise ValueError(
+          f'{rel}: {wnid!r} is not an ILSVRC-2012 wnid (expected '
+          '<wnid>/<file> sub-folders or <wnid>_<name> files).')
+    out.append((wnid_to_label[wnid], wnid, p))
+  if not out:
+    raise ValueError(f'No images found under {input_dir}.')
+  out.sort(key=lambda t: (t[0], os.path.basename(t[2])))
+  return out
+
+
+def carve_image_splits(items, *, holdout_per_class: int | None = None,
+                       eval_fraction: float = 0.2):
+  """Deterministic (train, validation) split of the ordered `items`."""
+  train, val = [], []
+  if holdout_per_class:
+    seen = collections.Counter()
+    for it in items:
+      (val if seen[it[0]] < holdout_per_class else train).append(it)
+      seen[it[0]] += 1
+  else:
+    if not 0 < eval_fraction < 1:
+      raise ValueError('--eval_fraction must be in (0, 1).')
+    stride = max(2, round(1 / eval_fraction))
+    for pos, it in enumerate(items):
+      (val if pos % stride == stride - 1 else train).append(it)
+  return train, val
+
+
+def jpeg_bytes(path: str) -> bytes:
+  """File bytes if it is an RGB/grayscale JPEG, else an RGB JPEG re-encoding."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    data = f.read()
+  with Image.open(io.BytesIO(data)) as im:
+    if im.format == 'JPEG' and im.mode in ('L', 'RGB'):
+      return data
+    buf = io.BytesIO()
+    im.convert('RGB').save(buf, format='JPEG', quality=95)
+    return buf.getvalue()
+
+
+def prepare_imagenet_folder(input_dir: str, data_dir: str, *,
+                            holdout_per_class: int | None = None,
+                            eval_fraction: float = 0.2,
+                            limit: int | None = None,
+                            overwrite: bool = False) -> dict:
+  items = list_image_folder(input_dir, limit)
+  train, val = carve_image_splits(items, holdout_per_class=holdout_per_class,
+                                  eval_fraction=eval_fraction)
+  if not train or not val:
+    raise ValueError(f'Empty split (train={len(train)}, validation={len(val)}).')
+
+  def gen(split_items):
+    def _gen():
+      for label, _, p in split_items:
+        fname = os.path.basename(p)
+        yield fname, {'image': jpeg_bytes(p), 'label': label, 'file_name': fname}
+    return _gen
+
+  out = writer.write_tfds_dataset(
+      'imagenet2012', data_dir,
+      {'train': gen(train), 'validation': gen(val)}, overwrite=overwrite)
+  return {'name': 'imagenet2012', 'path': out,
+          'counts': {'train': len(train), 'validation': len(val)}}
+
+
+# ------------------------------------------------------------------- CLI.
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from dqnn.data.datasets import resolve_data_dir  # pylint: disable=g-import-not-at-top
+  del argv
+  f = flags.FLAGS
+  if not f.verbose:
+    tfds.disable_progress_bar()
+  data_dir = resolve_data_dir(f.data_dir)
+  try:
+    if f.source == 'npz':
+      holdout = 50 if f.holdout_per_class is None else f.holdout_per_class
+      res = prepare_cifar100_npz(f.input, data_dir, holdout_per_class=holdout,
+                                 limit_per_class=f.limit_per_class,
+                                 overwrite=f.overwrite)
+      print(CIFAR_HOLDOUT_NOTE.format(k=holdout))
+    else:
+      res = prepare_imagenet_folder(f.input, data_dir,
+                                    holdout_per_class=f.holdout_per_class,
+                                    eval_fraction=f.eval_fraction, limit=f.limit,
+                                    overwrite=f.overwrite)
+  except (writer.DatasetExistsError, ValueError, FileNotFoundError) as e:
+    print(f'ERROR: {e}', file=sys.stderr)
+    return 1
+  print(_summary(res['name'], res['path'], res['counts']))
+  return 0
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum('source', None, ['npz', 'image_folder'],
+                    'npz -> cifar100; image_folder -> imagenet2012.')
+  flags.DEFINE_string('input', None, '.npz file or image folder.')
+  flags.DEFINE_string('data_dir', None,
+                      'TFDS data_dir (default: $TFDS_DATA_DIR, else TFDS default).')
+  flags.DEFINE_integer('holdout_per_class', None,
+                       'Eval images per class (npz default 50; image_folder: '
+                       'if set, used instead of --eval_fraction).')
+  flags.DEFINE_float('eval_fraction', 0.2,
+                     'image_folder: every round(1/f)-th file goes to validation.')
+  flags.DEFINE_integer('limit_per_class', None, 'npz: use only the first N per class.')
+  flags.DEFINE_integer('limit', None, 'image_folder: use only the first N files.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing prepared dataset.')
+  flags.DEFINE_bool('verbose', False, 'Show TFDS progress bars.')
+  flags.mark_flags_as_required(['source', 'input'])
+
+
+if __name__ == '__main__':
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(main)

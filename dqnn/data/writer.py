@@ -1,0 +1,86 @@
+"""Writes TFDS-format datasets from local examples, using the real TFDS builders.
+
+`write_tfds_dataset('cifar100', ...)` instantiates the *installed* TFDS builder
+(`tfds.builder(name, data_dir=...)`), replaces only its `_split_generators` on
+the instance with our local examples and runs `download_and_prepare` without
+network. The result is a normal TFDS directory `<data_dir>/<name>/<version>/`
+(dataset_info.json, features.json, `<name>-<split>.tfrecord-*`) with exactly
+the builder's features, so `tfds.builder(name, data_dir=data_dir)` reads it
+like data TFDS prepared itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterable, Mapping
+
+import tensorflow_datasets as tfds
+
+# CIFAR-100 fine label -> coarse (superclass) label, in the official order.
+CIFAR100_FINE_TO_COARSE = (
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+
+_IMAGENET_LABELS = 'datasets/imagenet2012/labels.txt'
+
+
+def imagenet_wnids() -> list[str]:
+  """The 1000 ILSVRC-2012 wnids in TFDS label order (sorted), from the tfds wheel."""
+  path = tfds.core.tfds_path(_IMAGENET_LABELS)
+  if not path.exists():
+    raise FileNotFoundError(
+        f'ImageNet label list not found in the installed tensorflow_datasets '
+        f'({path}); cannot map wnids to label indices.')
+  wnids = path.read_text().split()
+  if len(wnids) != 1000 or wnids != sorted(wnids):
+    raise ValueError(f'Unexpected ImageNet label list at {path}.')
+  return wnids
+
+
+class DatasetExistsError(FileExistsError):
+  """A prepared dataset already exists and overwrite=False."""
+
+
+def dataset_path(name: str, data_dir: str) -> str:
+  """`<data_dir>/<name>/<version>` for the installed builder's version."""
+  return os.fspath(tfds.builder(name, data_dir=data_dir).data_dir)
+
+
+def write_tfds_dataset(
+    name: str,
+    data_dir: str,
+    split_examples: Mapping[str, Callable[[], Iterable[tuple[str, dict]]]],
+    *,
+    overwrite: bool = False,
+) -> str:
+  """Writes `split_examples` ({split: () -> iterable of (key, example)}).
+
+  Returns the dataset directory `<data_dir>/<name>/<version>`.
+  """
+  data_dir = os.fspath(data_dir)
+  builder = tfds.builder(name, data_dir=data_dir)
+  out = os.fspath(builder.data_dir)
+  if builder.is_prepared() or os.path.exists(out):
+    if not overwrite:
+      raise DatasetExistsError(
+          f'{out} already exists; pass --overwrite (overwrite=True) to replace it.')
+    shutil.rmtree(out)
+    builder = tfds.builder(name, data_dir=data_dir)
+
+  def _split_generators(dl_manager):  # Replaces the download step.
+    del dl_manager
+    return {split: gen() for split, gen in split_examples.items()}
+
+  builder._split_generators = _split_generators  # pylint: disable=protected-access
+  with tempfile.TemporaryDirectory() as download_dir:
+    builder.download_and_prepare(
+        download_dir=download_dir,
+        download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP,
+            try_download_gcs=False))
+  return out
