@@ -185,7 +185,8 @@ def prepare_imagenet_folder(input_dir: str, data_dir: str, *,
     def _gen():
       for label, _, p in split_items:
         fname = os.path.basename(p)
-        yield fname, {'image': jpeg_bytes(p), 'label': label, 'file_name': fname}
+        key = os.path.relpath(p, input_dir)  # unique, even across sub-folders
+        yield key, {'image': jpeg_bytes(p), 'label': label, 'file_name': fname}
     return _gen
 
   out = writer.write_tfds_dataset(

@@ -1,0 +1,179 @@
+"""Tests for the offline prepare tool (dqnn.data.prepare / writer)."""
+
+import collections
+import io
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from dqnn.data import prepare
+from dqnn.data import writer
+
+tfds.disable_progress_bar()
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _shared_data() -> pathlib.Path:
+  return pathlib.Path(os.environ.get('DQNN_SHARED_DATA') or REPO.parent / 'shared' / 'data')
+
+
+def _require(rel: str) -> pathlib.Path:
+  p = _shared_data() / rel
+  if not p.exists():
+    pytest.skip(f'shared data {p} is absent (set DQNN_SHARED_DATA to the shared/data folder)')
+  return p
+
+
+def _read_split(name, data_dir, split):
+  b = tfds.builder(name, data_dir=str(data_dir))
+  ds = b.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+  return list(tfds.as_numpy(ds))
+
+
+# ------------------------------------------------------------------ CIFAR.
+
+
+@pytest.fixture(scope='module')
+def npz_labels():
+  with np.load(_require('cifar100/train.npz')) as f:
+    return f['label'].astype(np.int64)
+
+
+def test_carve_npz_is_first_k_per_class_in_file_order(npz_labels):
+  train, test = prepare.carve_npz_splits(npz_labels, holdout_per_class=2,
+                                         limit_per_class=5)
+  assert len(test) == 200 and len(train) == 300
+  assert not set(train) & set(test)
+  for c in (0, 57, 99):
+    first = np.flatnonzero(npz_labels == c)[:5]
+    assert set(test[npz_labels[test] == c]) == set(first[:2])
+    assert set(train[npz_labels[train] == c]) == set(first[2:])
+
+
+def test_cli_npz_prepares_tfds_cifar100_and_refuses_overwrite(tmp_path, npz_labels):
+  npz = _require('cifar100/train.npz')
+  cmd = [sys.executable, '-m', 'dqnn.data.prepare', '--source=npz', f'--input={npz}',
+         f'--data_dir={tmp_path}', '--limit_per_class=3', '--holdout_per_class=1']
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert 'NOT the official CIFAR-100 test set' in r.stdout
+  assert 'Prepared cifar100: splits train=200, test=100 ->' in r.stdout
+  assert str(tmp_path / 'cifar100' / '3.0.2') in r.stdout
+  # Loaded by the *real* TFDS builder, with its features.
+  b = tfds.builder('cifar100', data_dir=str(tmp_path))
+  assert b.is_prepared()
+  assert set(b.info.features) == {'id', 'image', 'label', 'coarse_label'}
+  assert b.info.splits['train'].num_examples == 200
+  test = _read_split('cifar100', tmp_path, 'test')
+  ids = sorted(int(x['id'].decode().split('_')[1]) for x in test)
+  expected = sorted(int(np.flatnonzero(npz_labels == c)[0]) for c in range(100))
+  assert ids == expected
+  for x in test:
+    assert x['coarse_label'] == writer.CIFAR100_FINE_TO_COARSE[x['label']]
+  # Second run refuses to overwrite.
+  with pytest.raises(writer.DatasetExistsError, match='--overwrite'):
+    prepare.prepare_cifar100_npz(str(npz), str(tmp_path), holdout_per_class=1,
+                                 limit_per_class=2)
+  res = prepare.prepare_cifar100_npz(str(npz), str(tmp_path), holdout_per_class=1,
+                                     limit_per_class=2, overwrite=True)
+  assert res['counts'] == {'train': 100, 'test': 100}
+  assert tfds.builder('cifar100', data_dir=str(tmp_path)).info.splits['train'].num_examples == 100
+
+
+# --------------------------------------------------------------- ImageNet.
+
+
+def _grayscale_files(folder, k):
+  from PIL import Image
+  out = []
+  for p in sorted(folder.iterdir()):
+    with Image.open(p) as im:
+      if im.mode == 'L':
+        out.append(p)
+    if len(out) == k:
+      break
+  return out
+
+
+def make_imagenet_subset(folder: pathlib.Path, dst: pathlib.Path) -> dict:
+  """Symlinks 10 RGB + 3 grayscale samples, adds a CMYK JPEG and a PNG."""
+  from PIL import Image
+  dst.mkdir(parents=True)
+  files = sorted(folder.iterdir())[:10] + _grayscale_files(folder, 3)
+  for p in files:
+    (dst / p.name).symlink_to(p)
+  with Image.open(files[0]) as im:
+    im.convert('CMYK').save(dst / 'n15075141_cmyk.JPEG', format='JPEG')
+    im.convert('RGB').save(dst / 'n04592741_png.png', format='PNG')
+  return {'n': len(files) + 2, 'gray': [p.name for p in files[10:]]}
+
+
+@pytest.fixture(scope='module')
+def imagenet_prepared(tmp_path_factory):
+  src = _require('imagenet_sample')
+  root = tmp_path_factory.mktemp('imnet')
+  meta = make_imagenet_subset(src, root / 'flat')
+  res = prepare.prepare_imagenet_folder(str(root / 'flat'), str(root / 'tfds'))
+  return root, meta, res
+
+
+def test_imagenet_prepare_labels_splits_and_bytes(imagenet_prepared):
+  root, meta, res = imagenet_prepared
+  wnids = writer.imagenet_wnids()
+  assert wnids[0] == 'n01440764' and wnids[-1] == 'n15075141' and len(wnids) == 1000
+  # 15 files, every 5th (positions 4, 9, 14) -> validation.
+  assert res['counts'] == {'train': 12, 'validation': 3}
+  assert res['path'] == str(root / 'tfds' / 'imagenet2012' / '5.1.0')
+  b = tfds.builder('imagenet2012', data_dir=str(root / 'tfds'))
+  assert set(b.info.features) == {'image', 'label', 'file_name'}
+  seen = []
+  for split in ('train', 'validation'):
+    for x in _read_split('imagenet2012', root / 'tfds', split):
+      fname = x['file_name'].decode()
+      seen.append(fname)
+      assert x['label'] == wnids.index(fname.split('_')[0])
+      assert x['image'][:2] == b'\xff\xd8'  # JPEG
+      if fname.endswith('.JPEG') and 'cmyk' not in fname:  # stored as-is
+        assert x['image'] == (root / 'flat' / fname).read_bytes()
+  assert len(seen) == len(set(seen)) == meta['n']
+  assert set(meta['gray']) <= set(seen)
+
+
+def test_imagenet_class_subfolders_and_holdout(tmp_path):
+  src = _require('imagenet_sample')
+  files = sorted(src.iterdir())[:3]
+  for p in files:
+    d = tmp_path / 'in' / p.name.split('_')[0]
+    d.mkdir(parents=True)
+    (d / 'a.JPEG').symlink_to(p)
+    (d / 'b.JPEG').symlink_to(p)
+  res = prepare.prepare_imagenet_folder(str(tmp_path / 'in'), str(tmp_path / 'out'),
+                                        holdout_per_class=1)
+  assert res['counts'] == {'train': 3, 'validation': 3}
+  val = _read_split('imagenet2012', tmp_path / 'out', 'validation')
+  assert collections.Counter(int(x['label']) for x in val) == collections.Counter(
+      writer.imagenet_wnids().index(p.name.split('_')[0]) for p in files)
+  assert {x['file_name'] for x in val} == {b'a.JPEG'}
+
+
+def test_imagenet_rejects_non_wnid_names(tmp_path):
+  from PIL import Image
+  (tmp_path / 'in').mkdir()
+  Image.new('RGB', (8, 8)).save(tmp_path / 'in' / 'cat_1.jpg')
+  with pytest.raises(ValueError, match='not an ILSVRC-2012 wnid'):
+    prepare.prepare_imagenet_folder(str(tmp_path / 'in'), str(tmp_path / 'out'))
+
+
+def test_jpeg_bytes_reencodes_cmyk_to_rgb(tmp_path):
+  from PIL import Image
+  p = tmp_path / 'x.jpg'
+  Image.new('CMYK', (10, 6), (0, 255, 255, 0)).save(p, format='JPEG')
+  data = prepare.jpeg_bytes(str(p))
+  with Image.open(io.BytesIO(data)) as im:
+    assert im.format == 'JPEG' and im.mode == 'RGB' and im.size == (10, 6)
