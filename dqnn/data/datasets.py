@@ -89,9 +89,10 @@ def _not_found_message(name: str, data_dir: str, reason: str) -> str:
   if name == 'cifar100':
     lines.append(
         '(--input is an .npz with uint8 `image` [N,32,32,3] and `label` [N]; '
-        'the `test` split is then a held-out carve of that file.) '
-        'Alternatively pass download=True to download it via TFDS '
-        '(needs internet).')
+        'the `test` split is then a held-out carve of that file.)')
+    if not reason.startswith('download failed'):
+      lines.append('Alternatively pass download=True to download it via TFDS '
+                   '(needs internet).')
   else:
     lines += [
         '(--input is a folder of <class_wnid>/*.JPEG sub-folders or flat '
