@@ -1,0 +1,53 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dqnn.layers import QuantConv, QuantDense, QuantizeActivation
+
+X = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(strides=2, padding='VALID', use_bias=False),
+                                    dict(feature_group_count=3, kernel_dilation=2)])
+def test_32_bits_is_exactly_the_float_conv(kwargs):
+  float_conv, quant_conv = nn.Conv(6, (3, 3), **kwargs), QuantConv(6, (3, 3), **kwargs)
+  variables = float_conv.init(jax.random.PRNGKey(0), X)
+  assert jax.tree.map(jnp.shape, quant_conv.init(jax.random.PRNGKey(0), X)) == jax.tree.map(
+      jnp.shape, variables)
+  np.testing.assert_array_equal(quant_conv.apply(variables, X), float_conv.apply(variables, X))
+
+
+def test_32_bits_is_exactly_the_float_dense():
+  x = X.reshape(2, -1)
+  variables = nn.Dense(5).init(jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(QuantDense(5).apply(variables, x), nn.Dense(5).apply(variables, x))
+  np.testing.assert_array_equal(QuantizeActivation(bits=32).apply({}, x), x)
+
+
+def test_quantized_conv_computes_with_quantized_kernel_and_input():
+  conv = QuantConv(4, (3, 3), w_bits=2, a_bits=2, use_bias=False)
+  x = jax.nn.relu(X)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  from dqnn.quantizers import dq_weight
+  kernel = dq_weight.quantized_weight(variables['params']['weight_quantizer'])
+  x_q = QuantizeActivation(bits=2).apply(
+      {'params': {'quantizer': variables['params']['act_quantizer']}}, x)
+  assert len(np.unique(x_q)) <= 4
+  expected = nn.Conv(4, (3, 3), use_bias=False).apply({'params': {'kernel': kernel}}, x_q)
+  np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_quantizer_parameters():
+  conv = QuantConv(4, (3, 3), w_bits=2, a_bits=2, dtype=jnp.bfloat16)
+  variables = conv.init(jax.random.PRNGKey(0), jax.nn.relu(X))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+  assert conv.apply(variables, jax.nn.relu(X)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('field', ['w_bits', 'a_bits'])
+@pytest.mark.parametrize('bits', [0, 9])
+def test_bits_out_of_range_fail_clearly(field, bits):
+  with pytest.raises(ValueError, match=f'{field} must be one of 1, 2, 3, 4, 8 or 32'):
+    QuantConv(4, (3, 3), **{field: bits}).init(jax.random.PRNGKey(0), X)
