@@ -12,9 +12,15 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from dqnn import quantizers
 from dqnn.quantizers import FULL_PRECISION, check_bits
+from dqnn.quantizers.dq_activation import per_channel_relative_error
+
+# Apply with mutable=[..., METRICS] to collect each layer's mean per-channel relative
+# activation quantization error (sown as a tuple under `act_relative_error`).
+METRICS = 'quant_metrics'
 
 
 class _Quantized:
@@ -28,9 +34,13 @@ class _Quantized:
     check_bits(self.w_bits, 'w_bits')
     if check_bits(self.a_bits, 'a_bits') == FULL_PRECISION:
       return inputs
-    return quantizers.activation_quantizer(
+    quantized = quantizers.activation_quantizer(
         self.act_quantizer, self.a_bits, self.act_options, signed=self.a_signed,
         name='act_quantizer')(inputs)
+    if self.is_mutable_collection(METRICS) and not self.is_initializing():
+      self.sow(METRICS, 'act_relative_error', jnp.mean(
+          per_channel_relative_error(jax.lax.stop_gradient(inputs), jax.lax.stop_gradient(quantized))))
+    return quantized
 
   def param(self, name, init_fn, *init_args, **init_kwargs):
     # nn.Conv / nn.Dense create their kernel through self.param('kernel', ...): a quantized layer

@@ -51,3 +51,13 @@ def test_bfloat16_compute_keeps_float32_quantizer_parameters():
 def test_bits_out_of_range_fail_clearly(field, bits):
   with pytest.raises(ValueError, match=f'{field} must be one of 1, 2, 3, 4, 8 or 32'):
     QuantConv(4, (3, 3), **{field: bits}).init(jax.random.PRNGKey(0), X)
+
+
+def test_activation_error_is_reported_only_when_asked():
+  conv = QuantConv(4, (3, 3), w_bits=2, a_bits=2)
+  x = jax.nn.relu(X)
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  assert set(variables) == {'params'}
+  _, metrics = conv.apply(variables, x, mutable=['quant_metrics'])
+  (error,) = metrics['quant_metrics']['act_relative_error']
+  assert 0.0 < float(error) < 1.0
