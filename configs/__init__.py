@@ -1,0 +1,1 @@
+"""Experiment configs: `python -m dqnn.main --config=configs/<name>.py[:runlocal]`."""

@@ -1,0 +1,150 @@
+"""Shared config fields and the builders the experiment configs call.
+
+Every experiment file is `get_config(arg=None)` returning one of these builders' configs.
+`arg='runlocal'` (`--config=configs/x.py:runlocal`) shrinks any config to a few steps with a
+tiny batch for a quick CPU run. Fields are primitives or ConfigDicts only.
+"""
+import ml_collections
+
+RUNLOCAL = 'runlocal'
+CIFAR_MODELS = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
+IMAGENET_MODELS = ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenet_v2')
+# The runlocal ImageNet variant trains at this resolution, small enough for a CPU.
+RUNLOCAL_IMAGENET_SIZE = 64
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (CIFAR-100 scale); builders override the recipe."""
+  config = ml_collections.ConfigDict()
+
+  # Data. data_dir '' = $TFDS_DATA_DIR or the TFDS default; image_size 0 = the dataset's.
+  config.dataset = 'cifar100'  # 'cifar100' | 'imagenet2012' | 'fake'
+  config.data_dir = ''
+  config.download = False  # Only cifar100 can be downloaded (needs internet).
+  config.image_size = 0
+  config.num_classes = 0  # Only for dataset 'fake'; real datasets know theirs.
+
+  # Model: a name from dqnn.models, compute dtype, and the quantization policy.
+  config.model = 'cifar_resnet20'
+  config.dtype = 'float32'  # 'float32' | 'bfloat16' (activations; parameters stay float32)
+  config.quant = ml_collections.ConfigDict({
+      'w_bits': 32,
+      'a_bits': 32,
+      'weight_quantizer': 'dq',
+      'act_quantizer': 'dq',
+      'weight_options': {},
+      'act_options': {},
+      'first_layer': 'float',  # 'float' | '8bit'
+      'last_layer': 'float',  # 'float' | '8bit'
+      'overrides': {},  # {path glob: {field: value}} per-layer exceptions.
+  })
+
+  # Optimisation. The learning rate is `learning_rate * global_batch_size /
+  # learning_rate_batch_size` (linear scaling); see dqnn.optim.create_optimizer for the rest.
+  config.global_batch_size = 128
+  config.num_epochs = 200
+  config.num_train_steps = -1  # > 0 overrides num_epochs.
+  config.optimizer = ml_collections.ConfigDict({
+      'learning_rate': 0.1,
+      'learning_rate_batch_size': 128,
+      'momentum': 0.9,
+      'nesterov': False,
+      'weight_decay': 5e-4,
+      'level_lr_scale': 1.0,
+      'level_gradient': 'mean',
+      'quantizer_optimizer': 'adam',
+      'quantizer_lr_scale': 0.01,
+      'residual': True,
+      'level_update': 'gradient',
+  })
+  config.schedule = ml_collections.ConfigDict({
+      'name': 'cosine',  # 'cosine' | 'step' | 'constant'
+      'warmup_epochs': 0.0,
+      'decay_epochs': (),  # 'step': multiply by decay_factor at each of these epochs.
+      'decay_factor': 0.1,
+  })
+  config.label_smoothing = 0.0
+  config.init_from = ''  # Workdir of a float run to initialise weights from.
+  config.seed = 0
+
+  # Evaluation and bookkeeping (in steps; eval 0 = only at the end).
+  config.eval_batch_size = 500
+  config.log_every_steps = 100
+  config.eval_every_steps = 2000
+  config.checkpoint_every_steps = 2000
+  config.keep_checkpoints = 3
+  config.multi_host = False  # Call jax.distributed.initialize() (TPU pods, multi-node GPU).
+  return config
+
+
+def _quant(config: ml_collections.ConfigDict, w_bits: int, a_bits: int) -> None:
+  config.quant.w_bits = w_bits
+  config.quant.a_bits = a_bits
+
+
+def cifar100(model: str, w_bits: int = 32, a_bits: int = 32,
+             arg: str | None = None) -> ml_collections.ConfigDict:
+  """CIFAR-100: SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4, cosine, 200 epochs.
+
+  The common CIFAR recipe (e.g. DeVries & Taylor 2017 / kuangliu pytorch-cifar); quantized
+  runs train from scratch with the same recipe unless `init_from` names a float run.
+  """
+  if model not in CIFAR_MODELS:
+    raise ValueError(f'Not a CIFAR model: {model!r}; choose one of {CIFAR_MODELS}.')
+  config = get_base_config()
+  config.dataset = 'cifar100'
+  config.download = True
+  config.model = model
+  _quant(config, w_bits, a_bits)
+  return _variant(config, arg)
+
+
+def imagenet(model: str, w_bits: int = 32, a_bits: int = 32,
+             arg: str | None = None) -> ml_collections.ConfigDict:
+  """ImageNet: SGD momentum 0.9, lr 0.1 x batch/256, cosine, batch 256.
+
+  Float: 90 epochs, wd 1e-4 (Goyal et al. 2017; He et al. 2016). Quantized: fine-tune from the
+  float run (`--config.init_from=<float workdir>`) for 90 epochs at lr 0.01 x batch/256 (LSQ,
+  Esser et al. 2020), wd 1e-4, or 5e-5 for <= 2 bits (LQ-Nets, Zhang et al. 2018).
+  MobileNetV2 uses wd 4e-5 (Sandler et al. 2018); AlexNet lr 0.01 x batch/256 (torchvision).
+  """
+  if model not in IMAGENET_MODELS:
+    raise ValueError(f'Not an ImageNet model: {model!r}; choose one of {IMAGENET_MODELS}.')
+  config = get_base_config()
+  config.dataset = 'imagenet2012'
+  config.model = model
+  _quant(config, w_bits, a_bits)
+  quantized = min(w_bits, a_bits) < 32
+  config.global_batch_size = 256
+  config.num_epochs = 90
+  config.optimizer.learning_rate_batch_size = 256
+  config.optimizer.learning_rate = 0.01 if quantized or model == 'alexnet' else 0.1
+  config.optimizer.weight_decay = 5e-5 if min(w_bits, a_bits) <= 2 else 1e-4
+  if model == 'mobilenet_v2':
+    config.optimizer.weight_decay = 4e-5
+  config.eval_batch_size = 500
+  config.log_every_steps = 500
+  config.eval_every_steps = 10_000
+  config.checkpoint_every_steps = 5_000
+  return _variant(config, arg)
+
+
+def _variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  if not arg:
+    return config
+  if arg != RUNLOCAL:
+    raise ValueError(f'Unknown config argument {arg!r}; the only one is {RUNLOCAL!r}.')
+  return runlocal(config)
+
+
+def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few steps at batch 8: checks that a config runs end to end on a CPU."""
+  config.global_batch_size = 8
+  config.eval_batch_size = 100
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = 2
+  if config.dataset == 'imagenet2012':
+    config.image_size = RUNLOCAL_IMAGENET_SIZE
+  return config

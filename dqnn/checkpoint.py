@@ -1,0 +1,115 @@
+"""Checkpoints of the train state (orbax `CheckpointManager`) with a compatibility check.
+
+A checkpoint holds two items: `state` (the train state as a state dict) and `config` (the run's
+config as JSON, to explain a mismatch). Restoring checks every array's path, shape and dtype
+against the run's abstract state first and raises one `CheckpointMismatchError` naming the
+differences; nothing on disk is changed by a failed restore.
+"""
+import os
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from dqnn.quantizers import dq_weight
+
+CHECKPOINT_DIR = 'checkpoints'
+# Config fields that decide the state's structure; differences in them explain a mismatch.
+STRUCTURAL_FIELDS = ('model', 'quant', 'dataset', 'num_classes', 'optimizer')
+_MAX_LISTED = 12
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not match the state this run builds."""
+
+
+def create_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      item_names=('state', 'config'))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         config: ml_collections.ConfigDict) -> None:
+  manager.save(step, force=True, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(serialization.to_state_dict(state)),
+      config=ocp.args.JsonSave(config.to_dict())))
+
+
+def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  return {'/'.join(str(k.key) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _flat_config(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    if isinstance(value, Mapping):
+      flat.update(_flat_config(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def _differences(saved: Any, wanted: Any) -> list[str]:
+  saved, wanted = _flat(saved), _flat(wanted)
+  lines = [f'{path}: checkpoint {saved[path][0]} {saved[path][1]}, this run '
+           f'{wanted[path][0]} {wanted[path][1]}'
+           for path in sorted(saved.keys() & wanted.keys()) if saved[path] != wanted[path]]
+  lines += [f'{path}: only in the checkpoint' for path in sorted(saved.keys() - wanted.keys())]
+  lines += [f'{path}: missing from the checkpoint' for path in sorted(wanted.keys() - saved.keys())]
+  return lines
+
+
+def _config_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  saved = _flat_config({k: v for k, v in saved.items() if k in STRUCTURAL_FIELDS})
+  now = _flat_config({k: v for k, v in config.to_dict().items() if k in STRUCTURAL_FIELDS})
+  return [f'{key}: checkpoint {saved.get(key)!r}, this run {now.get(key)!r}'
+          for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)]
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any,
+            config: ml_collections.ConfigDict) -> tuple[Any, int]:
+  """Restores the latest checkpoint into `abstract_state`'s structure and shardings.
+
+  `abstract_state` holds `jax.ShapeDtypeStruct`s with shardings (from `jax.eval_shape`).
+  Returns (state, step). Raises `CheckpointMismatchError` before reading any array if the
+  checkpoint does not fit, and `ValueError` if its DQ parameters are malformed.
+  """
+  step = manager.latest_step()
+  target = serialization.to_state_dict(abstract_state)
+  saved = manager.item_metadata(step).state.tree
+  differences = _differences(saved, target)
+  if differences:
+    saved_config = manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore())).config
+    config_lines = _config_differences(saved_config, config) or ['(none)']
+    listed = differences[:_MAX_LISTED] + (
+        [f'... and {len(differences) - _MAX_LISTED} more'] if len(differences) > _MAX_LISTED
+        else [])
+    raise CheckpointMismatchError('\n  '.join([
+        f'The checkpoint at {manager.directory}/{step} does not match the model this config '
+        f'builds ({len(differences)} differing arrays); it was left untouched.',
+        'Differing arrays:', *listed,
+        'Differing config fields:', *config_lines,
+        'Resume with the config that wrote the checkpoint, or use a new --workdir.']))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target))).state
+  state = serialization.from_state_dict(abstract_state, restored)
+  dq_weight.validate(state.params)
+  return state, step
+
+
+def restore_variables(workdir: str) -> dict[str, Any]:
+  """`{'params', 'batch_stats'}` (host numpy) of the latest checkpoint in another run's workdir."""
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  with ocp.CheckpointManager(directory, item_names=('state', 'config'),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'init_from={workdir!r} has no checkpoint under {directory}.')
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  return jax.device_get({'params': state['params'], 'batch_stats': state['batch_stats']})

@@ -1,0 +1,70 @@
+"""Classification metrics and the metric log (TensorBoard via clu + `metrics.jsonl`)."""
+import json
+import os
+from typing import Any, Mapping
+
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import optax
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against (optionally smoothed) integer labels."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def correct_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """Per-example 1.0 where the label is among the `k` largest logits."""
+  _, top = jax.lax.top_k(logits, min(k, logits.shape[-1]))
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def layer_errors(quant_metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
+  """`{'act_error/<layer path>': value}` from the `quant_metrics` collection a model sowed."""
+  errors = {}
+  for path, value in jax.tree_util.tree_leaves_with_path(quant_metrics):
+    names = [str(getattr(key, 'key', getattr(key, 'idx', key))) for key in path]
+    # Drop the sow name, and the call index when a layer ran once.
+    names = [n for n in names if n != 'act_relative_error']
+    if names and names[-1] == '0':
+      names.pop()
+    errors['act_error/' + '/'.join(names)] = value
+  return errors
+
+
+class MetricLog:
+  """Writes scalars to TensorBoard (clu) and as JSON lines `{'step', 'split', ...}`.
+
+  Only the main process writes; other processes only log to the console.
+  """
+
+  def __init__(self, workdir: str, *, is_main_process: bool):
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not is_main_process, asynchronous=False)
+    self._jsonl_path = os.path.join(workdir, METRICS_FILE) if is_main_process else None
+
+  def truncate_after(self, step: int) -> None:
+    """Drops records past `step`: after a resume they are recomputed, so keep one copy."""
+    if not self._jsonl_path or not os.path.exists(self._jsonl_path):
+      return
+    with open(self._jsonl_path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    with open(self._jsonl_path, 'w') as f:
+      f.writelines(kept)
+
+  def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
+    scalars = {name: float(value) for name, value in scalars.items()}
+    self.writer.write_scalars(step, {f'{split}/{name}': v for name, v in scalars.items()})
+    if self._jsonl_path:
+      with open(self._jsonl_path, 'a') as f:
+        f.write(json.dumps({'step': step, 'split': split, **scalars}) + '\n')
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()

@@ -1,0 +1,347 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)`.
+
+Data parallel over every device: one `Mesh` with a 'data' axis, the batch sharded along it and
+the train state replicated. Under `jax.jit` the model sees the global batch, so BatchNorm and
+quantizer statistics are global-batch statistics whatever the device count.
+"""
+import functools
+import itertools
+import json
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+from absl import logging
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from dqnn import checkpoint
+from dqnn import data
+from dqnn import metrics
+from dqnn import models
+from dqnn import optim
+from dqnn import schedules
+from dqnn import warm_start
+from dqnn.layers import METRICS as QUANT_METRICS
+
+CONFIG_FILE = 'config.json'
+MODEL_STATE = ('batch_stats', 'quant_stats')
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a NaN or Inf loss or parameter."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  batch_stats: Any
+  quant_stats: Any
+
+  def variables(self) -> dict[str, Any]:
+    return {'params': self.params, 'batch_stats': self.batch_stats,
+            'quant_stats': self.quant_stats}
+
+
+class _StopSignal:
+  """Turns SIGTERM into a flag the loop checks after each step (then saves and returns)."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
+  """The dataset's facts; raises `data.DatasetNotFoundError` if it is not prepared."""
+  if config.dataset == 'fake':
+    if config.num_train_steps <= 0 or not config.num_classes or not config.image_size:
+      raise ValueError("dataset 'fake' needs num_train_steps, num_classes and image_size.")
+    return data.DatasetInfo(name='fake', num_classes=config.num_classes,
+                            image_size=config.image_size, train_split='train', eval_split='',
+                            num_train=config.num_train_steps * config.global_batch_size,
+                            num_eval=0)
+  return data.get_dataset_info(config.dataset, config.data_dir or None,
+                               download=config.download)
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  return models.create_model(config.model, num_classes=num_classes,
+                             policy=models.QuantPolicy.from_config(config.quant),
+                             dtype=jnp.dtype(config.dtype))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
+                           total_steps: int) -> optax.Schedule:
+  opt = config.optimizer
+  return schedules.create_learning_rate_schedule(
+      schedule=config.schedule.name,
+      peak_learning_rate=opt.learning_rate * config.global_batch_size
+      / opt.learning_rate_batch_size,
+      total_steps=total_steps,
+      warmup_steps=int(config.schedule.warmup_epochs * steps_per_epoch),
+      decay_boundaries=tuple(int(e * steps_per_epoch) for e in config.schedule.decay_epochs),
+      decay_factor=config.schedule.decay_factor)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  opt = config.optimizer
+  return optim.create_optimizer(
+      schedule, momentum=opt.momentum, nesterov=opt.nesterov,
+      weight_decay_rate=opt.weight_decay, level_lr_scale=opt.level_lr_scale,
+      level_gradient=opt.level_gradient, quantizer_optimizer=opt.quantizer_optimizer,
+      quantizer_lr_scale=opt.quantizer_lr_scale, residual=opt.residual,
+      level_update=opt.level_update)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
+               label_smoothing: float, dropout_key: jax.Array):
+  """One optimizer step; returns (state, {'loss', 'top1'}, finite)."""
+
+  def loss_fn(params):
+    logits, model_state = model.apply(
+        {**state.variables(), 'params': params}, batch['image'], train=True,
+        mutable=list(MODEL_STATE), rngs={'dropout': jax.random.fold_in(dropout_key, state.step)})
+    loss = metrics.cross_entropy(logits, batch['label'], label_smoothing).mean()
+    return loss, (logits, model_state)
+
+  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state,
+      **{name: model_state.get(name, {}) for name in MODEL_STATE})
+  step_metrics = {'loss': loss, 'top1': metrics.correct_top_k(logits, batch['label'], 1).mean()}
+  return new_state, step_metrics, jnp.isfinite(loss) & _all_finite(params)
+
+
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
+  """Sums over the batch's real (mask True) examples."""
+  logits, sown = model.apply(state.variables(), batch['image'], train=False,
+                             mutable=[QUANT_METRICS])
+  mask = batch['mask'].astype(jnp.float32)
+  count = mask.sum()
+  sums = {'loss': (metrics.cross_entropy(logits, batch['label']) * mask).sum(),
+          'top1': (metrics.correct_top_k(logits, batch['label'], 1) * mask).sum(),
+          'top5': (metrics.correct_top_k(logits, batch['label'], 5) * mask).sum(),
+          'count': count}
+  # A layer's error is a mean over the batch; weight it by the batch's real examples.
+  sums.update({name: error * count for name, error in
+               metrics.layer_errors(sown.get(QUANT_METRICS, {})).items()})
+  return sums
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def train_batches(config: ml_collections.ConfigDict, info: data.DatasetInfo, *,
+                  start_step: int, steps_per_epoch: int) -> Iterator[dict[str, np.ndarray]]:
+  """This host's training batches from `start_step` on.
+
+  Each epoch is a fresh pipeline seeded by (seed, epoch), so a resumed run sees exactly the
+  batches of an uninterrupted one while skipping at most one epoch's batches.
+  """
+  if info.name == 'fake':
+    yield from data.fake_iterator(global_batch_size=config.global_batch_size,
+                                  image_size=info.image_size, num_classes=info.num_classes,
+                                  seed=config.seed)
+    return
+  for epoch in itertools.count(start_step // steps_per_epoch):
+    batches = data.train_iterator(
+        info.name, config.data_dir or None, global_batch_size=config.global_batch_size,
+        seed=_epoch_seed(config.seed, epoch), image_size=info.image_size)
+    skip = start_step % steps_per_epoch if epoch == start_step // steps_per_epoch else 0
+    yield from itertools.islice(batches, skip, steps_per_epoch)
+
+
+def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  # Each host holds its slice of the global batch; together they form one sharded array.
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
+  """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
+  totals = None
+  for batch in data.eval_iterator(info.name, config.data_dir or None,
+                                  global_batch_size=config.eval_batch_size,
+                                  image_size=info.image_size):
+    sums = eval_fn(state, _global(batch, batch_sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = totals.pop('count')
+  return {name: value / count for name, value in totals.items()}
+
+
+def _init_state(config, model, tx, info, rng, first_batch) -> TrainState:
+  variables = model.init({'params': rng, 'dropout': rng}, first_batch['image'], train=False)
+  variables = dict(variables)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    **{name: variables.get(name, {}) for name in MODEL_STATE})
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+
+
+def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
+  """Raises `NonFiniteError` naming the first step whose loss or parameters are not finite."""
+  for step, finite in zip([s for s, _ in pending], jax.device_get([f for _, f in pending])):
+    if not finite:
+      raise NonFiniteError(
+          f'Loss or parameters became NaN/Inf at step {step}; training stopped. The last '
+          'checkpoint before it is kept (lower the learning rate before resuming).')
+  pending.clear()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+
+  Returns `{'<split>/<name>': value}` from the last train and eval records, plus 'step'.
+  """
+  # Fails here, before anything is written, if the dataset is missing.
+  info = dataset_info(config)
+  if config.image_size:
+    info = data.DatasetInfo(**{**info.__dict__, 'image_size': config.image_size})
+  models.check_input_size(config.model, info.image_size)
+  num_devices = jax.device_count()
+  for name in ('global_batch_size', 'eval_batch_size'):
+    if config[name] % num_devices:
+      raise ValueError(f'{name}={config[name]} is not divisible by {num_devices} devices.')
+
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P('data'))
+
+  steps_per_epoch = info.num_train // config.global_batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(f'global_batch_size={config.global_batch_size} exceeds the '
+                     f'{info.num_train} training examples.')
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(config.num_epochs * steps_per_epoch))
+  schedule = learning_rate_schedule(config, steps_per_epoch=steps_per_epoch,
+                                    total_steps=total_steps)
+  model = create_model(config, info.num_classes)
+  tx = create_optimizer(config, schedule)
+  rng = jax.random.key(config.seed)
+
+  init_fn = jax.jit(functools.partial(_init_state, config, model, tx, info),
+                    out_shardings=replicated)
+  image_shape = (config.global_batch_size, info.image_size, info.image_size, 3)
+  abstract_state = jax.eval_shape(init_fn, rng, {'image': jax.ShapeDtypeStruct(
+      image_shape, jnp.float32)})
+  abstract_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+  is_main = jax.process_index() == 0
+  if manager.latest_step() is not None:
+    state, start_step = checkpoint.restore(manager, abstract_state, config)
+    logging.info('Resumed from step %d.', start_step)
+  else:
+    start_step = 0
+    state = None
+  batches = train_batches(config, info, start_step=start_step, steps_per_epoch=steps_per_epoch)
+  if state is None:
+    # Data-dependent initialisation (activation quantizer ranges) from the first batch.
+    first = next(batches)
+    batches = itertools.chain([first], batches)
+    state = init_fn(rng, _global({'image': first['image']}, batch_sharding))
+    if config.init_from:
+      variables = warm_start.from_float(jax.device_get(state.variables()),
+                                        checkpoint.restore_variables(config.init_from))
+      params = variables['params']
+      state = jax.device_put(state.replace(
+          params=params, opt_state=tx.init(params),
+          **{name: variables[name] for name in MODEL_STATE}), replicated)
+      logging.info('Initialised from the float run in %s.', config.init_from)
+  if is_main:
+    _write_config(config, workdir)
+
+  log = metrics.MetricLog(workdir, is_main_process=is_main)
+  log.truncate_after(start_step)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
+                                           every_steps=config.log_every_steps)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, label_smoothing=config.label_smoothing,
+                        dropout_key=jax.random.fold_in(rng, 1)),
+      in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                    in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  group_scales = {'learning_rate/levels': config.optimizer.level_lr_scale,
+                  'learning_rate/quantizer': config.optimizer.quantizer_lr_scale}
+
+  final = {}
+  pending_finite = []
+  train_sums, train_count = None, 0
+  step = last_step = start_step
+  last_time = time.monotonic()
+  try:
+    with _StopSignal() as stop:
+      while step < total_steps:
+        state, step_metrics, finite = step_fn(state, _global(next(batches), batch_sharding))
+        step += 1
+        pending_finite.append((step, finite))
+        train_sums = step_metrics if train_sums is None else jax.tree.map(
+            jnp.add, train_sums, step_metrics)
+        train_count += 1
+        report(step)
+        is_last = step == total_steps
+        if step % config.log_every_steps == 0 or is_last:
+          _check_finite(pending_finite)
+          now = time.monotonic()
+          lr = float(schedule(step - 1))
+          record = {name: float(v) / train_count
+                    for name, v in jax.device_get(train_sums).items()}
+          record.update({'learning_rate': lr,
+                         'steps_per_sec': (step - last_step) / (now - last_time),
+                         **{name: lr * scale for name, scale in group_scales.items()}})
+          log.write(step, 'train', record)
+          final.update({f'train/{k}': v for k, v in record.items()})
+          train_sums, train_count, last_time, last_step = None, 0, now, step
+        if info.num_eval and (is_last or (config.eval_every_steps
+                                          and step % config.eval_every_steps == 0)):
+          record = evaluate(config, info, state, eval_fn, batch_sharding)
+          log.write(step, 'eval', record)
+          final.update({f'eval/{k}': v for k, v in record.items()})
+        if is_last or stop.received or (config.checkpoint_every_steps
+                                        and step % config.checkpoint_every_steps == 0):
+          # Never save a non-finite state: the last good checkpoint must survive.
+          _check_finite(pending_finite)
+          checkpoint.save(manager, step, state, config)
+        if stop.received:
+          logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
+          break
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+  final['step'] = step
+  return final
