@@ -1,0 +1,16 @@
+"""ImageNet (ILSVRC-2012), ResNet-50, DQ W2A2 (first and last layer float).
+
+Command (from the repository root; the dataset prepared as in dqnn/data/prepare.py):
+  python -m dqnn.main --config=configs/imagenet_resnet50_w2a2.py --workdir=$HOME/dqnn/imagenet_resnet50_w2a2 \
+      --config.init_from=$HOME/dqnn/imagenet_resnet50_fp
+Expected top-1: anchor from the literature: 71.5% top-1 for LQ-Nets W2A2 (Zhang et al., ECCV
+2018), the baseline DQ should match or beat; not measured here.
+Runtime: not measured yet (450,360 steps = 90 epochs of 1,281,167 images at batch 256).
+Recipe: fine-tune from the float run, SGD momentum 0.9, lr 0.01 x batch/256 (LSQ, Esser et al.
+2020), batch 256, cosine, 90 epochs, wd 5e-5 (LQ-Nets, <= 2 bits).
+"""
+from configs import base
+
+
+def get_config(arg=None):
+  return base.imagenet('resnet50', w_bits=2, a_bits=2, arg=arg)
