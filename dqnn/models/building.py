@@ -1,0 +1,51 @@
+"""Layer constructors shared by the models: policy-driven QuantConv/QuantDense, BatchNorm, pooling.
+
+Each constructor is called inside a model module's compact method with that module as `parent`;
+the layer's path (parent's path + `name`) picks its bits from `parent.policy`.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dqnn.layers import QuantConv, QuantDense
+
+# torchvision's conv init (Kaiming normal, fan_out).
+CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _quant_kwargs(parent: nn.Module, name: str, role: str) -> dict:
+  return parent.policy.layer_kwargs('/'.join((*parent.path, name)), role)
+
+
+def conv(parent: nn.Module, name: str, features: int, kernel_size: int, *, strides: int = 1,
+         padding: int | None = None, role: str = 'body', groups: int = 1,
+         signed_input: bool = False) -> QuantConv:
+  """A bias-free (BN follows) square conv, padded symmetrically (torchvision: kernel_size // 2)."""
+  pad = kernel_size // 2 if padding is None else padding
+  return QuantConv(features, (kernel_size, kernel_size), strides=strides,
+                   padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
+                   kernel_init=CONV_INIT, dtype=parent.dtype, a_signed=signed_input, name=name,
+                   **_quant_kwargs(parent, name, role))
+
+
+def dense(parent: nn.Module, name: str, features: int, *, role: str = 'body',
+          use_bias: bool = True) -> QuantDense:
+  """A dense layer whose bits follow the policy."""
+  return QuantDense(features, use_bias=use_bias, dtype=parent.dtype, name=name,
+                    **_quant_kwargs(parent, name, role))
+
+
+def batch_norm(parent: nn.Module, name: str, train: bool) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=parent.dtype, name=name)
+
+
+def max_pool_3x3(x: jax.Array) -> jax.Array:
+  """torchvision's 3x3 stride-2 max pool with padding 1."""
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def classifier_head(parent: nn.Module, x: jax.Array) -> jax.Array:
+  """Global average pool, then the last (policy role 'last') dense; float32 logits for the loss."""
+  x = jnp.mean(x, axis=(1, 2))
+  return jnp.asarray(dense(parent, 'head', parent.num_classes, role='last')(x), jnp.float32)

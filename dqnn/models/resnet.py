@@ -1,0 +1,118 @@
+"""ResNet v1 (torchvision layout, stride on the 3x3 conv as in v1.5), for ImageNet and CIFAR.
+
+Every conv's input is a BN+ReLU output: the block input is the previous block's post-ReLU
+output, so conv1 and the projection shortcut quantize non-negative inputs. Residual additions
+stay in float.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dqnn.models import building
+from dqnn.models.policy import QuantPolicy
+
+SHORTCUTS = ('projection', 'zero_pad')
+
+
+def zero_pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
+  """He et al.'s option A: subsample, then zero-pad the new channels; no parameters."""
+  x = x[:, ::strides, ::strides, :]
+  extra = features - x.shape[-1]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class _Block(nn.Module):
+  """Shared fields and shortcut of the residual blocks."""
+  features: int
+  strides: int
+  policy: QuantPolicy
+  shortcut: str = 'projection'
+  dtype: Any = jnp.float32
+
+  expansion = 1
+
+  def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:
+    out_features = self.features * self.expansion
+    if x.shape[-1] == out_features and self.strides == 1:
+      return x
+    if self.shortcut == 'zero_pad':
+      return zero_pad_shortcut(x, out_features, self.strides)
+    x = building.conv(self, 'shortcut', out_features, 1, strides=self.strides)(x)
+    return building.batch_norm(self, 'shortcut_bn', train)(x)
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = building.conv(self, 'conv1', self.features, 3, strides=self.strides)(x)
+    y = nn.relu(building.batch_norm(self, 'bn1', train)(y))
+    y = building.conv(self, 'conv2', self.features, 3)(y)
+    y = building.batch_norm(self, 'bn2', train)(y)
+    return nn.relu(y + self._shortcut(x, train))
+
+
+class Bottleneck(_Block):
+  """1x1 reduce, 3x3 (strided), 1x1 expand by 4."""
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = building.conv(self, 'conv1', self.features, 1)(x)
+    y = nn.relu(building.batch_norm(self, 'bn1', train)(y))
+    y = building.conv(self, 'conv2', self.features, 3, strides=self.strides)(y)
+    y = nn.relu(building.batch_norm(self, 'bn2', train)(y))
+    y = building.conv(self, 'conv3', self.features * 4, 1)(y)
+    y = building.batch_norm(self, 'bn3', train)(y)
+    return nn.relu(y + self._shortcut(x, train))
+
+
+class Stage(nn.Module):
+  """`num_blocks` residual blocks; the first one strides."""
+  block_cls: type[_Block]
+  num_blocks: int
+  features: int
+  strides: int
+  policy: QuantPolicy
+  shortcut: str = 'projection'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for index in range(self.num_blocks):
+      x = self.block_cls(self.features, self.strides if index == 0 else 1, self.policy,
+                         self.shortcut, self.dtype, name=f'block{index}')(x, train)
+    return x
+
+
+class ResNet(nn.Module):
+  """ResNet v1. `stem='imagenet'`: 7x7/2 conv + max pool; `'cifar'`: 3x3/1 conv, no pool.
+
+  Layer paths: `stem_conv`, `stage{1..}/block{0..}/{conv1,conv2,conv3,shortcut}`, `head`.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: type[_Block]
+  num_classes: int
+  policy: QuantPolicy = QuantPolicy()
+  stage_features: Sequence[int] = (64, 128, 256, 512)
+  stem: str = 'imagenet'
+  shortcut: str = 'projection'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f'shortcut must be one of {", ".join(SHORTCUTS)}; got {self.shortcut!r}.')
+    imagenet_stem = self.stem == 'imagenet'
+    x = building.conv(self, 'stem_conv', self.stage_features[0], 7 if imagenet_stem else 3,
+                      strides=2 if imagenet_stem else 1, role='first')(x)
+    x = nn.relu(building.batch_norm(self, 'stem_bn', train)(x))
+    if imagenet_stem:
+      x = building.max_pool_3x3(x)
+    for index, (num_blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
+      x = Stage(self.block_cls, num_blocks, features, 1 if index == 0 else 2, self.policy,
+                self.shortcut, self.dtype, name=f'stage{index + 1}')(x, train)
+    return building.classifier_head(self, x)
