@@ -3,8 +3,8 @@
     python benchmarks/quantizer_overhead.py [--batch=128] [--steps=20] [--quick]
 
 One process; each configuration is compiled and warmed up, then steps are timed round-robin
-(one step of each configuration in turn) so that load changes on the machine hit all of them
-alike. Prints the median step time and its ratio to FP. The step is the whole training step:
+(one step of each configuration in turn, the order rotating every round) so that load changes
+on the machine hit all of them alike. Prints the median step time and its ratio to FP. The step is the whole training step:
 forward, backward, optimizer (incl. the DQ direct update) and the BatchNorm/quantizer state.
 """
 import argparse
@@ -86,9 +86,11 @@ def main():
     for _ in range(args.warmup):
       run()
   times = {name: [] for name in runs}
-  for _ in range(args.steps):
-    for name, run in runs.items():
-      times[name].append(run())
+  names = list(runs)
+  for round_ in range(args.steps):
+    # Rotate the order each round so no configuration always runs first.
+    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+      times[name].append(runs[name]())
   fp = statistics.median(times['FP'])
   print(f'{jax.devices()[0].device_kind} x{jax.device_count()}, batch {args.batch}, '
         f'median of {args.steps} steps after {args.warmup} warm-up')

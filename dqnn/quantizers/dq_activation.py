@@ -66,7 +66,7 @@ def per_channel_relative_error(x: jax.Array, q: jax.Array) -> jax.Array:
 def quantize(x: jax.Array, levels: jax.Array, weighting: str, eps: float,
              task_grad_weight: float) -> jax.Array:
   """Nearest of the sorted `levels` (values past the ends clip to them)."""
-  return levels[lv.nearest_level_1d(x, levels)]
+  return lv.nearest_value_1d(x, levels)
 
 
 def _quantize_fwd(x, levels, weighting, eps, task_grad_weight):
@@ -75,15 +75,22 @@ def _quantize_fwd(x, levels, weighting, eps, task_grad_weight):
 
 def _quantize_bwd(weighting, eps, task_grad_weight, residuals, g):
   x, levels = residuals
-  # x: clipped straight-through. levels: the gradient of the weighted error E (not of the task
-  # loss), so the levels minimise the per-channel weighted error; optionally plus the task term.
-  grad_x = jnp.where((x >= levels[0]) & (x <= levels[-1]), g, 0).astype(g.dtype)
-  mass, moment = weighted_level_sums(x, levels, weighting, eps)
-  grad_levels = -2.0 * (moment - levels * mass)
+  num_levels = levels.shape[0]
+  channels = x.reshape(-1, x.shape[-1])
+  nearest = lv.nearest_level_1d(channels, levels)
+  hits = nearest[..., None] == jnp.arange(num_levels)  # (M, C, L), fused into the reductions
+  # dE/dl = -2 sum_c w_c / M sum_{x->l} (x - l): one pass gives the per-channel, per-level
+  # residual sums (and the channel energies beside them), then a tiny (C,) @ (C, L) product.
+  residual = channels - lv.nearest_value_1d(channels, levels)
+  residual_sums = jnp.sum(jnp.where(hits, residual[..., None], 0), axis=0)
+  weights = channel_weights(channels, weighting, eps)
+  grad_levels = -2.0 / channels.shape[0] * (weights @ residual_sums)
   if task_grad_weight:
-    nearest = lv.nearest_level_1d(x, levels).reshape(-1, 1)
-    task = lv.sum_by_level(g.reshape(-1, 1).astype(levels.dtype), nearest, levels.shape[0])[0]
-    grad_levels = grad_levels + task_grad_weight * task
+    task = jnp.sum(jnp.where(hits, g.reshape(channels.shape)[..., None], 0), axis=(0, 1))
+    grad_levels = grad_levels + task_grad_weight * task.astype(grad_levels.dtype)
+  # x: clipped straight-through. levels: the gradient of the weighted error E (not of the task
+  # loss), so the levels minimise the per-channel weighted error.
+  grad_x = jnp.where((x >= levels[0]) & (x <= levels[-1]), g, 0).astype(g.dtype)
   return grad_x, grad_levels
 
 

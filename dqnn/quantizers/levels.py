@@ -4,6 +4,8 @@ A level table holds `L = 2**bits` strictly increasing values per group, shape `(
 being quantized are laid out as `(N, G)`: group `g` is column `g` (the output channel of a
 kernel, or a single column for a per-tensor table). See docs/method.md for the equations.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -53,7 +55,9 @@ def fractional_index(values: jax.Array, levels: jax.Array) -> jax.Array:
   """`s^-1(values, levels)`, clipped to `[-1/2, L-1/2]`; its rounding is the nearest level."""
   num_levels = levels.shape[-1]
   # Per group: the last level <= value, as the left end of the interpolation interval.
-  below = jax.vmap(lambda lv, v: jnp.searchsorted(lv, v, side='right'), in_axes=(0, 1), out_axes=1)
+  method = 'compare_all' if num_levels <= _COMPARE_MAX_LEVELS else 'scan'
+  below = jax.vmap(lambda lv, v: jnp.searchsorted(lv, v, side='right', method=method),
+                   in_axes=(0, 1), out_axes=1)
   lower = jnp.clip(below(levels, values) - 1, 0, num_levels - 2)
   lo = lookup(levels, lower)
   hi = lookup(levels, lower + 1)
@@ -103,6 +107,7 @@ def lloyd_step(values: jax.Array, levels: jax.Array, weights: jax.Array | None =
   return jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1), levels)
 
 
+@functools.partial(jax.jit, static_argnames=('num_levels', 'iterations', 'symmetric', 'gap_ratio'))
 def kmeans_levels(values: jax.Array, num_levels: int, *, iterations: int, symmetric: bool,
                   gap_ratio: float) -> jax.Array:
   """Per-column k-means of `values` `(N, G)` into `num_levels` levels, started at quantiles.
@@ -119,10 +124,21 @@ def kmeans_levels(values: jax.Array, num_levels: int, *, iterations: int, symmet
       levels = (levels - levels[:, ::-1]) / 2
     return make_increasing(levels, min_gap(levels, gap_ratio))
 
-  levels = project(levels)
-  for _ in range(iterations):
-    levels = project(lloyd_step(values, levels))
-  return levels
+  return jax.lax.fori_loop(0, iterations, lambda _, lv: project(lloyd_step(values, lv)),
+                           project(levels))
+
+
+def nearest_value_1d(x: jax.Array, levels: jax.Array) -> jax.Array:
+  """The nearest of the sorted 1-D `levels` for every element of `x` (the end levels clip)."""
+  if levels.shape[0] > _COMPARE_MAX_LEVELS:
+    return levels[nearest_level_1d(x, levels)]
+  # Lowest level plus every gap whose midpoint x passes: elementwise, no gather.
+  midpoints = (levels[1:] + levels[:-1]) / 2
+  gaps = jnp.diff(levels)
+  value = jnp.full_like(x, levels[0])
+  for k in range(levels.shape[0] - 1):
+    value = value + jnp.where(x > midpoints[k], gaps[k], 0)
+  return value
 
 
 def nearest_level_1d(x: jax.Array, levels: jax.Array) -> jax.Array:
