@@ -9,8 +9,16 @@ import ml_collections
 RUNLOCAL = 'runlocal'
 CIFAR_MODELS = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
 IMAGENET_MODELS = ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenet_v2')
-# The runlocal ImageNet variant trains at this resolution, small enough for a CPU.
-RUNLOCAL_IMAGENET_SIZE = 64
+# runlocal swaps in the registry's tiny variant of a family where one takes the same input size.
+RUNLOCAL_MODELS = {
+    'cifar_resnet20': '_cifar_resnet_tiny',
+    'cifar_resnet18': '_cifar_resnet_tiny',
+    'cifar_alexnet': '_alexnet_tiny',
+    'cifar_mobilenet_v2': '_mobilenet_v2_tiny',
+    'resnet18': '_resnet_tiny',
+    'resnet34': '_resnet_tiny',
+    'resnet50': '_resnet_tiny',
+}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -138,13 +146,12 @@ def _variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
 
 
 def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A few steps at batch 8: checks that a config runs end to end on a CPU."""
+  """A few steps at batch 8 with a tiny model: checks that a config runs end to end on a CPU."""
+  config.model = RUNLOCAL_MODELS.get(config.model, config.model)
   config.global_batch_size = 8
   config.eval_batch_size = 100
   config.num_train_steps = 4
   config.log_every_steps = 1
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 2
-  if config.dataset == 'imagenet2012':
-    config.image_size = RUNLOCAL_IMAGENET_SIZE
   return config

@@ -25,11 +25,18 @@ class CheckpointMismatchError(ValueError):
   """A checkpoint's arrays do not match the state this run builds."""
 
 
-def create_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  # Named up front so that metadata can be read before anything was saved or restored.
+  return {'state': ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}
+
+
+def create_manager(workdir: str, *, max_to_keep: int = 1,
+                   read_only: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-      item_names=('state', 'config'))
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                           read_only=read_only),
+      item_handlers=_item_handlers())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -105,11 +112,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
 
 def restore_variables(workdir: str) -> dict[str, Any]:
   """`{'params', 'batch_stats'}` (host numpy) of the latest checkpoint in another run's workdir."""
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-  with ocp.CheckpointManager(directory, item_names=('state', 'config'),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+  with create_manager(workdir, read_only=True) as manager:
     step = manager.latest_step()
     if step is None:
-      raise FileNotFoundError(f'init_from={workdir!r} has no checkpoint under {directory}.')
+      raise FileNotFoundError(f'init_from={workdir!r} has no checkpoint in {manager.directory}.')
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
   return jax.device_get({'params': state['params'], 'batch_stats': state['batch_stats']})

@@ -1,0 +1,60 @@
+"""End-to-end `train_and_evaluate` on mock CIFAR-100 and ImageNet, and on fake data."""
+import json
+import math
+import os
+
+import pytest
+
+from dqnn import train
+from train_testlib import read_metrics, tiny_config
+
+
+def _check_run(workdir, final, *, expect_eval=True):
+  records = read_metrics(workdir)
+  train_records = [r for r in records if r['split'] == 'train']
+  assert [r['step'] for r in train_records] == [1, 2, 3, 4]
+  for record in records:
+    assert all(math.isfinite(v) for k, v in record.items() if k != 'split'), record
+  assert {'loss', 'top1', 'learning_rate', 'learning_rate/levels', 'steps_per_sec'} <= set(
+      train_records[-1])
+  assert train_records[0]['learning_rate'] > train_records[-1]['learning_rate']  # Cosine decay.
+  eval_records = [r for r in records if r['split'] == 'eval']
+  if expect_eval:
+    assert [r['step'] for r in eval_records] == [4]
+    assert 0 <= eval_records[0]['top1'] <= eval_records[0]['top5'] <= 1
+    # The tiny model's quantized layers report their activation error.
+    assert any(k.startswith('act_error/') for k in eval_records[0])
+    assert final['eval/loss'] == eval_records[0]['loss']
+  else:
+    assert not eval_records
+  assert final['step'] == 4
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['global_batch_size'] == 8
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  # TensorBoard event files, written by clu.
+  assert any(name.startswith('events.out') for name in os.listdir(workdir))
+
+
+def test_cifar_w2a2_trains_evaluates_and_checkpoints(cifar_data_dir, tmp_path):
+  config = tiny_config('cifar100', data_dir=cifar_data_dir)
+  final = train.train_and_evaluate(config, str(tmp_path))
+  _check_run(str(tmp_path), final)
+
+
+def test_imagenet_w2a2_trains_evaluates_and_checkpoints(imagenet_data_dir, tmp_path):
+  config = tiny_config('imagenet2012', data_dir=imagenet_data_dir, label_smoothing=0.1,
+                       dtype='bfloat16')
+  final = train.train_and_evaluate(config, str(tmp_path))
+  _check_run(str(tmp_path), final)
+
+
+def test_fake_data_needs_no_dataset(tmp_path):
+  config = tiny_config('fake', num_classes=100, image_size=32)
+  final = train.train_and_evaluate(config, str(tmp_path))
+  _check_run(str(tmp_path), final, expect_eval=False)
+
+
+def test_batch_must_divide_over_devices(cifar_data_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(train.jax, 'device_count', lambda: 3)
+  with pytest.raises(ValueError, match='not divisible by 3 devices'):
+    train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir), str(tmp_path))

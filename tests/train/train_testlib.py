@@ -1,0 +1,69 @@
+"""Helpers for the training tests: tiny configs and reading the metric log."""
+import json
+import os
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# Config files import `configs.base`, as they do when run from the repository root.
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import base
+import jax
+import orbax.checkpoint as ocp
+
+from dqnn import checkpoint
+from dqnn import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+SHARED_DATA = pathlib.Path(
+    os.environ.get('DQNN_SHARED_DATA', REPO.parent / 'shared' / 'data'))
+TINY_MODELS = {'cifar100': '_cifar_resnet_tiny', 'imagenet2012': '_resnet_tiny',
+               'fake': '_cifar_resnet_tiny'}
+
+
+def tiny_config(dataset: str = 'cifar100', *, w_bits: int = 2, a_bits: int = 2, **fields):
+  """A config that trains the tiny test model for 4 steps at batch 8 (checkpoints every 2)."""
+  config = base.get_base_config()
+  config.dataset = dataset
+  config.model = TINY_MODELS[dataset]
+  config.quant.w_bits, config.quant.a_bits = w_bits, a_bits
+  config.global_batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 4
+  config.log_every_steps = 1
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = 2
+  config.update(fields)
+  return config
+
+
+def read_metrics(workdir) -> list[dict]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def patch_train_batches(monkeypatch, on_batch) -> None:
+  """Routes every training batch through `on_batch(step_index, batch)` (0-based step index)."""
+  original = train.train_batches
+
+  def patched(config, info, *, start_step, steps_per_epoch):
+    batches = original(config, info, start_step=start_step, steps_per_epoch=steps_per_epoch)
+    for index, batch in enumerate(batches, start=start_step):
+      yield on_batch(index, batch)
+
+  monkeypatch.setattr(train, 'train_batches', patched)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  directory = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def restore_raw_state(workdir, step: int) -> dict:
+  """The whole saved train state of `step` as host arrays."""
+  with checkpoint.create_manager(workdir, read_only=True) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.device_get(restored.state)
