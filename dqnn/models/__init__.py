@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from dqnn.models.alexnet import AlexNet
 from dqnn.models.cifar_resnet import cifar_resnet, cifar_resnet18
 from dqnn.models.mobilenet_v2 import CIFAR_BLOCKS, MobileNetV2
+from dqnn.models import building
 from dqnn.models.policy import QuantPolicy, layer_paths
 from dqnn.models.preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 from dqnn.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -40,19 +41,20 @@ MODELS = {
     'cifar_resnet18': ModelSpec(cifar_resnet18, 32),
     'cifar_alexnet': ModelSpec(_p(AlexNet, stem='cifar', hidden_features=1024), 32),
     'cifar_mobilenet_v2': ModelSpec(_p(MobileNetV2, blocks=CIFAR_BLOCKS, stem_strides=1), 32),
-    # Tiny test-only variants: two stages (so shortcuts and strides are exercised), few channels.
+    # Tiny test-only variants: two stages (so shortcuts and strides are exercised) and few
+    # distinct layer shapes, as on CPU each new shape costs a compilation.
     '_resnet_tiny': ModelSpec(
-        _p(ResNet, (1, 1), BasicBlock, stage_features=(8, 16)), 224),
+        _p(ResNet, (1, 1), BasicBlock, stage_features=(8, 8)), 224),
     '_preact_resnet_tiny': ModelSpec(
-        _p(PreActResNet, (1, 2), PreActBasicBlock, stage_features=(8, 16)), 224),
+        _p(PreActResNet, (1, 2), PreActBasicBlock, stage_features=(8, 8)), 224),
     '_cifar_resnet_tiny': ModelSpec(
         _p(ResNet, (1, 1), BasicBlock, stage_features=(8, 16), stem='cifar', shortcut='zero_pad'),
         32),
     '_alexnet_tiny': ModelSpec(
-        _p(AlexNet, conv_features=(8, 8, 8, 8, 8), hidden_features=16, stem='cifar'), 32),
+        _p(AlexNet, conv_features=(8, 8, 8, 8, 8), hidden_features=8, stem='cifar'), 32),
     '_mobilenet_v2_tiny': ModelSpec(
-        _p(MobileNetV2, blocks=((1, 8, 1, 1), (6, 8, 2, 2)), stem_features=8, stem_strides=1,
-           last_features=16), 32),
+        _p(MobileNetV2, blocks=((1, 8, 1, 1), (2, 8, 2, 2)), stem_features=8, stem_strides=1,
+           last_features=8), 32),
 }
 del _p
 

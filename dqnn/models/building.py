@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from dqnn.layers import QuantConv, QuantDense
 
-# torchvision's conv init (Kaiming normal, fan_out).
+# torchvision's conv init (Kaiming normal, fan_out, not truncated).
 CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
