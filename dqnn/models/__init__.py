@@ -12,7 +12,6 @@ import jax.numpy as jnp
 from dqnn.models.alexnet import AlexNet
 from dqnn.models.cifar_resnet import cifar_resnet, cifar_resnet18
 from dqnn.models.mobilenet_v2 import CIFAR_BLOCKS, MobileNetV2
-from dqnn.models import building
 from dqnn.models.policy import QuantPolicy, layer_paths
 from dqnn.models.preact_resnet import PreActBasicBlock, PreActBottleneck, PreActResNet
 from dqnn.models.resnet import BasicBlock, Bottleneck, ResNet

@@ -52,7 +52,7 @@ def test_full_precision_is_exactly_the_float_model_and_inputs_are_activations(na
 
   with nn.intercept_methods(record_inputs):
     outputs = model.apply(variables, images, train=True, mutable=['batch_stats'])
-  first, *body, last = layer_paths(model, images.shape)
+  _, *body, last = layer_paths(model, images.shape)
   for path in body + [last]:
     signed, x = inputs[path]
     # Unsigned activation grids are for BN+ReLU(6) outputs; signed ones for inputs that are not.
@@ -71,16 +71,18 @@ def test_full_precision_is_exactly_the_float_model_and_inputs_are_activations(na
 def test_every_body_layer_is_quantized_with_the_global_bits():
   params = abstract_params('_preact_resnet_tiny', QuantPolicy(w_bits=2, a_bits=2))
   model = create_model('_preact_resnet_tiny', num_classes=10, policy=QuantPolicy())
-  first, *body, last = layer_paths(model, (1, 224, 224, 3))
+  _, *body, _ = layer_paths(model, (1, 224, 224, 3))
   assert 'stage2/block0/shortcut' in body
   for path in body:
     layer = at(params, path)
     assert set(layer) == {'weight_quantizer', 'act_quantizer'}, path
-    assert layer['weight_quantizer']['levels'].shape[-1] == 4 and layer['act_quantizer']['basis'].shape == (2,)
+    assert layer['weight_quantizer']['levels'].shape[-1] == 4, path
+    assert layer['act_quantizer']['basis'].shape == (2,), path
 
 
 def test_an_override_reaches_its_layer_and_only_it():
-  policy = QuantPolicy(w_bits=2, a_bits=2, overrides=(('stage2/block0/conv1', dict(w_bits=4, a_bits=3)),))
+  policy = QuantPolicy(w_bits=2, a_bits=2,
+                       overrides=(('stage2/block0/conv1', dict(w_bits=4, a_bits=3)),))
   params = abstract_params('_resnet_tiny', policy)
   overridden = at(params, 'stage2/block0/conv1')
   assert overridden['weight_quantizer']['levels'].shape == (8, 16)  # (output channels, 2**4)

@@ -31,7 +31,8 @@ def test_overrides_match_exact_paths_and_globs_and_apply_in_order():
       BODY, w_bits=4, weight_options={'symmetric': True})
   assert policy.layer_kwargs('stage3/block0/conv2') == BODY
   # Overrides reach the edge layers too.
-  assert QuantPolicy(overrides=(('head', {'w_bits': 4}),)).layer_kwargs('head', 'last')['w_bits'] == 4
+  edge_override = QuantPolicy(overrides=(('head', {'w_bits': 4}),))
+  assert edge_override.layer_kwargs('head', 'last')['w_bits'] == 4
 
 
 def test_policy_is_hashable_with_options_and_overrides():
