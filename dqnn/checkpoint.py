@@ -110,11 +110,25 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   return state, step
 
 
-def restore_variables(workdir: str) -> dict[str, Any]:
-  """`{'params', 'batch_stats'}` (host numpy) of the latest checkpoint in another run's workdir."""
+def restore_state_dict(workdir: str, step: int | None = None) -> dict[str, Any]:
+  """Another run's saved state as host arrays, whatever devices it was saved from.
+
+  Reads the latest step unless `step` is given; raises FileNotFoundError if there is none.
+  """
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with create_manager(workdir, read_only=True) as manager:
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'init_from={workdir!r} has no checkpoint in {manager.directory}.')
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
-  return jax.device_get({'params': state['params'], 'batch_stats': state['batch_stats']})
+      raise FileNotFoundError(f'{workdir!r} has no checkpoint in {manager.directory}.')
+    # Without a target orbax would place arrays on the saving run's devices.
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step).state.tree)
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target))).state
+  return jax.device_get(state)
+
+
+def restore_variables(workdir: str) -> dict[str, Any]:
+  """`{'params', 'batch_stats'}` (host arrays) of the latest checkpoint in another run's workdir."""
+  state = restore_state_dict(workdir)
+  return {'params': state['params'], 'batch_stats': state['batch_stats']}

@@ -11,8 +11,6 @@ if str(REPO) not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
-import jax
-import orbax.checkpoint as ocp
 
 from dqnn import checkpoint
 from dqnn import train
@@ -64,6 +62,4 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def restore_raw_state(workdir, step: int) -> dict:
   """The whole saved train state of `step` as host arrays."""
-  with checkpoint.create_manager(workdir, read_only=True) as manager:
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return jax.device_get(restored.state)
+  return checkpoint.restore_state_dict(workdir, step)
