@@ -1,0 +1,269 @@
+"""Builds an `ExportedModel` from a model and its trained variables.
+
+Each quantized kernel becomes packed level indices plus its `(G, 2**bits)` level table: DQ
+kernels store their own tables; latent-weight baselines (LQ-Nets, LSQ, DoReFa) store the
+distinct values of their `w_q` per output channel. Each activation quantizer becomes a sorted
+threshold vector and the values it outputs. Float kernels, biases and BatchNorm stay float32.
+"""
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dqnn import checkpoint
+from dqnn import models
+from dqnn import quantizers
+from dqnn.export import folding
+from dqnn.export import format as fmt
+from dqnn.export import graph
+from dqnn.layers import QuantizeActivation
+from dqnn.quantizers import dq_weight
+from dqnn.quantizers import levels as lv
+from dqnn.quantizers.dorefa import DoReFaActivation
+from dqnn.quantizers.dq_activation import DQActivation, levels_from, unit_grid
+from dqnn.quantizers.lsq import LSQActivation, signed_range
+from dqnn.quantizers.pact import PACTActivation
+
+FULL_PRECISION = 32
+_CONFIG_FILE = 'config.json'
+_DATASET_CLASSES = {'cifar100': 100, 'imagenet2012': 1000}
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """The class count a config's model was built with (known without reading the dataset)."""
+  if config.dataset in _DATASET_CLASSES:
+    return _DATASET_CLASSES[config.dataset]
+  return config.num_classes
+
+
+def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
+  return models.create_model(config.model, num_classes=num_classes(config),
+                             policy=models.QuantPolicy.from_config(config.quant),
+                             dtype=jnp.dtype(config.dtype))
+
+
+def image_size(config: ml_collections.ConfigDict) -> int:
+  return config.image_size or models.model_spec(config.model).image_size
+
+
+def read_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """A training run's config and eval-time variables (params, batch_stats, quant_stats)."""
+  with open(os.path.join(workdir, _CONFIG_FILE)) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  state = checkpoint.restore_state_dict(workdir)
+  # Closed-form activation quantizers keep their levels in quant_stats, so it is needed too.
+  variables = {name: state.get(name) or {} for name in ('params', 'batch_stats', 'quant_stats')}
+  return config, variables
+
+
+def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *,
+                 fold_batch_norm: bool = False) -> fmt.ExportedModel:
+  """The deployable form of `config`'s model with `variables` (eval mode)."""
+  model = model_from_config(config)
+  size = image_size(config)
+  # Batch 2, so that the batch axis is not mistaken for another axis of size 1.
+  traced = graph.trace(model, variables, (2, size, size, 3))
+  builder = _Builder(variables, first_free_value=1 + max(op['output'] for op in traced.ops))
+  ops = []
+  for op in traced.ops:
+    if op['op'] == 'layer':
+      ops.extend(builder.layer_ops(traced.layers[op['layer']], op['inputs'][0], op['output']))
+    else:
+      ops.append(op)
+  header = {'model': config.model, 'config': config.to_dict(),
+            'num_classes': num_classes(config), 'input_shape': [size, size, 3],
+            'output': traced.output, 'ops': ops, 'folded_batch_norm': {}}
+  exported = fmt.ExportedModel(json.loads(json.dumps(header, default=_jsonable)),
+                               builder.tensors)
+  return folding.fold_batch_norm(exported) if fold_batch_norm else exported
+
+
+def export_workdir(workdir: str, *, fold_batch_norm: bool = False) -> fmt.ExportedModel:
+  config, variables = read_workdir(workdir)
+  return export_model(config, variables, fold_batch_norm=fold_batch_norm)
+
+
+def _jsonable(value):
+  if isinstance(value, (np.integer, np.floating)):
+    return value.item()
+  if isinstance(value, tuple):
+    return list(value)
+  return str(value)
+
+
+def _subtree(tree: dict, path: tuple[str, ...]) -> dict:
+  for key in path:
+    tree = (tree or {}).get(key, {})
+  return tree or {}
+
+
+class _Builder:
+  """Turns intercepted layers into ops, collecting their tensors by name."""
+
+  def __init__(self, variables, first_free_value: int):
+    self.tensors = {}
+    self._variables = variables
+    # Ids for the values a layer creates inside itself (its quantized input).
+    self._next_value = first_free_value
+
+  def _vars(self, module: nn.Module, *sub: str) -> dict[str, dict]:
+    path = tuple(module.path) + sub
+    return {name: _subtree(self._variables.get(name, {}), path)
+            for name in ('params', 'batch_stats', 'quant_stats')}
+
+  def _add(self, name: str, array, dtype=np.float32) -> str:
+    self.tensors[name] = np.asarray(array, dtype)
+    return name
+
+  def layer_ops(self, module: nn.Module, source: int, output: int) -> list[dict]:
+    name = '/'.join(module.path)
+    if isinstance(module, nn.BatchNorm):
+      return [self._batch_norm(module, name, source, output)]
+    if isinstance(module, QuantizeActivation):
+      return [self._act_quantize(module.quantizer, module.bits, module.options, module.signed,
+                                 self._vars(module, 'quantizer'), f'{name}/quantizer',
+                                 source, output)]
+    ops = []
+    a_bits = getattr(module, 'a_bits', FULL_PRECISION)
+    if a_bits != FULL_PRECISION:
+      quantized = self._next_value
+      self._next_value += 1
+      ops.append(self._act_quantize(module.act_quantizer, a_bits, module.act_options,
+                                    module.a_signed, self._vars(module, 'act_quantizer'),
+                                    f'{name}/act_quantizer', source, quantized))
+      source = quantized
+    ops.append(self._linear(module, name, source, output))
+    return ops
+
+  def _batch_norm(self, module: nn.BatchNorm, name: str, source: int, output: int) -> dict:
+    if module.axis not in (-1,) or module.axis_name is not None:
+      raise graph.UnsupportedModelError(f'BatchNorm {name} normalises axis {module.axis}.')
+    variables = self._vars(module)
+    op = {'op': 'batch_norm', 'name': name, 'inputs': [source], 'output': output,
+          'epsilon': float(module.epsilon), 'dtype': _dtype_name(module.dtype),
+          'mean': self._add(f'{name}/mean', variables['batch_stats']['mean']),
+          'var': self._add(f'{name}/var', variables['batch_stats']['var'])}
+    for field in ('scale', 'bias'):
+      op[field] = (self._add(f'{name}/{field}', variables['params'][field])
+                   if field in variables['params'] else None)
+    return op
+
+  def _linear(self, module: nn.Module, name: str, source: int, output: int) -> dict:
+    params = self._vars(module)['params']
+    is_conv = isinstance(module, nn.Conv)
+    op = {'op': 'conv' if is_conv else 'dense', 'name': name, 'inputs': [source],
+          'output': output, 'dtype': _dtype_name(module.dtype),
+          'bias': self._add(f'{name}/bias', params['bias']) if module.use_bias else None}
+    if module.precision is not None:
+      raise graph.UnsupportedModelError(f'{name} sets a matmul precision.')
+    if is_conv:
+      op.update(_conv_geometry(module, name))
+    w_bits = getattr(module, 'w_bits', FULL_PRECISION)
+    if w_bits == FULL_PRECISION:
+      op['kernel'] = {'float': self._add(f'{name}/kernel', params['kernel']),
+                      'shape': list(np.shape(params['kernel']))}
+    else:
+      table, indices = self._kernel_levels(module, name)
+      op['kernel'] = {'bits': w_bits, 'shape': list(indices.shape),
+                      'levels': self._add(f'{name}/levels', table),
+                      'indices': self._add(f'{name}/indices', fmt.pack_indices(indices, w_bits),
+                                           np.uint8)}
+    return op
+
+  def _kernel_levels(self, module: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(G, 2**bits)` levels and kernel-shaped level indices of a quantized kernel."""
+    variables = self._vars(module, 'weight_quantizer')
+    if dq_weight.is_dq_weight(variables['params']):
+      table = dq_weight.level_table(variables['params'])
+      return (np.asarray(table),
+              np.asarray(lv.round_index(variables['params'][dq_weight.INDEX], table.shape[-1])))
+    # Latent-weight baselines: w_q as the quantizer computes it, then its values per channel.
+    shape = tuple(variables['params']['kernel'].shape)
+    quantizer = quantizers.weight_quantizer(module.weight_quantizer, module.w_bits,
+                                            module.kernel_init, module.weight_options)
+    w_q = np.asarray(quantizer.apply({k: v for k, v in variables.items() if v}, shape))
+    return per_channel_levels(w_q, module.w_bits, name)
+
+  def _act_quantize(self, method, bits, options, signed, variables, name, source,
+                    output) -> dict:
+    quantizer = quantizers.activation_quantizer(method, bits, options, signed=signed)
+    nominal, exact = nominal_levels(quantizer, variables)
+    # Each cell's output is whatever the quantizer makes of a point inside it: for DQ exactly the
+    # value training computes (the levels summed up gap by gap), for the others their grid.
+    values = quantizer.apply({k: v for k, v in variables.items() if v}, nominal)
+    thresholds = (nominal[1:] + nominal[:-1]) / 2
+    return {'op': 'act_quantize', 'name': name, 'inputs': [source], 'output': output,
+            'bits': bits, 'exact': exact,
+            'thresholds': self._add(f'{name}/thresholds', thresholds),
+            'values': self._add(f'{name}/values', values)}
+
+
+def per_channel_levels(w_q: np.ndarray, bits: int, name: str = '') -> tuple[np.ndarray, np.ndarray]:
+  """Level table `(out, 2**bits)` and indices of a kernel `w_q` with few values per channel.
+
+  Rows with fewer than `2**bits` distinct values repeat their largest one (never indexed).
+  """
+  groups = w_q.reshape(-1, w_q.shape[-1])
+  num_levels = 2 ** bits
+  table = np.empty((groups.shape[1], num_levels), np.float32)
+  indices = np.empty(groups.shape, np.int32)
+  for channel in range(groups.shape[1]):
+    distinct = np.unique(groups[:, channel])
+    if distinct.size > num_levels:
+      raise ValueError(f'{name}: output channel {channel} has {distinct.size} distinct '
+                       f'quantized weights, more than 2**{bits}.')
+    table[channel] = np.pad(distinct, (0, num_levels - distinct.size), mode='edge')
+    indices[:, channel] = np.searchsorted(distinct, groups[:, channel])
+  return table, indices.reshape(w_q.shape)
+
+
+def nominal_levels(quantizer: nn.Module, variables: dict) -> tuple[jax.Array, bool]:
+  """The sorted `(2**bits,)` levels an activation quantizer rounds to, and whether nearest-level
+  rounding with midpoint thresholds reproduces it bit for bit (DQ) or up to ties (the others).
+  """
+  params, stats = variables.get('params', {}), variables.get('quant_stats', {})
+  bits, num_levels = quantizer.bits, 2 ** quantizer.bits
+  if isinstance(quantizer, DQActivation):
+    field = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[quantizer.parameterisation]
+    value = params.get(field, stats.get(field))
+    return levels_from(quantizer.parameterisation, value, bits, quantizer.signed), True
+  if isinstance(quantizer, LSQActivation):
+    low, high = signed_range(bits) if quantizer.signed else (0, num_levels - 1)
+    return jnp.arange(-low, high + 1, dtype=jnp.float32) * params['step'], False
+  if isinstance(quantizer, PACTActivation):
+    alpha = params['clip']
+    low = -alpha if quantizer.signed else 0.0
+    return low + unit_grid(num_levels, False) * (alpha - low), False
+  if isinstance(quantizer, DoReFaActivation):
+    return unit_grid(num_levels, quantizer.signed).astype(jnp.float32), False
+  raise graph.UnsupportedModelError(f'No export for activation quantizer {type(quantizer)}.')
+
+
+def _dtype_name(dtype) -> str:
+  return jnp.dtype(dtype or jnp.float32).name
+
+
+def _conv_geometry(module: nn.Conv, name: str) -> dict:
+  """Strides, explicit padding, dilations and groups of a 2-D NHWC conv, as lax takes them."""
+  kernel_size = tuple(module.kernel_size)
+  if len(kernel_size) != 2 or not module.shared_weights:
+    raise graph.UnsupportedModelError(f'{name}: only 2-D shared-weight convs export.')
+
+  def pair(value):
+    if value is None:
+      return [1, 1]
+    return [value, value] if isinstance(value, int) else list(value)
+
+  padding = nn.linear.canonicalize_padding(module.padding, 2)
+  if isinstance(padding, str) and padding not in ('SAME', 'VALID'):
+    raise graph.UnsupportedModelError(f'{name}: {padding} padding does not export.')
+  return {'strides': pair(module.strides),
+          'padding': padding if isinstance(padding, str) else [list(p) for p in padding],
+          'lhs_dilation': pair(module.input_dilation),
+          'rhs_dilation': pair(module.kernel_dilation),
+          'feature_group_count': module.feature_group_count}
