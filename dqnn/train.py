@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dqnn import checkpoint
@@ -197,12 +198,19 @@ def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
   return {name: value / count for name, value in totals.items()}
 
 
-def _init_state(config, model, tx, info, rng, first_batch) -> TrainState:
-  variables = model.init({'params': rng, 'dropout': rng}, first_batch['image'], train=False)
-  variables = dict(variables)
+def initial_state(model, tx, rng: jax.Array, images: jax.Array) -> TrainState:
+  """A fresh train state; activation quantizer ranges are fitted to `images`."""
+  variables = model.init({'params': rng, 'dropout': rng}, images, train=False)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     **{name: variables.get(name, {}) for name in MODEL_STATE})
+
+
+def _replicate(tree: Any, sharding: NamedSharding) -> Any:
+  """Host values, identical on every process, as global arrays laid out by `sharding`."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda i: np.asarray(x)[i]),
+      jax.device_get(tree))
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -251,13 +259,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = create_optimizer(config, schedule)
   rng = jax.random.key(config.seed)
 
-  init_fn = jax.jit(functools.partial(_init_state, config, model, tx, info),
-                    out_shardings=replicated)
-  image_shape = (config.global_batch_size, info.image_size, info.image_size, 3)
-  abstract_state = jax.eval_shape(init_fn, rng, {'image': jax.ShapeDtypeStruct(
-      image_shape, jnp.float32)})
+  local_images = jax.ShapeDtypeStruct(
+      (config.global_batch_size // jax.process_count(), info.image_size, info.image_size, 3),
+      jnp.float32)
   abstract_state = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      jax.eval_shape(functools.partial(initial_state, model, tx), rng, local_images))
 
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
@@ -270,18 +277,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = None
   batches = train_batches(config, info, start_step=start_step, steps_per_epoch=steps_per_epoch)
   if state is None:
-    # Data-dependent initialisation (activation quantizer ranges) from the first batch.
     first = next(batches)
     batches = itertools.chain([first], batches)
-    state = init_fn(rng, _global({'image': first['image']}, batch_sharding))
+    # Initialised outside jit: compiling the quantizers' k-means initialisation takes far longer
+    # than running it once. Every process initialises from process 0's first batch, so all
+    # hold the same values.
+    state = initial_state(model, tx, rng, multihost_utils.broadcast_one_to_all(first['image']))
     if config.init_from:
       variables = warm_start.from_float(jax.device_get(state.variables()),
                                         checkpoint.restore_variables(config.init_from))
-      params = variables['params']
-      state = jax.device_put(state.replace(
-          params=params, opt_state=tx.init(params),
-          **{name: variables[name] for name in MODEL_STATE}), replicated)
+      state = state.replace(params=variables['params'],
+                            opt_state=tx.init(variables['params']),
+                            **{name: variables[name] for name in MODEL_STATE})
       logging.info('Initialised from the float run in %s.', config.init_from)
+    state = _replicate(state, replicated)
   if is_main:
     _write_config(config, workdir)
 

@@ -23,7 +23,10 @@ TINY_MODELS = {'cifar100': '_cifar_resnet_tiny', 'imagenet2012': '_resnet_tiny',
 
 
 def tiny_config(dataset: str = 'cifar100', *, w_bits: int = 2, a_bits: int = 2, **fields):
-  """A config that trains the tiny test model for 4 steps at batch 8 (checkpoints every 2)."""
+  """A config that trains the tiny test model for 4 steps at batch 8 (checkpoints every 2).
+
+  ImageNet configs also compute in bfloat16 with label smoothing, to exercise both options.
+  """
   config = base.get_base_config()
   config.dataset = dataset
   config.model = TINY_MODELS[dataset]
@@ -34,6 +37,8 @@ def tiny_config(dataset: str = 'cifar100', *, w_bits: int = 2, a_bits: int = 2, 
   config.log_every_steps = 1
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 2
+  if dataset == 'imagenet2012':
+    config.dtype, config.label_smoothing = 'bfloat16', 0.1
   config.update(fields)
   return config
 

@@ -1,0 +1,89 @@
+"""Every experiment config loads (full and runlocal), is plain data and builds its model."""
+import functools
+import importlib.util
+import pathlib
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from dqnn import models
+from dqnn import train
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# Config files import `configs.base`, as they do when run from the repository root.
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+CONFIG_FILES = sorted(path for path in (REPO / 'configs').glob('*.py')
+                      if path.name not in ('__init__.py', 'base.py'))
+EXPECTED_EXPERIMENTS = (
+    [f'cifar100_{m}_{b}' for m in ('resnet20', 'resnet18', 'alexnet', 'mobilenetv2')
+     for b in ('fp', 'w2a2', 'w3a3', 'w4a4')]
+    + [f'imagenet_{m}_{b}' for m in ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenetv2')
+       for b in ('fp', 'w2a2')]
+    + ['imagenet_resnet18_w3a3', 'imagenet_resnet18_w4a4', 'fake_data_throughput'])
+NUM_CLASSES = {'cifar100': 100, 'imagenet2012': 1000}
+IMAGE_SIZE = {'cifar100': 32, 'imagenet2012': 224}
+
+
+def _load(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(f'config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _leaves(config: ml_collections.ConfigDict):
+  for value in config.values():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value)
+    else:
+      yield value
+
+
+def _sizes(config):
+  num_classes = config.num_classes or NUM_CLASSES[config.dataset]
+  image_size = config.image_size or IMAGE_SIZE[config.dataset]
+  return num_classes, image_size
+
+
+def test_every_expected_experiment_has_a_config():
+  assert not set(EXPECTED_EXPERIMENTS) - {path.stem for path in CONFIG_FILES}
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.stem)
+def test_docstring_gives_command_expectation_runtime_and_recipe(path):
+  doc = _load(path).__doc__
+  assert f'python -m dqnn.main --config=configs/{path.name}' in doc
+  for field in ('Expected', 'Runtime:', 'Recipe:'):
+    assert field in doc, field
+  assert re.search(r'anchor from the literature|not measured yet', doc)
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.stem)
+def test_config_loads_and_builds_its_model(path):
+  module = _load(path)
+  config, local = module.get_config(), module.get_config('runlocal')
+  for cfg in (config, local):
+    assert isinstance(cfg, ml_collections.ConfigDict)
+    for value in _leaves(cfg):
+      assert isinstance(value, (str, int, float, bool, tuple, list, type(None))), value
+    models.check_input_size(cfg.model, _sizes(cfg)[1])
+  assert local.global_batch_size <= 8 and 0 < local.num_train_steps <= 10
+  assert (local.dataset, local.quant) == (config.dataset, config.quant)
+  # runlocal's model is the full model or a tiny variant of its family: build both.
+  for cfg in (config, local) if local.model != config.model else (config,):
+    num_classes, image_size = _sizes(cfg)
+    model = train.create_model(cfg, num_classes)
+    logits, variables = jax.eval_shape(
+        functools.partial(model.init_with_output, train=False), jax.random.key(0),
+        jnp.zeros((2, image_size, image_size, 3), jnp.float32))
+    assert logits.shape == (2, num_classes)
+    quantized = min(cfg.quant.w_bits, cfg.quant.a_bits) < 32
+    has_quantizer = any('weight_quantizer' in jax.tree_util.keystr(path)
+                        for path, _ in jax.tree_util.tree_leaves_with_path(variables['params']))
+    assert has_quantizer == quantized
