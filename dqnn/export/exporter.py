@@ -30,6 +30,8 @@ from dqnn.quantizers.lsq import LSQActivation, signed_range
 from dqnn.quantizers.pact import PACTActivation
 
 FULL_PRECISION = 32
+# Relative spread of float noise around one level that still counts as that level.
+_NOISE = 1e-5
 _CONFIG_FILE = 'config.json'
 _DATASET_CLASSES = {'cifar100': 100, 'imagenet2012': 1000}
 
@@ -206,19 +208,27 @@ class _Builder:
 def per_channel_levels(w_q: np.ndarray, bits: int, name: str = '') -> tuple[np.ndarray, np.ndarray]:
   """Level table `(out, 2**bits)` and indices of a kernel `w_q` with few values per channel.
 
-  Rows with fewer than `2**bits` distinct values repeat their largest one (never indexed).
+  Rows with fewer than `2**bits` distinct values repeat their largest one (never indexed). A
+  straight-through `w + (q - w)` (LQ-Nets) leaves rounding noise around each level: values
+  are then grouped at the `2**bits - 1` widest gaps, each group stored as its mean.
   """
   groups = w_q.reshape(-1, w_q.shape[-1])
   num_levels = 2 ** bits
   table = np.empty((groups.shape[1], num_levels), np.float32)
   indices = np.empty(groups.shape, np.int32)
   for channel in range(groups.shape[1]):
-    distinct = np.unique(groups[:, channel])
+    distinct, index = np.unique(groups[:, channel], return_inverse=True)
     if distinct.size > num_levels:
-      raise ValueError(f'{name}: output channel {channel} has {distinct.size} distinct '
-                       f'quantized weights, more than 2**{bits}.')
+      cuts = np.sort(np.argsort(np.diff(distinct))[-(num_levels - 1):]) + 1
+      clusters = np.split(distinct, cuts)
+      spread = max(float(c[-1] - c[0]) for c in clusters)
+      if spread > _NOISE * np.abs(distinct).max():
+        raise ValueError(f'{name}: output channel {channel} has {distinct.size} distinct '
+                         f'quantized weights, more than 2**{bits}.')
+      index = np.searchsorted(cuts, index, side='right')
+      distinct = np.array([c.mean() for c in clusters], np.float32)
     table[channel] = np.pad(distinct, (0, num_levels - distinct.size), mode='edge')
-    indices[:, channel] = np.searchsorted(distinct, groups[:, channel])
+    indices[:, channel] = index.reshape(-1)
   return table, indices.reshape(w_q.shape)
 
 
