@@ -53,13 +53,17 @@ class Trace:
 
 def trace(model: nn.Module, variables: Any, input_shape: tuple[int, ...]) -> Trace:
   """Traces `model.apply(variables, x, train=False)` for `x` of `input_shape` (batch first)."""
-  layers = []
+  layers, running = [], []
 
   def intercept(next_fun, args, kwargs, context):
-    if context.method_name != '__call__' or not isinstance(context.module, LAYER_TYPES):
+    # QuantConv's __call__ calls nn.Conv's on the same module: the outer call is the layer.
+    if (context.method_name != '__call__' or not isinstance(context.module, LAYER_TYPES)
+        or context.module in running):
       return next_fun(*args, **kwargs)
     # The real output only gives the shape; its equations are dead code in the jaxpr.
+    running.append(context.module)
     out = next_fun(*args, **kwargs)
+    running.pop()
     layers.append(context.module)
     return _layer_p.bind(args[0], index=len(layers) - 1, shape=out.shape, dtype=out.dtype)
 
