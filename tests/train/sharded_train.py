@@ -1,4 +1,4 @@
-"""Trains the tiny CIFAR config for 3 steps on every visible device: `sharded_train.py DATA WORKDIR`.
+"""Trains the tiny CIFAR config for 4 steps on every visible device: `sharded_train.py DATA WORKDIR`.
 
 Run by test_sharded_training.py in a subprocess with 4 virtual CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4), since the device count is fixed at start.
@@ -12,7 +12,7 @@ from train_testlib import tiny_config
 
 
 def config(data_dir):
-  return tiny_config(data_dir=data_dir, num_train_steps=3, checkpoint_every_steps=0)
+  return tiny_config(data_dir=data_dir)
 
 
 def main():

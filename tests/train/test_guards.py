@@ -53,9 +53,9 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_data_d
 def test_mismatched_resume_names_the_difference_and_touches_nothing(
     cifar_data_dir, tmp_path, change, named):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir, num_train_steps=2), workdir)
+  train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir), workdir)
   before = _snapshot(workdir)
-  config = tiny_config(data_dir=cifar_data_dir, num_train_steps=4)
+  config = tiny_config(data_dir=cifar_data_dir, num_train_steps=8)
   for field, value in change.items():
     section, _, name = field.rpartition('.')
     (config[section] if section else config)[name] = value

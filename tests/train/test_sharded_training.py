@@ -38,7 +38,7 @@ def test_four_devices_train_like_one(cifar_data_dir, tmp_path, subprocess_env):
   for a, b in zip(records_one, records_four):
     for name in a.keys() - {'split', 'step', 'steps_per_sec'}:
       assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a['step'], name)
-  state_one, state_four = restore_raw_state(one, 3), restore_raw_state(four, 3)
+  state_one, state_four = restore_raw_state(one, 4), restore_raw_state(four, 4)
   assert jax.tree.structure(state_one) == jax.tree.structure(state_four)
   differing = [jax.tree_util.keystr(path) for path, same in jax.tree_util.tree_leaves_with_path(
       jax.tree.map(_close, state_one, state_four)) if not same]
