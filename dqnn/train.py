@@ -53,23 +53,35 @@ class TrainState:
             'quant_stats': self.quant_stats}
 
 
-class _StopSignal:
-  """Turns SIGTERM into a flag the loop checks after each step (then saves and returns)."""
+class _Preemption:
+  """Whether to save and stop after this step: SIGTERM (preemption) was received.
 
-  def __init__(self):
-    self.received = False
+  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption service
+  (started by `jax.distributed.initialize`) catches SIGTERM and names a step at which every
+  process stops together, so they all join the final save.
+  """
+
+  def __init__(self, manager):
+    self._manager = manager
+    self._multi_process = jax.process_count() > 1
+    self._received = False
     self._previous = None
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.received = True
+    self._received = True
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if not self._multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multi_process:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def reached(self, step: int) -> bool:
+    return self._manager.reached_preemption(step) if self._multi_process else self._received
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
@@ -313,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step = last_step = start_step
   last_time = time.monotonic()
   try:
-    with _StopSignal() as stop:
+    with _Preemption(manager) as preemption:
       while step < total_steps:
         state, step_metrics, finite = step_fn(state, _global(next(batches), batch_sharding))
         step += 1
@@ -340,12 +352,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           record = evaluate(config, info, state, eval_fn, batch_sharding)
           log.write(step, 'eval', record)
           final.update({f'eval/{k}': v for k, v in record.items()})
-        if is_last or stop.received or (config.checkpoint_every_steps
-                                        and step % config.checkpoint_every_steps == 0):
+        preempted = preemption.reached(step)
+        if is_last or preempted or (config.checkpoint_every_steps
+                                    and step % config.checkpoint_every_steps == 0):
           # Never save a non-finite state: the last good checkpoint must survive.
           _check_finite(pending_finite)
           checkpoint.save(manager, step, state, config)
-        if stop.received:
+        if preempted:
           logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
           break
   finally:
