@@ -1,7 +1,8 @@
-"""CIFAR-100, AlexNet (CIFAR variant), float (32-bit) reference.
+r"""CIFAR-100, AlexNet (CIFAR variant), float (32-bit) reference.
 
 Command (from the repository root):
-  python -m dqnn.main --config=configs/cifar100_alexnet_fp.py --workdir=$HOME/dqnn/cifar100_alexnet_fp
+  python -m dqnn.main --config=configs/cifar100_alexnet_fp.py \
+      --workdir=$HOME/dqnn/cifar100_alexnet_fp
 Expected top-1: anchor from the literature: not measured yet (no reliable anchor).
 Runtime: not measured yet (70,200 steps = 200 epochs of 45,000 images at batch 128).
 Recipe: SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4, cosine, 200 epochs: the common CIFAR

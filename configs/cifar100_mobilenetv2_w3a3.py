@@ -1,7 +1,8 @@
-"""CIFAR-100, MobileNetV2 (CIFAR stem), DQ W3A3 (first and last layer float).
+r"""CIFAR-100, MobileNetV2 (CIFAR stem), DQ W3A3 (first and last layer float).
 
 Command (from the repository root):
-  python -m dqnn.main --config=configs/cifar100_mobilenetv2_w3a3.py --workdir=$HOME/dqnn/cifar100_mobilenetv2_w3a3
+  python -m dqnn.main --config=configs/cifar100_mobilenetv2_w3a3.py \
+      --workdir=$HOME/dqnn/cifar100_mobilenetv2_w3a3
 Expected top-1: not measured yet (float reference: configs/cifar100_mobilenetv2_fp.py).
 Runtime: not measured yet (70,200 steps = 200 epochs of 45,000 images at batch 128).
 Recipe: SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4, cosine, 200 epochs: the common CIFAR

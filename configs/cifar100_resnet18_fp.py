@@ -1,7 +1,8 @@
-"""CIFAR-100, ResNet-18 (CIFAR stem), float (32-bit) reference.
+r"""CIFAR-100, ResNet-18 (CIFAR stem), float (32-bit) reference.
 
 Command (from the repository root):
-  python -m dqnn.main --config=configs/cifar100_resnet18_fp.py --workdir=$HOME/dqnn/cifar100_resnet18_fp
+  python -m dqnn.main --config=configs/cifar100_resnet18_fp.py \
+      --workdir=$HOME/dqnn/cifar100_resnet18_fp
 Expected top-1: anchor from the literature: ≈76-78% top-1 (e.g. weiaicunzai/pytorch-cifar100;
 approximate, not measured here).
 Runtime: not measured yet (70,200 steps = 200 epochs of 45,000 images at batch 128).

@@ -1,7 +1,8 @@
-"""CIFAR-100, ResNet-20, float (32-bit) reference.
+r"""CIFAR-100, ResNet-20, float (32-bit) reference.
 
 Command (from the repository root):
-  python -m dqnn.main --config=configs/cifar100_resnet20_fp.py --workdir=$HOME/dqnn/cifar100_resnet20_fp
+  python -m dqnn.main --config=configs/cifar100_resnet20_fp.py \
+      --workdir=$HOME/dqnn/cifar100_resnet20_fp
 Expected top-1: anchor from the literature: ≈68-69% top-1 (CIFAR-style ResNet-20 in public model
 zoos, e.g. chenyaofo/pytorch-cifar-models; approximate, not measured here).
 Runtime: not measured yet (70,200 steps = 200 epochs of 45,000 images at batch 128).

@@ -1,7 +1,8 @@
-"""ImageNet (ILSVRC-2012), MobileNetV2, DQ W2A2 (first and last layer float).
+r"""ImageNet (ILSVRC-2012), MobileNetV2, DQ W2A2 (first and last layer float).
 
 Command (from the repository root; the dataset prepared as in dqnn/data/prepare.py):
-  python -m dqnn.main --config=configs/imagenet_mobilenetv2_w2a2.py --workdir=$HOME/dqnn/imagenet_mobilenetv2_w2a2 \
+  python -m dqnn.main --config=configs/imagenet_mobilenetv2_w2a2.py \
+      --workdir=$HOME/dqnn/imagenet_mobilenetv2_w2a2 \
       --config.init_from=$HOME/dqnn/imagenet_mobilenetv2_fp
 Expected top-1: not measured yet (no W2A2 anchor in LQ-Nets or LSQ for this model).
 Runtime: not measured yet (450,360 steps = 90 epochs of 1,281,167 images at batch 256).

@@ -1,7 +1,8 @@
-"""ImageNet (ILSVRC-2012), ResNet-18, float (32-bit) reference.
+r"""ImageNet (ILSVRC-2012), ResNet-18, float (32-bit) reference.
 
 Command (from the repository root; the dataset prepared as in dqnn/data/prepare.py):
-  python -m dqnn.main --config=configs/imagenet_resnet18_fp.py --workdir=$HOME/dqnn/imagenet_resnet18_fp
+  python -m dqnn.main --config=configs/imagenet_resnet18_fp.py \
+      --workdir=$HOME/dqnn/imagenet_resnet18_fp
 Expected top-1: anchor from the literature: 69.76% top-1 (torchvision reference weights); not
 measured here.
 Runtime: not measured yet (450,360 steps = 90 epochs of 1,281,167 images at batch 256).

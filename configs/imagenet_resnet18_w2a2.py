@@ -1,7 +1,8 @@
-"""ImageNet (ILSVRC-2012), ResNet-18, DQ W2A2 (first and last layer float).
+r"""ImageNet (ILSVRC-2012), ResNet-18, DQ W2A2 (first and last layer float).
 
 Command (from the repository root; the dataset prepared as in dqnn/data/prepare.py):
-  python -m dqnn.main --config=configs/imagenet_resnet18_w2a2.py --workdir=$HOME/dqnn/imagenet_resnet18_w2a2 \
+  python -m dqnn.main --config=configs/imagenet_resnet18_w2a2.py \
+      --workdir=$HOME/dqnn/imagenet_resnet18_w2a2 \
       --config.init_from=$HOME/dqnn/imagenet_resnet18_fp
 Expected top-1: anchor from the literature: 64.9% top-1 for LQ-Nets W2A2 (Zhang et al., ECCV
 2018), the baseline DQ should match or beat; not measured here.

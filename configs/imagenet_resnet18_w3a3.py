@@ -1,7 +1,8 @@
-"""ImageNet (ILSVRC-2012), ResNet-18, DQ W3A3 (first and last layer float).
+r"""ImageNet (ILSVRC-2012), ResNet-18, DQ W3A3 (first and last layer float).
 
 Command (from the repository root; the dataset prepared as in dqnn/data/prepare.py):
-  python -m dqnn.main --config=configs/imagenet_resnet18_w3a3.py --workdir=$HOME/dqnn/imagenet_resnet18_w3a3 \
+  python -m dqnn.main --config=configs/imagenet_resnet18_w3a3.py \
+      --workdir=$HOME/dqnn/imagenet_resnet18_w3a3 \
       --config.init_from=$HOME/dqnn/imagenet_resnet18_fp
 Expected top-1: anchor from the literature: 68.2% top-1 for LQ-Nets W3A3 (Zhang et al., ECCV
 2018), the baseline DQ should match or beat; not measured here.

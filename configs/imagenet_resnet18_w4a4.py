@@ -1,7 +1,8 @@
-"""ImageNet (ILSVRC-2012), ResNet-18, DQ W4A4 (first and last layer float).
+r"""ImageNet (ILSVRC-2012), ResNet-18, DQ W4A4 (first and last layer float).
 
 Command (from the repository root; the dataset prepared as in dqnn/data/prepare.py):
-  python -m dqnn.main --config=configs/imagenet_resnet18_w4a4.py --workdir=$HOME/dqnn/imagenet_resnet18_w4a4 \
+  python -m dqnn.main --config=configs/imagenet_resnet18_w4a4.py \
+      --workdir=$HOME/dqnn/imagenet_resnet18_w4a4 \
       --config.init_from=$HOME/dqnn/imagenet_resnet18_fp
 Expected top-1: anchor from the literature: 69.3% top-1 for LQ-Nets W4A4 (Zhang et al., ECCV
 2018), the baseline DQ should match or beat; not measured here.

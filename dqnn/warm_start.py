@@ -74,5 +74,6 @@ def from_float(variables: Mapping[str, Any], float_variables: Mapping[str, Any])
       result[collection] = _transfer(variables[collection], float_variables, (collection,),
                                      problems)
   if problems:
-    raise WarmStartError('The float checkpoint does not fit this model:\n  ' + '\n  '.join(problems))
+    raise WarmStartError('The float checkpoint does not fit this model:\n  '
+                         + '\n  '.join(problems))
   return result

@@ -1,4 +1,4 @@
-"""Trains the tiny CIFAR config for 4 steps on every visible device: `sharded_train.py DATA WORKDIR`.
+"""Trains the tiny CIFAR config on every visible device: `sharded_train.py DATA_DIR WORKDIR`.
 
 Run by test_sharded_training.py in a subprocess with 4 virtual CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=4), since the device count is fixed at start.

@@ -1,4 +1,4 @@
-"""The command line: `python -m dqnn.main --config=configs/x.py:runlocal --config.x=y --workdir=`."""
+"""The command line: `python -m dqnn.main --config=configs/x.py:runlocal --config.x=y ...`."""
 import subprocess
 import sys
 

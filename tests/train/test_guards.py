@@ -48,7 +48,8 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_data_d
 
 @pytest.mark.parametrize('change, named', [
     ({'quant.w_bits': 3}, 'quant.w_bits: checkpoint 2, this run 3'),
-    ({'model': '_alexnet_tiny'}, "model: checkpoint '_cifar_resnet_tiny', this run '_alexnet_tiny'"),
+    ({'model': '_alexnet_tiny'},
+     "model: checkpoint '_cifar_resnet_tiny', this run '_alexnet_tiny'"),
 ])
 def test_mismatched_resume_names_the_difference_and_touches_nothing(
     cifar_data_dir, tmp_path, change, named):
