@@ -46,10 +46,12 @@ class LayerCost:
     return self.float_bytes / self.packed_bytes if self.packed_bytes else 1.0
 
 
-def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
-                variables: Any | None = None) -> list[LayerCost]:
-  """Costs of every conv/dense layer of `model` for one input of `input_shape` (HWC), plus a
-  'batch_norm' row; `variables` default to the model's abstract (eval_shape) initialisation."""
+def layer_calls(model: nn.Module, input_shape: tuple[int, ...], variables: Any | None = None):
+  """`(module, input shape, output shape)` of each conv/dense call, for one `input_shape` (HWC)
+  image; traced, not run. `variables` default to the abstract (eval_shape) initialisation.
+
+  Returns (calls, variables).
+  """
   images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   if variables is None:
     variables = jax.eval_shape(functools.partial(model.init, train=False),
@@ -72,8 +74,16 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
       return model.apply(variables, x, train=False)
 
   jax.eval_shape(forward, variables, images)
+  return calls, variables
+
+
+def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
+                variables: Any | None = None) -> list[LayerCost]:
+  """Costs of every conv/dense layer of `model` for one input of `input_shape` (HWC), plus a
+  'batch_norm' row; `variables` default to the model's abstract (eval_shape) initialisation."""
+  calls, variables = layer_calls(model, input_shape, variables)
   params = variables['params']
-  rows = [_layer_cost(module, in_shape, out_shape, _subtree(params, module.path))
+  rows = [_layer_cost(module, in_shape, out_shape, subtree(params, module.path))
           for module, in_shape, out_shape in calls]
   bn_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(
       variables.get('batch_stats', {})))
@@ -84,7 +94,7 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
   return rows
 
 
-def _subtree(tree, path):
+def subtree(tree, path):
   for key in path:
     tree = tree[key]
   return tree
@@ -149,23 +159,27 @@ def as_table(rows: list[LayerCost]) -> str:
   return '\n'.join([fmt(header), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])])
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A training run: its config and trained variables.')
-_JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  config, variables = flags.FLAGS.config, None
-  if _WORKDIR.value:
-    run_config, variables = exporter.read_workdir(_WORKDIR.value)
+  options = flags.FLAGS
+  config, variables = options.config, None
+  if options.workdir:
+    run_config, variables = exporter.read_workdir(options.workdir)
     config = config or run_config
   if config is None:
     raise app.UsageError('Pass --config, --workdir, or both.')
   rows = config_costs(config, variables)
-  print(json.dumps(as_json(rows), indent=2) if _JSON.value else as_table(rows))
+  print(json.dumps(as_json(rows), indent=2) if options.json else as_table(rows))
+
+
+def _define_flags():
+  # Defined only when run as a program, so importing dqnn.report adds no global flags.
+  flags.DEFINE_string('workdir', None, 'A training run: its config and trained variables.')
+  flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -33,6 +33,7 @@ FULL_PRECISION = 32
 # Relative spread of float noise around one level that still counts as that level.
 _NOISE = 1e-5
 _CONFIG_FILE = 'config.json'
+_COLLECTIONS = ('params', 'batch_stats', 'quant_stats')
 _DATASET_CLASSES = {'cifar100': 100, 'imagenet2012': 1000}
 
 
@@ -59,7 +60,7 @@ def read_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any
     config = ml_collections.ConfigDict(json.load(f))
   state = checkpoint.restore_state_dict(workdir)
   # Closed-form activation quantizers keep their levels in quant_stats, so it is needed too.
-  variables = {name: state.get(name) or {} for name in ('params', 'batch_stats', 'quant_stats')}
+  variables = {name: state.get(name) or {} for name in _COLLECTIONS}
   return config, variables
 
 
@@ -98,10 +99,13 @@ def _jsonable(value):
   return str(value)
 
 
-def _subtree(tree: dict, path: tuple[str, ...]) -> dict:
-  for key in path:
-    tree = (tree or {}).get(key, {})
-  return tree or {}
+def layer_variables(variables: dict[str, Any], path: tuple[str, ...]) -> dict[str, dict]:
+  """The subtree at module `path` of each collection (empty where a collection has none)."""
+  def subtree(tree):
+    for key in path:
+      tree = (tree or {}).get(key, {})
+    return tree or {}
+  return {name: subtree(variables.get(name, {})) for name in _COLLECTIONS}
 
 
 class _Builder:
@@ -114,9 +118,7 @@ class _Builder:
     self._next_value = first_free_value
 
   def _vars(self, module: nn.Module, *sub: str) -> dict[str, dict]:
-    path = tuple(module.path) + sub
-    return {name: _subtree(self._variables.get(name, {}), path)
-            for name in ('params', 'batch_stats', 'quant_stats')}
+    return layer_variables(self._variables, (*module.path, *sub))
 
   def _add(self, name: str, array, dtype=np.float32) -> str:
     self.tensors[name] = np.asarray(array, dtype)
@@ -170,26 +172,12 @@ class _Builder:
       op['kernel'] = {'float': self._add(f'{name}/kernel', params['kernel']),
                       'shape': list(np.shape(params['kernel']))}
     else:
-      table, indices = self._kernel_levels(module, name)
+      table, indices = kernel_levels(module, self._vars(module, 'weight_quantizer'))
       op['kernel'] = {'bits': w_bits, 'shape': list(indices.shape),
                       'levels': self._add(f'{name}/levels', table),
                       'indices': self._add(f'{name}/indices', fmt.pack_indices(indices, w_bits),
                                            np.uint8)}
     return op
-
-  def _kernel_levels(self, module: nn.Module, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """`(G, 2**bits)` levels and kernel-shaped level indices of a quantized kernel."""
-    variables = self._vars(module, 'weight_quantizer')
-    if dq_weight.is_dq_weight(variables['params']):
-      table = dq_weight.level_table(variables['params'])
-      return (np.asarray(table),
-              np.asarray(lv.round_index(variables['params'][dq_weight.INDEX], table.shape[-1])))
-    # Latent-weight baselines: w_q as the quantizer computes it, then its values per channel.
-    shape = tuple(variables['params']['kernel'].shape)
-    quantizer = quantizers.weight_quantizer(module.weight_quantizer, module.w_bits,
-                                            module.kernel_init, module.weight_options)
-    w_q = np.asarray(quantizer.apply({k: v for k, v in variables.items() if v}, shape))
-    return per_channel_levels(w_q, module.w_bits, name)
 
   def _act_quantize(self, method, bits, options, signed, variables, name, source,
                     output) -> dict:
@@ -203,6 +191,31 @@ class _Builder:
             'bits': bits, 'exact': exact,
             'thresholds': self._add(f'{name}/thresholds', thresholds),
             'values': self._add(f'{name}/values', values)}
+
+
+def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+  """`(G, 2**bits)` levels and kernel-shaped level indices of a quantized layer's kernel.
+
+  `variables`: the layer's `weight_quantizer` subtree of each collection (`params`, ...).
+  """
+  params = variables['params']
+  if dq_weight.is_dq_weight(params):
+    table = dq_weight.level_table(params)
+    return (np.asarray(table),
+            np.asarray(lv.round_index(params[dq_weight.INDEX], table.shape[-1])))
+  # Latent-weight baselines: w_q as the quantizer computes it, then its values per channel.
+  return per_channel_levels(quantized_kernel(module, variables), module.w_bits,
+                            '/'.join(module.path))
+
+
+def quantized_kernel(module: nn.Module, variables: dict[str, Any]) -> np.ndarray:
+  """`w_q` of a quantized layer, computed by its own weight quantizer."""
+  if dq_weight.is_dq_weight(variables['params']):
+    return np.asarray(dq_weight.quantized_weight(variables['params']))
+  shape = tuple(variables['params']['kernel'].shape)
+  quantizer = quantizers.weight_quantizer(module.weight_quantizer, module.w_bits,
+                                          module.kernel_init, module.weight_options)
+  return np.asarray(quantizer.apply({k: v for k, v in variables.items() if v}, shape))
 
 
 def per_channel_levels(w_q: np.ndarray, bits: int, name: str = '') -> tuple[np.ndarray, np.ndarray]:

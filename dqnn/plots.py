@@ -1,0 +1,269 @@
+r"""Diagnostic plots of a run, written as PNGs under `<workdir>/plots/`.
+
+  python -m dqnn.plots --workdir=/tmp/dqnn/r20_w2a2 [--compare=/tmp/dqnn/r20_fp ...]
+
+- `weights/<layer>.png`: per quantized layer, a histogram of the weights (`w_q` for DQ, the
+  latent kernel for LQ-Nets/LSQ/DoReFa) with every output channel's levels marked beneath.
+- `act_error/<layer>.png`: per quantized activation, the per-channel relative quantization
+  error `mean (x_c - Q(x_c))^2 / mean x_c^2` with levels fitted in closed form on one batch
+  under DQ's channel weighting and under pooled weighting (LQ-Nets), channels sorted by energy.
+  The batch is the dataset's eval split when it is prepared, else standard-normal fake images;
+  the figure title says which.
+- `curves.png`: training loss and top-1 (train and eval) from metrics.jsonl, for the run and
+  every `--compare` run on one figure.
+"""
+import json
+import os
+from typing import Any, Iterable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import matplotlib
+matplotlib.use('Agg')
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+import ml_collections
+import numpy as np
+import flax.linen as nn
+
+from dqnn import data
+from dqnn import quantizers
+from dqnn import report
+from dqnn.export import exporter
+from dqnn.quantizers import dq_weight
+from dqnn.quantizers import levels as lv
+from dqnn.quantizers.dq_activation import (DQActivation, closed_form, levels_from,
+                                           per_channel_relative_error, weighted_level_sums)
+from dqnn.layers import QuantConv, QuantDense
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+PLOTS_DIR = 'plots'
+FULL_PRECISION = 32
+# Closed-form refits per weighting: each one is a weighted Lloyd step, a few suffice.
+_FIT_ITERATIONS = 20
+_DQ_EPS = 1e-3
+
+
+def _file_name(layer: str) -> str:
+  return layer.replace('/', '.') + '.png'
+
+
+def _save(fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def _quantized_layers(config, variables):
+  """`(module, input shape)` of every conv/dense layer with quantized weights or inputs."""
+  size = exporter.image_size(config)
+  calls, _ = report.layer_calls(exporter.model_from_config(config), (size, size, 3), variables)
+  return [(module, in_shape) for module, in_shape, _ in calls
+          if getattr(module, 'w_bits', FULL_PRECISION) != FULL_PRECISION
+          or getattr(module, 'a_bits', FULL_PRECISION) != FULL_PRECISION]
+
+
+def weight_figure(module: nn.Module, variables: dict[str, Any]):
+  """Histogram of one quantized layer's weights with its levels marked (a matplotlib figure)."""
+  name = '/'.join(module.path)
+  quantizer = exporter.layer_variables(variables, (*module.path, 'weight_quantizer'))
+  table, _ = exporter.kernel_levels(module, quantizer)
+  if dq_weight.is_dq_weight(quantizer['params']):
+    weights, what = exporter.quantized_kernel(module, quantizer), 'w_q'
+  else:
+    weights, what = np.asarray(quantizer['params']['kernel']), 'latent kernel'
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.hist(weights.reshape(-1), bins=100, color='tab:blue', alpha=0.8)
+  ax.set_yscale('log')
+  # One tick per (channel, level) below the axis: where the learned levels lie.
+  bottom = ax.get_ylim()[0]
+  ax.plot(table.reshape(-1), np.full(table.size, bottom), '|', color='tab:red', markersize=12,
+          alpha=0.5, label=f'levels ({table.shape[0]} x {table.shape[1]})')
+  ax.set_title(f'{name}: {what}, W{module.w_bits} ({module.weight_quantizer})')
+  ax.set_xlabel('weight')
+  ax.set_ylabel('count')
+  ax.legend(loc='upper right')
+  fig.tight_layout()
+  return fig
+
+
+def plot_weights(config, variables, out_dir: str) -> list[str]:
+  """One histogram PNG per layer with quantized weights; returns the paths."""
+  return [_save(weight_figure(module, variables),
+                os.path.join(out_dir, 'weights', _file_name('/'.join(module.path))))
+          for module, _ in _quantized_layers(config, variables)
+          if module.w_bits != FULL_PRECISION]
+
+
+def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
+  """Images from the dataset's eval split if it is prepared, else fake ones; and which."""
+  size = exporter.image_size(config)
+  if config.dataset in data.SUPPORTED_DATASETS:
+    try:
+      batch = next(data.eval_iterator(config.dataset, config.data_dir or None,
+                                      global_batch_size=batch_size, image_size=size))
+      return batch['image'][batch['mask']], f'{config.dataset} eval batch'
+    except data.DatasetNotFoundError:
+      pass
+  images = np.random.default_rng(0).standard_normal((batch_size, size, size, 3))
+  return images.astype(np.float32), 'fake standard-normal images (dataset not prepared)'
+
+
+def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
+  """The input of every layer with quantized activations, by layer path, on `images`."""
+  model = exporter.model_from_config(config)
+
+  def capture(variables, images):
+    inputs, running = {}, []
+
+    def record(next_fun, args, kwargs, context):
+      module = context.module
+      if (context.method_name != '__call__' or not isinstance(module, (QuantConv, QuantDense))
+          or module in running or module.a_bits == FULL_PRECISION):
+        return next_fun(*args, **kwargs)
+      running.append(module)
+      inputs['/'.join(module.path)] = args[0]
+      out = next_fun(*args, **kwargs)
+      running.pop()
+      return out
+
+    with nn.intercept_methods(record):
+      model.apply(variables, images, train=False)
+    return inputs
+
+  return jax.jit(capture)(variables, images)
+
+
+def fit_levels(x: jax.Array, parameterisation: str, value: jax.Array, bits: int, signed: bool,
+               weighting: str) -> jax.Array:
+  """Levels refit in closed form on `x` under `weighting`, from the parameter `value`."""
+  for _ in range(_FIT_ITERATIONS):
+    levels = levels_from(parameterisation, value, bits, signed)
+    mass, moment = weighted_level_sums(x, levels, weighting, _DQ_EPS)
+    value = closed_form(parameterisation, mass, moment, levels, value, bits, signed)
+  return levels_from(parameterisation, value, bits, signed)
+
+
+def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: str):
+  """Per-channel relative error of one layer's input, channel- vs pooled-weighted levels."""
+  name = '/'.join(module.path)
+  x = jnp.asarray(x, jnp.float32)
+  quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
+                                              module.act_options, signed=module.a_signed)
+  stored = exporter.layer_variables(variables, (*module.path, 'act_quantizer'))
+  start, _ = exporter.nominal_levels(quantizer, stored)
+  # DQ keeps its own parameterisation; the uniform baselines are refit as free levels.
+  if isinstance(quantizer, DQActivation) and quantizer.parameterisation != 'uniform':
+    parameterisation = quantizer.parameterisation
+    field = {'basis': 'basis', 'free': 'levels'}[parameterisation]
+    value = stored['params'].get(field, stored['quant_stats'].get(field))
+  else:
+    parameterisation, value = 'free', start
+  energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
+  order = np.argsort(energy)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for weighting, label, color in (('channel', 'DQ channel weighting', 'tab:blue'),
+                                  ('pooled', 'pooled weighting (LQ-Nets)', 'tab:orange')):
+    levels = fit_levels(x, parameterisation, value, module.a_bits, module.a_signed, weighting)
+    error = np.asarray(per_channel_relative_error(x, lv.nearest_value_1d(x, levels)))
+    ax.plot(np.arange(error.size), error[order], '.-', color=color,
+            label=f'{label} (mean {error.mean():.3g})')
+  ax.set_yscale('log')
+  ax.set_xlabel('channel (sorted by energy, low to high)')
+  ax.set_ylabel('relative quantization error')
+  ax.set_title(f'{name}: A{module.a_bits} input, {parameterisation} levels\n{source}',
+               fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def plot_activation_errors(config, variables, out_dir: str, *, batch_size: int = 64) -> list[str]:
+  """One per-channel error PNG per quantized activation; returns the paths."""
+  images, source = sample_batch(config, batch_size)
+  inputs = layer_inputs(config, variables, images)
+  return [_save(activation_error_figure(module, variables, inputs['/'.join(module.path)], source),
+                os.path.join(out_dir, 'act_error', _file_name('/'.join(module.path))))
+          for module, _ in _quantized_layers(config, variables)
+          if module.a_bits != FULL_PRECISION]
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdirs: Iterable[str], path: str) -> str:
+  """Loss and top-1 against step, train and eval, one colour per run."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for color, workdir in zip(plt.rcParams['axes.prop_cycle'].by_key()['color'] * 10, workdirs):
+    records = read_metrics(workdir)
+    run = os.path.basename(os.path.normpath(workdir))
+    for split, style in (('train', '-'), ('eval', 'o--')):
+      for ax, metric in zip(axes, ('loss', 'top1')):
+        points = [(r['step'], r[metric]) for r in records
+                  if r['split'] == split and metric in r]
+        if points:
+          steps, values = zip(*points)
+          ax.plot(steps, values, style, color=color, label=f'{run} {split}')
+  for ax, metric in zip(axes, ('loss', 'top-1')):
+    ax.set_xlabel('step')
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_run(workdir: str, compare: Iterable[str] = (), *, batch_size: int = 64) -> list[str]:
+  """Every plot of a run (curves with the `compare` runs); returns the PNG paths."""
+  config, variables = exporter.read_workdir(workdir)
+  out_dir = os.path.join(workdir, PLOTS_DIR)
+  return (plot_weights(config, variables, out_dir)
+          + plot_activation_errors(config, variables, out_dir, batch_size=batch_size)
+          + [plot_curves([workdir, *compare], os.path.join(out_dir, 'curves.png'))])
+
+
+def figure_image(fig) -> np.ndarray:
+  """An RGB uint8 `(H, W, 3)` rendering of a figure (closes it)."""
+  fig.canvas.draw()
+  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  plt.close(fig)
+  return image
+
+
+def write_tensorboard_images(writer, step: int, variables: dict[str, Any],
+                             config: ml_collections.ConfigDict) -> None:
+  """Writes each quantized layer's weight histogram to TensorBoard (a clu metric writer).
+
+  Call it from the training loop at eval time with the state's eval variables.
+  """
+  variables = jax.device_get(variables)
+  images = {f'weights/{"/".join(module.path)}': figure_image(weight_figure(module, variables))[None]
+            for module, _ in _quantized_layers(config, variables)
+            if module.w_bits != FULL_PRECISION}
+  if images:
+    writer.write_images(step, images)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  options = flags.FLAGS
+  for path in plot_run(options.workdir, options.compare, batch_size=options.batch_size):
+    print(path)
+
+
+def _define_flags():
+  # Defined only when run as a program, so importing dqnn.plots adds no global flags.
+  flags.DEFINE_string('workdir', None, 'The run to plot; PNGs go to <workdir>/plots.')
+  flags.DEFINE_multi_string('compare', [], 'Other runs for the training-curve figure.')
+  flags.DEFINE_integer('batch_size', 64, 'Images for the activation-error plots.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
