@@ -5,9 +5,9 @@ config as JSON, to explain a mismatch). Restoring checks every array's path, sha
 against the run's abstract state first and raises one `CheckpointMismatchError` naming the
 differences; nothing on disk is changed by a failed restore.
 """
-import os
 from typing import Any, Mapping
 
+from etils import epath
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -30,10 +30,16 @@ def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
   return {'state': ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}
 
 
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """`<workdir>/checkpoints`, absolute (orbax needs it) unless it is a URL such as gs://."""
+  path = epath.Path(workdir)
+  return (path if '://' in str(workdir) else path.resolve()) / CHECKPOINT_DIR
+
+
 def create_manager(workdir: str, *, max_to_keep: int = 1,
                    read_only: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                            read_only=read_only),
       item_handlers=_item_handlers())

@@ -1,9 +1,9 @@
 """Classification metrics and the metric log (TensorBoard via clu + `metrics.jsonl`)."""
 import json
-import os
 from typing import Any, Mapping
 
 from clu import metric_writers
+from etils import epath
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,29 +41,30 @@ def layer_errors(quant_metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
 class MetricLog:
   """Writes scalars to TensorBoard (clu) and as JSON lines `{'step', 'split', ...}`.
 
-  Only the main process writes; other processes only log to the console.
+  Only the main process writes; other processes only log to the console. The JSON lines file is
+  rewritten whole on each write, since object stores (gs://) cannot append.
   """
 
   def __init__(self, workdir: str, *, is_main_process: bool):
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not is_main_process, asynchronous=False)
-    self._jsonl_path = os.path.join(workdir, METRICS_FILE) if is_main_process else None
+    self._jsonl = epath.Path(workdir) / METRICS_FILE if is_main_process else None
+    self._lines = (self._jsonl.read_text().splitlines(keepends=True)
+                   if self._jsonl and self._jsonl.exists() else [])
 
   def truncate_after(self, step: int) -> None:
     """Drops records past `step`: after a resume they are recomputed, so keep one copy."""
-    if not self._jsonl_path or not os.path.exists(self._jsonl_path):
-      return
-    with open(self._jsonl_path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-    with open(self._jsonl_path, 'w') as f:
-      f.writelines(kept)
+    kept = [line for line in self._lines if json.loads(line)['step'] <= step]
+    if self._jsonl and kept != self._lines:
+      self._lines = kept
+      self._jsonl.write_text(''.join(kept))
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     scalars = {name: float(value) for name, value in scalars.items()}
     self.writer.write_scalars(step, {f'{split}/{name}': v for name, v in scalars.items()})
-    if self._jsonl_path:
-      with open(self._jsonl_path, 'a') as f:
-        f.write(json.dumps({'step': step, 'split': split, **scalars}) + '\n')
+    if self._jsonl:
+      self._lines.append(json.dumps({'step': step, 'split': split, **scalars}) + '\n')
+      self._jsonl.write_text(''.join(self._lines))
 
   def close(self) -> None:
     self.writer.flush()

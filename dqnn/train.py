@@ -7,13 +7,13 @@ quantizer statistics are global-batch statistics whatever the device count.
 import functools
 import itertools
 import json
-import os
 import signal
 import time
 from typing import Any, Iterator
 
 from absl import logging
 from clu import periodic_actions
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -226,8 +226,8 @@ def _replicate(tree: Any, sharding: NamedSharding) -> Any:
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+  (epath.Path(workdir) / CONFIG_FILE).write_text(
+      json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
 
 
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
@@ -243,7 +243,10 @@ def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
-  Returns `{'<split>/<name>': value}` from the last train and eval records, plus 'step'.
+  Writes `workdir/config.json`, `workdir/metrics.jsonl` (one JSON object per record, with
+  'step' and 'split'), TensorBoard events and `workdir/checkpoints/<step>`. Returns
+  `{'<split>/<name>': value}` from this call's last train and eval records, plus 'step' (short
+  of the run's total when SIGTERM stopped it).
   """
   # Fails here, before anything is written, if the dataset is missing.
   info = dataset_info(config)
@@ -278,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(functools.partial(initial_state, model, tx), rng, local_images))
 
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   is_main = jax.process_index() == 0
   if manager.latest_step() is not None:
