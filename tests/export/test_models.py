@@ -1,4 +1,6 @@
 """Export of every tiny model family and of the baseline quantizers; BN folding; limits."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,16 +21,33 @@ def _config(model, **quant):
   return config
 
 
+def _random_leaf(path, leaf, rng):
+  """A random value valid for a parameter or statistic of this name (no compiled init)."""
+  name, shape = path[-1].key, leaf.shape
+  if name in ('levels', 'half_levels'):
+    # Strictly increasing (and positive for half tables): cumulative positive gaps.
+    gaps = rng.uniform(0.02, 0.1, shape)
+    return np.cumsum(gaps, axis=-1) - (0 if name == 'half_levels' or len(shape) == 1
+                                       else gaps.sum(-1, keepdims=True) / 2)
+  if name == 'index':
+    return rng.uniform(-0.5, 3.49, shape)
+  if name in ('basis', 'step', 'clip', 'var', 'scale'):
+    return rng.uniform(0.5, 1.5, shape) * (0.2 if name == 'basis' else 1.0)
+  if name == 'kernel':
+    return rng.standard_normal(shape) * np.sqrt(2 / np.prod(shape[:-1]))
+  return rng.standard_normal(shape) * 0.1  # mean, bias
+
+
 def _init(config, seed=0):
+  """The model, random variables of its structure, and images."""
   model = exporter.model_from_config(config)
   size = models.model_spec(config.model).image_size
   images = jax.random.normal(jax.random.key(seed), (2, size, size, 3))
-  variables = dict(model.init(jax.random.key(seed), images))
-  # Non-trivial statistics, so BatchNorm is not the identity.
-  variables['batch_stats'] = jax.tree.map(
-      lambda a: a + jax.random.uniform(jax.random.key(1), a.shape, minval=0.05, maxval=0.3),
-      variables['batch_stats'])
-  return model, variables, images
+  abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
+  rng = np.random.default_rng(seed)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.asarray(_random_leaf(path, leaf, rng), leaf.dtype), abstract)
+  return model, dict(variables), images
 
 
 @pytest.mark.parametrize('name', ['_cifar_resnet_tiny', '_resnet_tiny', '_preact_resnet_tiny',
