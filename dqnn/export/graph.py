@@ -56,9 +56,10 @@ def trace(model: nn.Module, variables: Any, input_shape: tuple[int, ...]) -> Tra
   layers, running = [], []
 
   def intercept(next_fun, args, kwargs, context):
-    # QuantConv's __call__ calls nn.Conv's on the same module: the outer call is the layer.
+    # QuantConv's __call__ calls nn.Conv's on the same module: the outer call is the layer. A
+    # 32-bit QuantizeActivation passes its input through: no op.
     if (context.method_name != '__call__' or not isinstance(context.module, LAYER_TYPES)
-        or context.module in running):
+        or context.module in running or getattr(context.module, 'bits', None) == 32):
       return next_fun(*args, **kwargs)
     # The real output only gives the shape; its equations are dead code in the jaxpr.
     running.append(context.module)

@@ -60,6 +60,15 @@ def test_every_tiny_family_exports_bitwise(name):
                                 model.apply(variables, images, train=False))
 
 
+@pytest.mark.parametrize('bits', [3, 8])
+def test_other_bit_widths_export_bitwise(bits):
+  config = _config('_cifar_resnet_tiny', w_bits=bits, a_bits=bits)
+  model, variables, images = _init(config)
+  exported = export.export_model(config, variables)
+  np.testing.assert_array_equal(export.infer(exported, images, jit=False),
+                                model.apply(variables, images, train=False))
+
+
 @pytest.mark.parametrize('weight, act', [('lsq', 'lsq'), ('lqnets', 'lqnets'),
                                          ('dorefa', 'pact'), ('dq', 'dorefa')])
 def test_baselines_export_as_levels_and_indices(weight, act):
