@@ -4,6 +4,7 @@ Data parallel over every device: one `Mesh` with a 'data' axis, the batch sharde
 the train state replicated. Under `jax.jit` the model sees the global batch, so BatchNorm and
 quantizer statistics are global-batch statistics whatever the device count.
 """
+import concurrent.futures
 import functools
 import itertools
 import json
@@ -177,19 +178,32 @@ def train_batches(config: ml_collections.ConfigDict, info: data.DatasetInfo, *,
   """This host's training batches from `start_step` on.
 
   Each epoch is a fresh pipeline seeded by (seed, epoch), so a resumed run sees exactly the
-  batches of an uninterrupted one while skipping at most one epoch's batches.
+  batches of an uninterrupted one while skipping at most one epoch's batches. The next epoch's
+  pipeline starts (and fills its shuffle buffer) in the background while this epoch trains.
   """
   if info.name == 'fake':
     yield from data.fake_iterator(global_batch_size=config.global_batch_size,
                                   image_size=info.image_size, num_classes=info.num_classes,
                                   seed=config.seed)
     return
-  for epoch in itertools.count(start_step // steps_per_epoch):
+
+  def started(epoch):
     batches = data.train_iterator(
         info.name, config.data_dir or None, global_batch_size=config.global_batch_size,
         seed=_epoch_seed(config.seed, epoch), image_size=info.image_size)
-    skip = start_step % steps_per_epoch if epoch == start_step // steps_per_epoch else 0
-    yield from itertools.islice(batches, skip, steps_per_epoch)
+    return itertools.chain([next(batches)], batches)
+
+  first_epoch, skip = divmod(start_step, steps_per_epoch)
+  executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  try:
+    upcoming = executor.submit(started, first_epoch)
+    for epoch in itertools.count(first_epoch):
+      batches = upcoming.result()
+      upcoming = executor.submit(started, epoch + 1)
+      yield from itertools.islice(batches, skip, steps_per_epoch)
+      skip = 0
+  finally:
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -290,10 +304,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   else:
     start_step = 0
     state = None
-  batches = train_batches(config, info, start_step=start_step, steps_per_epoch=steps_per_epoch)
+  train_iter = train_batches(config, info, start_step=start_step,
+                             steps_per_epoch=steps_per_epoch)
+  batches = train_iter
   if state is None:
-    first = next(batches)
-    batches = itertools.chain([first], batches)
+    first = next(train_iter)
+    batches = itertools.chain([first], train_iter)
     # Initialised outside jit: compiling the quantizers' k-means initialisation takes far longer
     # than running it once. Every process initialises from process 0's first batch, so all
     # hold the same values.
@@ -365,6 +381,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
           break
   finally:
+    train_iter.close()  # Stops the input pipeline's background work.
     manager.wait_until_finished()
     manager.close()
     log.close()
