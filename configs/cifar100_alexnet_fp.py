@@ -4,12 +4,13 @@ Command (from the repository root):
   python -m dqnn.main --config=configs/cifar100_alexnet_fp.py \
       --workdir=$HOME/dqnn/cifar100_alexnet_fp
 Expected top-1: anchor from the literature: not measured yet (no reliable anchor).
-Runtime: not measured yet (70,200 steps = 200 epochs of 45,000 images at batch 128).
+Runtime: not measured yet (200 epochs at batch 128: 70,200 steps on the prepared
+45,000-image split, 78,000 on the official 50,000 that download=True fetches).
 Recipe: SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4, cosine, 200 epochs: the common CIFAR
 recipe (He et al. 2016 with the cosine schedule of Loshchilov & Hutter 2017, as in DeVries &
 Taylor 2017).
-CIFAR-100 'test' here is a held-out carve of the training file (see dqnn/data/prepare.py);
-literature numbers use the official test set.
+Evaluation split: with data from dqnn.data.prepare, 'test' is a held-out carve of the training
+file; download=True gives the official test set, which literature numbers use.
 """
 from configs import base
 
