@@ -43,6 +43,7 @@ class NonFiniteError(FloatingPointError):
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a checkpoint holds: the step, parameters, optimizer and model state."""
   step: jax.Array
   params: Any
   opt_state: Any
