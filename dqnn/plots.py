@@ -42,7 +42,7 @@ from dqnn.layers import QuantConv, QuantDense
 PLOTS_DIR = 'plots'
 FULL_PRECISION = 32
 # Closed-form refits per weighting: each one is a weighted Lloyd step, a few suffice.
-_FIT_ITERATIONS = 20
+_FIT_ITERATIONS = 10
 _DQ_EPS = 1e-3
 
 

@@ -1,7 +1,6 @@
 """Each plot command writes non-empty PNGs of the expected size."""
 import os
 import pathlib
-import subprocess
 import sys
 
 from PIL import Image
@@ -29,7 +28,7 @@ def _check_png(path, size):
     assert len(image.convert('L').getcolors(maxcolors=1 << 16)) > 10
 
 
-def test_cli_writes_weight_activation_and_curve_plots(run, tmp_path):
+def test_plot_run_writes_weight_activation_and_curve_plots(run, tmp_path):
   workdir, data_dir = run
   del data_dir  # The run's config names it: the error plots use its eval split.
   other = tmp_path / 'other'
@@ -37,12 +36,8 @@ def test_cli_writes_weight_activation_and_curve_plots(run, tmp_path):
   (other / 'metrics.jsonl').write_text(
       '{"step": 1, "split": "train", "loss": 4.0, "top1": 0.1}\n'
       '{"step": 2, "split": "train", "loss": 3.0, "top1": 0.2}\n')
-  result = subprocess.run(
-      [sys.executable, '-m', 'dqnn.plots', f'--workdir={workdir}', f'--compare={other}',
-       '--batch_size=16'], capture_output=True, text=True, check=False,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert result.returncode == 0, result.stderr
-  written = result.stdout.split()
+  # What `python -m dqnn.plots --workdir=W --compare=O --batch_size=16` runs.
+  written = plots.plot_run(str(workdir), [str(other)], batch_size=16)
   plots_dir = workdir / plots.PLOTS_DIR
   for layer in _LAYERS:
     _check_png(plots_dir / 'weights' / f'{layer}.png', (600, 400))
