@@ -18,25 +18,25 @@ from typing import Any, Iterable
 
 from absl import app
 from absl import flags
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import matplotlib
-matplotlib.use('Agg')
+matplotlib.use('Agg')  # Files only: no display, also on headless machines.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
-import flax.linen as nn
 
 from dqnn import data
 from dqnn import quantizers
 from dqnn import report
 from dqnn.export import exporter
+from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import dq_weight
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers.dq_activation import (DQActivation, closed_form, levels_from,
                                            per_channel_relative_error, weighted_level_sums)
-from dqnn.layers import QuantConv, QuantDense
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PLOTS_DIR = 'plots'
