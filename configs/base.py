@@ -81,6 +81,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 2000
   config.keep_checkpoints = 3
+  # At each eval, a TensorBoard image per quantized layer: weight histogram with its levels.
+  config.weight_images = True
   config.multi_host = False  # Call jax.distributed.initialize() (TPU pods, multi-node GPU).
   return config
 

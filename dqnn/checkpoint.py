@@ -135,6 +135,6 @@ def restore_state_dict(workdir: str, step: int | None = None) -> dict[str, Any]:
 
 
 def restore_variables(workdir: str) -> dict[str, Any]:
-  """`{'params', 'batch_stats'}` (host arrays) of the latest checkpoint in another run's workdir."""
+  """`{'params', 'batch_stats', 'quant_stats'}` (host arrays) of another run's latest checkpoint."""
   state = restore_state_dict(workdir)
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}
+  return {name: state.get(name, {}) for name in ('params', 'batch_stats', 'quant_stats')}

@@ -29,6 +29,7 @@ from dqnn import data
 from dqnn import metrics
 from dqnn import models
 from dqnn import optim
+from dqnn import plots
 from dqnn import schedules
 from dqnn import warm_start
 from dqnn.layers import METRICS as QUANT_METRICS
@@ -371,6 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                           and step % config.eval_every_steps == 0)):
           record = evaluate(config, info, state, eval_fn, batch_sharding)
           log.write(step, 'eval', record)
+          if config.weight_images and is_main:
+            plots.write_tensorboard_images(log.writer, step, state.variables(), config)
           final.update({f'eval/{k}': v for k, v in record.items()})
         preempted = preemption.reached(step)
         if is_last or preempted or (config.checkpoint_every_steps
