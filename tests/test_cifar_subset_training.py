@@ -1,7 +1,6 @@
 """DQ W2A2 learns: a small CNN on a 10-class subset of the shared CIFAR-100 training file."""
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 

@@ -46,11 +46,6 @@ class DatasetExistsError(FileExistsError):
   """A prepared dataset already exists and overwrite=False."""
 
 
-def dataset_path(name: str, data_dir: str) -> str:
-  """`<data_dir>/<name>/<version>` for the installed builder's version."""
-  return os.fspath(tfds.builder(name, data_dir=data_dir).data_dir)
-
-
 def write_tfds_dataset(
     name: str,
     data_dir: str,

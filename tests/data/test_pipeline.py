@@ -73,7 +73,7 @@ def test_missing_imagenet_raises_with_prepare_command(tmp_path):
     data.get_dataset_info('imagenet2012', str(tmp_path))
   msg = str(e.value)
   assert isinstance(e.value, ValueError)
-  assert f'python -m dqnn.data.prepare --source=image_folder' in msg
+  assert 'python -m dqnn.data.prepare --source=image_folder' in msg
   assert f'--data_dir={tmp_path}' in msg
   assert os.path.join(str(tmp_path), 'downloads', 'manual') in msg
   with pytest.raises(data.DatasetNotFoundError):

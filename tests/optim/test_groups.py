@@ -1,7 +1,6 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 import pytest
 
 from dqnn import optim
