@@ -31,8 +31,10 @@ import sys
 import time
 from pathlib import Path
 
+from configs import base
+
 ROOT = Path(__file__).resolve().parents[1]
-RECORD_DIR = ROOT / 'experiments' / 'cifar100_study'
+RECORD_DIR = ROOT / 'experiments' / 'cifar100_study'  # Default of --record_dir.
 SUMMARY = 'summary.json'
 
 # The schedule every row shares. Small on purpose: it fits a 2-core CPU in about two hours.
@@ -96,8 +98,11 @@ def _set(config, dotted: str, value) -> None:
   config[leaf] = value
 
 
-def build_config(row: Row, data_dir: str, runs_dir: Path):
-  """The row's ConfigDict: its config file, the study's schedule, then the row's overrides."""
+def build_config(row: Row, data_dir: str, runs_dir: Path, runlocal: bool = False):
+  """The row's ConfigDict: its config file, the study's schedule, then the row's overrides.
+
+  `runlocal` shrinks it as `configs/x.py:runlocal` does (tiny model, a few steps): a smoke run.
+  """
   config = importlib.import_module(row.config_file[:-3].replace('/', '.')).get_config()
   config.data_dir = data_dir
   config.download = False
@@ -113,13 +118,14 @@ def build_config(row: Row, data_dir: str, runs_dir: Path):
     config.optimizer.learning_rate = FINE_TUNE_LR
   for dotted, value in row.overrides.items():
     _set(config, dotted, value)
-  return config
+  return base.runlocal(config) if runlocal else config
 
 
-def run_one(row: Row, data_dir: str, runs_dir: Path) -> None:
-  """Trains (or resumes) one row in this process and records it."""
+def run_one(row: Row, data_dir: str, runs_dir: Path, record_dir: Path,
+            runlocal: bool = False) -> None:
+  """Trains (or resumes) one row in this process and records it in `record_dir/<row>/`."""
   from dqnn import train  # Imported here so that the parent process never starts JAX.
-  config = build_config(row, data_dir, runs_dir)
+  config = build_config(row, data_dir, runs_dir, runlocal)
   workdir = runs_dir / row.name
   start = time.monotonic()
   final = train.train_and_evaluate(config, str(workdir))
@@ -127,7 +133,7 @@ def run_one(row: Row, data_dir: str, runs_dir: Path) -> None:
   previous = workdir / 'wall_s'
   total_wall = wall + (float(previous.read_text()) if previous.exists() else 0.0)
   previous.write_text(f'{total_wall:.1f}')
-  record = RECORD_DIR / row.name
+  record = record_dir / row.name
   record.mkdir(parents=True, exist_ok=True)
   for name in ('config.json', 'metrics.jsonl'):
     shutil.copy(workdir / name, record / name)
@@ -142,13 +148,14 @@ def run_one(row: Row, data_dir: str, runs_dir: Path) -> None:
   (record / SUMMARY).write_text(json.dumps(summary, indent=1) + '\n')
 
 
-def _done(row: Row) -> bool:
-  return (RECORD_DIR / row.name / SUMMARY).exists()
+def _done(row: Row, record_dir: Path) -> bool:
+  return (record_dir / row.name / SUMMARY).exists()
 
 
 def _spawn(row: Row, args, core: int | None) -> subprocess.Popen:
   command = [sys.executable, '-m', 'experiments.cifar100_study', f'--data_dir={args.data_dir}',
-             f'--runs_dir={args.runs_dir}', f'--run_one={row.name}']
+             f'--runs_dir={args.runs_dir}', f'--record_dir={args.record_dir}',
+             f'--run_one={row.name}'] + (['--runlocal'] if args.runlocal else [])
   log = open(Path(args.runs_dir) / f'{row.name}.log', 'a')
   pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
   return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -157,10 +164,10 @@ def _spawn(row: Row, args, core: int | None) -> subprocess.Popen:
 
 def run_study(args) -> None:
   """Runs every pending row: a run from scratch alone on every core, fine-tunes one per core."""
-  runs_dir = Path(args.runs_dir)
+  runs_dir, record_dir = Path(args.runs_dir), Path(args.record_dir)
   runs_dir.mkdir(parents=True, exist_ok=True)
   wanted = [ROWS_BY_NAME[name] for name in args.only.split(',')] if args.only else ROWS
-  pending = [row for row in wanted if not _done(row)]
+  pending = [row for row in wanted if not _done(row, record_dir)]
   cores = sorted(os.sched_getaffinity(0))[:args.workers]
   running = []  # (row, process, core); core None = every core.
   while pending or running:
@@ -169,12 +176,13 @@ def run_study(args) -> None:
       if process.poll() is None:
         continue
       running.remove(entry)
-      if not _done(row):
+      if not _done(row, record_dir):
         raise SystemExit(f'{row.name} failed (exit {process.returncode}); '
                          f'see {runs_dir / (row.name + ".log")}')
       print(f'done {row.name}', flush=True)
-      write_table()
-    ready = [row for row in pending if not row.init_from or _done(ROWS_BY_NAME[row.init_from])]
+      write_table(record_dir)
+    ready = [row for row in pending
+             if not row.init_from or _done(ROWS_BY_NAME[row.init_from], record_dir)]
     busy = {core for _, _, core in running}
     free = [] if None in busy else [core for core in cores if core not in busy]
     if ready and free:
@@ -195,12 +203,12 @@ def run_study(args) -> None:
     time.sleep(5)
 
 
-def write_table() -> str:
+def write_table(record_dir: Path) -> str:
   """Rewrites results.md from every recorded row; seeds of one cell give mean and range."""
   cells = collections.OrderedDict()
   for row in ROWS:
-    if _done(row):
-      summary = json.loads((RECORD_DIR / row.name / SUMMARY).read_text())
+    if _done(row, record_dir):
+      summary = json.loads((record_dir / row.name / SUMMARY).read_text())
       cells.setdefault(row.cell, []).append(summary)
   lines = [
       '# CIFAR-100 study: results table (written by experiments/cifar100_study.py)', '',
@@ -221,8 +229,8 @@ def write_table() -> str:
     lines.append(f'| `{cell}` | {runs[0]["description"]} | {len(runs)} | {spread} | '
                  f'{runs[0]["steps"]} | {wall:.1f} |')
   text = '\n'.join(lines) + '\n'
-  RECORD_DIR.mkdir(parents=True, exist_ok=True)
-  (RECORD_DIR / 'results.md').write_text(text)
+  record_dir.mkdir(parents=True, exist_ok=True)
+  (record_dir / 'results.md').write_text(text)
   return text
 
 
@@ -232,6 +240,10 @@ def main():
                       help='TFDS directory holding the prepared cifar100.')
   parser.add_argument('--runs_dir', default=str(ROOT / 'runs' / 'cifar100_study'),
                       help='Workdirs (checkpoints) of the runs; not committed.')
+  parser.add_argument('--record_dir', default=str(RECORD_DIR),
+                      help="Each row's config, metrics and summary, and results.md.")
+  parser.add_argument('--runlocal', action='store_true',
+                      help='Tiny model and a few steps per row: a smoke run of the study.')
   parser.add_argument('--workers', type=int, default=min(2, len(os.sched_getaffinity(0))))
   parser.add_argument('--only', default='', help='Comma-separated row names (default: all).')
   parser.add_argument('--table', action='store_true', help='Only rewrite results.md.')
@@ -241,12 +253,13 @@ def main():
   if unknown:
     raise SystemExit(f'Unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}.')
   if args.run_one:
-    run_one(ROWS_BY_NAME[args.run_one], args.data_dir, Path(args.runs_dir))
+    run_one(ROWS_BY_NAME[args.run_one], args.data_dir, Path(args.runs_dir),
+            Path(args.record_dir), args.runlocal)
   elif args.table:
-    print(write_table())
+    print(write_table(Path(args.record_dir)))
   else:
     run_study(args)
-    print(write_table())
+    print(write_table(Path(args.record_dir)))
 
 
 if __name__ == '__main__':
