@@ -5,7 +5,6 @@ import pathlib
 import subprocess
 import sys
 
-
 from dqnn.data import mock
 from experiments import cifar100_study as study
 
