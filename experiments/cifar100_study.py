@@ -86,6 +86,10 @@ ROWS = ([Row('fp', 'Float ResNet-20 (the starting point of every other row)',
            Row('w2a2_dq_closed_form_acts_s0', 'W2A2 DQ, activation levels by closed form',
                W2A2, {'quant.act_options': {'update': 'closed_form'}})]
         + _methods('w3a3') + _methods('w4a4')
+        + [Row('w2a2_dq_pooled_acts_s1', 'W2A2 DQ weights + pooled activation error', W2A2,
+               {'quant.act_options': {'weighting': 'pooled'}}, seed=1),
+           Row('w2a2_dq_closed_form_acts_s1', 'W2A2 DQ, activation levels by closed form',
+               W2A2, {'quant.act_options': {'update': 'closed_form'}}, seed=1)]
         + [Row('w2a2_dorefa_pact_s0', 'W2A2 DoReFa weights + PACT activations', W2A2,
                {'quant.weight_quantizer': 'dorefa', 'quant.act_quantizer': 'pact'})])
 ROWS_BY_NAME = {row.name: row for row in ROWS}
