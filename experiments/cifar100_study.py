@@ -110,7 +110,7 @@ def build_config(row: Row, data_dir: str, runs_dir: Path, runlocal: bool = False
   config = importlib.import_module(row.config_file[:-3].replace('/', '.')).get_config()
   config.data_dir = data_dir
   config.download = False
-  config.seed = row.seed or 0
+  config.seed = row.seed
   config.eval_every_steps = 0  # Evaluate once, at the end.
   config.log_every_steps = 50
   config.checkpoint_every_steps = 100
@@ -160,10 +160,11 @@ def _spawn(row: Row, args, core: int | None) -> subprocess.Popen:
   command = [sys.executable, '-m', 'experiments.cifar100_study', f'--data_dir={args.data_dir}',
              f'--runs_dir={args.runs_dir}', f'--record_dir={args.record_dir}',
              f'--run_one={row.name}'] + (['--runlocal'] if args.runlocal else [])
-  log = open(Path(args.runs_dir) / f'{row.name}.log', 'a')
   pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
-  return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                          preexec_fn=pin)
+  # The child keeps its own handle on the log; the parent's is closed at once.
+  with open(Path(args.runs_dir) / f'{row.name}.log', 'a') as log:
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=pin)
 
 
 def run_study(args) -> None:
