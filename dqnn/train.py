@@ -227,8 +227,13 @@ def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
 
 
 def initial_state(model, tx, rng: jax.Array, images: jax.Array) -> TrainState:
-  """A fresh train state; activation quantizer ranges are fitted to `images`."""
-  variables = model.init({'params': rng, 'dropout': rng}, images, train=False)
+  """A fresh train state; activation quantizer ranges are fitted to `images`.
+
+  The model runs as in training: with BatchNorm on batch statistics the ranges see normalised
+  activations, where BatchNorm's initial running statistics (the identity) would let them grow
+  layer by layer.
+  """
+  variables = model.init({'params': rng, 'dropout': rng}, images, train=True)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     **{name: variables.get(name, {}) for name in MODEL_STATE})
@@ -315,10 +320,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Initialised outside jit: compiling the quantizers' k-means initialisation takes far longer
     # than running it once. Every process initialises from process 0's first batch, so all
     # hold the same values.
-    state = initial_state(model, tx, rng, multihost_utils.broadcast_one_to_all(first['image']))
+    images = multihost_utils.broadcast_one_to_all(first['image'])
+    state = initial_state(model, tx, rng, images)
     if config.init_from:
-      variables = warm_start.from_float(jax.device_get(state.variables()),
-                                        checkpoint.restore_variables(config.init_from))
+      variables = warm_start.from_float(model, jax.device_get(state.variables()),
+                                        checkpoint.restore_variables(config.init_from),
+                                        images, rng)
       state = state.replace(params=variables['params'],
                             opt_state=tx.init(variables['params']),
                             **{name: variables[name] for name in MODEL_STATE})

@@ -5,21 +5,31 @@ Every array of the quantized model is taken from the float model at the same pat
   float kernel at `<layer>/kernel` with `dq_weight.params_from_kernel` (same bits, grouping and
   symmetry as the quantized model's own initialisation);
 - a latent-weight baseline's `<layer>/weight_quantizer/kernel` copies `<layer>/kernel`;
-- other quantizer parameters (activation levels, LSQ steps) keep their fresh initialisation,
-  since the float model has none.
+- every other quantizer variable (activation levels and clips, LSQ steps, LQ-Nets bases) has no
+  float counterpart: it is initialised afresh by running the quantized model, float weights in
+  place, on a batch (`calibrate`). Ranges fitted to a randomly initialised network instead can be
+  off by orders of magnitude (they grow layer by layer), and a learned range moving at a
+  fine-tune's small learning rate never recovers from that.
 """
 from typing import Any, Mapping
 
+import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dqnn.quantizers import dq_activation
 from dqnn.quantizers import dq_weight
 
 _QUANTIZERS = ('weight_quantizer', 'act_quantizer')
+_COLLECTIONS = ('params', 'batch_stats', dq_activation.STATS)
 
 
 class WarmStartError(ValueError):
   """The float model's variables do not fit the quantized model."""
+
+
+_UNSET = object()  # A quantizer variable with no float counterpart: `calibrate` sets it.
 
 
 def _get(tree: Mapping[str, Any], path: tuple[str, ...]):
@@ -50,14 +60,15 @@ def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
       return target
     return _fit_dq(target, np.asarray(kernel))
   if isinstance(target, Mapping):
-    return {key: _transfer(value, source, path + (key,), problems)
-            for key, value in target.items()}
+    children = {key: _transfer(value, source, path + (key,), problems)
+                for key, value in target.items()}
+    return {key: value for key, value in children.items() if value is not _UNSET}
   latent = path[-2:] == ('weight_quantizer', 'kernel')
   value = _get(source, path[:-2] + ('kernel',) if latent else path)
   if value is None:
     if not any(q in path for q in _QUANTIZERS):
       problems.append(f'{where}: missing from the float model')
-    return target
+    return _UNSET
   if tuple(value.shape) != tuple(target.shape):
     problems.append(f'{where}: float model has {tuple(value.shape)}, this model '
                     f'{tuple(target.shape)}')
@@ -65,10 +76,14 @@ def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
   return jnp.asarray(value, target.dtype)
 
 
-def from_float(variables: Mapping[str, Any], float_variables: Mapping[str, Any]) -> dict:
-  """`variables` ({'params', 'batch_stats', ...}) with weights taken from a float model."""
+def transfer(variables: Mapping[str, Any], float_variables: Mapping[str, Any]) -> dict:
+  """`variables` ({'params', 'batch_stats', ...}) with weights taken from a float model.
+
+  Quantizer variables without a float counterpart are left out (every collection other than
+  `params` and `batch_stats` holds only such variables); `calibrate` initialises them.
+  """
   problems = []
-  result = dict(variables)
+  result = {}
   for collection in ('params', 'batch_stats'):
     if collection in variables:
       result[collection] = _transfer(variables[collection], float_variables, (collection,),
@@ -77,3 +92,23 @@ def from_float(variables: Mapping[str, Any], float_variables: Mapping[str, Any])
     raise WarmStartError('The float checkpoint does not fit this model:\n  '
                          + '\n  '.join(problems))
   return result
+
+
+def calibrate(model, variables: Mapping[str, Any], images: jax.Array, rng: jax.Array) -> dict:
+  """Initialises the variables missing from `variables` on `images`, the others held fixed.
+
+  The model runs as in training (BatchNorm on batch statistics); only the missing entries are
+  taken from that run, so BatchNorm statistics and given parameters come back unchanged.
+  """
+  _, fresh = model.apply(variables, images, train=True, mutable=list(_COLLECTIONS),
+                         rngs={'params': rng, 'dropout': rng})
+  merged = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
+  merged.update(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables)))
+  merged = flax.traverse_util.unflatten_dict(merged)
+  return {collection: merged.get(collection, {}) for collection in _COLLECTIONS}
+
+
+def from_float(model, variables: Mapping[str, Any], float_variables: Mapping[str, Any],
+               images: jax.Array, rng: jax.Array) -> dict:
+  """The quantized model's variables initialised from a float model (module docstring)."""
+  return calibrate(model, transfer(variables, float_variables), images, rng)

@@ -84,14 +84,14 @@ ROWS = ([Row('fp', 'Float ResNet-20 (the starting point of every other row)',
            Row('w2a2_dq_lloyd_s0', 'W2A2 DQ, level_update=lloyd', W2A2,
                {'optimizer.level_update': 'lloyd'}),
            Row('w2a2_dq_closed_form_acts_s0', 'W2A2 DQ, activation levels by closed form',
-               W2A2, {'quant.act_options': {'update': 'closed_form'}})]
-        + _methods('w3a3') + _methods('w4a4')
-        + [Row('w2a2_dq_pooled_acts_s1', 'W2A2 DQ weights + pooled activation error', W2A2,
+               W2A2, {'quant.act_options': {'update': 'closed_form'}}),
+           Row('w2a2_dq_pooled_acts_s1', 'W2A2 DQ weights + pooled activation error', W2A2,
                {'quant.act_options': {'weighting': 'pooled'}}, seed=1),
            Row('w2a2_dq_closed_form_acts_s1', 'W2A2 DQ, activation levels by closed form',
-               W2A2, {'quant.act_options': {'update': 'closed_form'}}, seed=1)]
-        + [Row('w2a2_dorefa_pact_s0', 'W2A2 DoReFa weights + PACT activations', W2A2,
-               {'quant.weight_quantizer': 'dorefa', 'quant.act_quantizer': 'pact'})])
+               W2A2, {'quant.act_options': {'update': 'closed_form'}}, seed=1),
+           Row('w2a2_dorefa_pact_s0', 'W2A2 DoReFa weights + PACT activations', W2A2,
+               {'quant.weight_quantizer': 'dorefa', 'quant.act_quantizer': 'pact'})]
+        + _methods('w3a3') + _methods('w4a4'))
 ROWS_BY_NAME = {row.name: row for row in ROWS}
 
 
@@ -219,7 +219,9 @@ def write_table(record_dir: Path) -> str:
       '# CIFAR-100 study: results table (written by experiments/cifar100_study.py)', '',
       f'ResNet-20; float trained {FLOAT_EPOCHS} epochs (lr 0.1 cosine, batch 128, wd 5e-4), then '
       f'every quantized row fine-tuned from it for {FINE_TUNE_STEPS} steps (lr {FINE_TUNE_LR} '
-      'cosine, batch 128, wd 5e-4); first conv and last layer float. Data: train 45,000 / '
+      'cosine, batch 128, wd 5e-4); first conv and last layer float; quantizer variables the '
+      'float model lacks (activation ranges, LSQ steps) are fitted on the first batch with the '
+      'float weights in place (dqnn/warm_start.py). Data: train 45,000 / '
       'held-out 5,000 images carved from `../shared/data/cifar100/train.npz` (not the official '
       'test set). Top-1 on the held-out 5,000. Seeds change the fine-tune data order only (all '
       'rows start from the same float run). Hardware: see docs/results.md.', '',
