@@ -21,16 +21,48 @@ def as_groups(x: jax.Array, num_groups: int) -> jax.Array:
 
 def sum_by_level(values: jax.Array, level_index: jax.Array, num_levels: int) -> jax.Array:
   """`out[g, l] = sum of values[n, g] over n with level_index[n, g] == l`, shape `(G, L)`."""
-  if num_levels <= _COMPARE_MAX_LEVELS:
-    hits = level_index[..., None] == jnp.arange(num_levels)
-    return jnp.sum(jnp.where(hits, values[..., None], 0), axis=0)
-  groups = jnp.broadcast_to(jnp.arange(values.shape[1]), values.shape)
-  return jnp.zeros((values.shape[1], num_levels), values.dtype).at[groups, level_index].add(values)
+  if num_levels > _COMPARE_MAX_LEVELS:
+    groups = jnp.broadcast_to(jnp.arange(values.shape[1]), values.shape)
+    return jnp.zeros((values.shape[1], num_levels), values.dtype).at[groups, level_index].add(values)
+  return jax.lax.platform_dependent(
+      values, level_index, cpu=functools.partial(_sum_by_level_looped, num_levels=num_levels),
+      default=functools.partial(_sum_by_level_fused, num_levels=num_levels))
+
+
+def _sum_by_level_fused(values, level_index, *, num_levels):
+  """All levels in one compare-and-reduce pass over the values."""
+  hits = level_index[..., None] == jnp.arange(num_levels)
+  return jnp.sum(jnp.where(hits, values[..., None], 0), axis=0)
+
+
+def _sum_by_level_looped(values, level_index, *, num_levels):
+  """One reduction per level: XLA:CPU does not vectorise the fused form's L-output reduction,
+  which makes it ~3x slower on a large kernel (benchmarks/dq_weight_ops.py)."""
+  per_level = jax.lax.map(lambda l: jnp.sum(jnp.where(level_index == l, values, 0), axis=0),
+                          jnp.arange(num_levels))
+  return per_level.T
 
 
 def lookup(levels: jax.Array, level_index: jax.Array) -> jax.Array:
-  """`levels[g, level_index[n, g]]`, shape `(N, G)`."""
-  return jnp.take_along_axis(levels.T, level_index, axis=0)
+  """`levels[g, level_index[n, g]]`, shape `(N, G)`; `level_index` in `[0, L-1]`."""
+  num_levels = levels.shape[-1]
+  if num_levels > _COMPARE_MAX_LEVELS:
+    return jnp.take_along_axis(levels.T, level_index, axis=0)
+  # One select per level: elementwise and fused, where XLA's CPU gather goes element by
+  # element (several times slower on a large kernel).
+  value = jnp.broadcast_to(levels[:, 0], level_index.shape)
+  for k in range(1, num_levels):
+    value = jnp.where(level_index == k, levels[:, k], value)
+  return value
+
+
+def _ramp(x: jax.Array, k: int, num_levels: int) -> jax.Array:
+  """`x` clipped to `[0, 1]`, unbounded below for the first interval and above for the last."""
+  if k > 0:
+    x = jnp.maximum(x, 0)
+  if k < num_levels - 2:
+    x = jnp.minimum(x, 1)
+  return x
 
 
 def round_index(index: jax.Array, num_levels: int) -> jax.Array:
@@ -45,23 +77,34 @@ def soft_value(index: jax.Array, levels: jax.Array) -> jax.Array:
   `[-1/2, L-1/2]` and the union of the levels' rounding cells.
   """
   num_levels = levels.shape[-1]
-  lower = jnp.clip(jnp.floor(index), 0, num_levels - 2).astype(jnp.int32)
-  lo = lookup(levels, lower)
-  hi = lookup(levels, lower + 1)
-  return lo + (index - lower) * (hi - lo)
+  if num_levels > _COMPARE_MAX_LEVELS:
+    lower = jnp.clip(jnp.floor(index), 0, num_levels - 2).astype(jnp.int32)
+    lo = lookup(levels, lower)
+    return lo + (index - lower) * (lookup(levels, lower + 1) - lo)
+  # `levels[0] + sum_k gap_k * ramp(index - k)`: elementwise, no gather (see `lookup`).
+  gaps = jnp.diff(levels, axis=-1)
+  value = jnp.broadcast_to(levels[:, 0], index.shape)
+  for k in range(num_levels - 1):
+    value = value + gaps[:, k] * _ramp(index - k, k, num_levels)
+  return value
 
 
 def fractional_index(values: jax.Array, levels: jax.Array) -> jax.Array:
   """`s^-1(values, levels)`, clipped to `[-1/2, L-1/2]`; its rounding is the nearest level."""
   num_levels = levels.shape[-1]
-  # Per group: the last level <= value, as the left end of the interpolation interval.
-  method = 'compare_all' if num_levels <= _COMPARE_MAX_LEVELS else 'scan'
-  below = jax.vmap(lambda lv, v: jnp.searchsorted(lv, v, side='right', method=method),
-                   in_axes=(0, 1), out_axes=1)
-  lower = jnp.clip(below(levels, values) - 1, 0, num_levels - 2)
-  lo = lookup(levels, lower)
-  hi = lookup(levels, lower + 1)
-  index = lower + (values - lo) / (hi - lo)
+  if num_levels > _COMPARE_MAX_LEVELS:
+    # Per group: the last level <= value, as the left end of the interpolation interval.
+    below = jax.vmap(lambda lv, v: jnp.searchsorted(lv, v, side='right', method='scan'),
+                     in_axes=(0, 1), out_axes=1)
+    lower = jnp.clip(below(levels, values) - 1, 0, num_levels - 2)
+    lo = lookup(levels, lower)
+    index = lower + (values - lo) / (lookup(levels, lower + 1) - lo)
+  else:
+    # `sum_k ramp((value - level_k) / gap_k)`, the inverse of `soft_value` term by term.
+    inverse_gaps = 1 / jnp.diff(levels, axis=-1)
+    index = jnp.zeros_like(values)
+    for k in range(num_levels - 1):
+      index = index + _ramp((values - levels[:, k]) * inverse_gaps[:, k], k, num_levels)
   return jnp.clip(index, -0.5, num_levels - 0.5)
 
 
