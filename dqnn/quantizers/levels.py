@@ -24,6 +24,12 @@ def sum_by_level(values: jax.Array, level_index: jax.Array, num_levels: int) -> 
   if num_levels > _COMPARE_MAX_LEVELS:
     groups = jnp.broadcast_to(jnp.arange(values.shape[1]), values.shape)
     return jnp.zeros((values.shape[1], num_levels), values.dtype).at[groups, level_index].add(values)
+  return _sum_by_level_compare(values, level_index, num_levels=num_levels)
+
+
+# Jitted so that eager callers (initialisation) compile it once per shape, not once per call.
+@functools.partial(jax.jit, static_argnames='num_levels')
+def _sum_by_level_compare(values, level_index, *, num_levels):
   return jax.lax.platform_dependent(
       values, level_index, cpu=functools.partial(_sum_by_level_looped, num_levels=num_levels),
       default=functools.partial(_sum_by_level_fused, num_levels=num_levels))
