@@ -141,8 +141,13 @@ def closed_form(parameterisation: str, mass: jax.Array, moment: jax.Array, level
   # Basis: weighted least squares over the codes of the levels in sorted order.
   codes = binary_codes(bits, signed)
   codes = codes[jnp.argsort(codes @ current)]
-  gram = codes.T @ (mass[:, None] * codes) + 1e-9 * jnp.eye(bits)
-  return jnp.linalg.solve(gram, codes.T @ moment)
+  gram = codes.T @ (mass[:, None] * codes)
+  # Solved as a step from the current basis with a small ridge: when the occupied levels do not
+  # determine every basis vector (e.g. a batch whose values all fall on two levels), those keep
+  # their value instead of the solve returning NaN.
+  ridge = 1e-6 * jnp.trace(gram) / bits + 1e-12
+  step = jnp.linalg.solve(gram + ridge * jnp.eye(bits), codes.T @ moment - gram @ current)
+  return current + step
 
 
 class DQActivation(nn.Module):

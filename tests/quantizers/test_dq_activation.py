@@ -98,6 +98,21 @@ def test_closed_form_state_changes_only_when_mutable():
   assert not np.allclose(updated['quant_stats']['basis'], variables['quant_stats']['basis'])
 
 
+@pytest.mark.parametrize('weighting', ['channel', 'pooled'])
+def test_closed_form_basis_is_finite_when_two_levels_hold_every_value(weighting):
+  # Values only at the lowest and the highest level leave one basis direction undetermined
+  # (seen: a batch of 2 after BatchNorm + ReLU); the solve used to return NaN there.
+  x = jnp.tile(jnp.array([[0.0], [1.2]]), (1, 8))
+  module = dqa.DQActivation(bits=2, weighting=weighting, update='closed_form', momentum=0.0)
+  variables = {'quant_stats': {'basis': jnp.array([0.4, 0.8])}}
+  _, updated = module.apply(variables, x, mutable=['quant_stats'])
+  basis = updated['quant_stats']['basis']
+  assert np.all(np.isfinite(basis))
+  # The top level (code 1,1) moves onto 1.2; the undetermined direction keeps its share.
+  np.testing.assert_allclose(jnp.sum(basis), 1.2, rtol=1e-4)
+  np.testing.assert_allclose(basis[1] - basis[0], 0.4, rtol=1e-3)
+
+
 def test_signed_levels_cover_negative_inputs():
   x = jax.random.normal(jax.random.PRNGKey(0), (32, 8))
   module = dqa.DQActivation(bits=2, signed=True)
