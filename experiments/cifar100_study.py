@@ -60,7 +60,7 @@ class Row:
 
 
 def _methods(bits: str, seeds=(0,)):
-  methods = (('dq', 'DQ (weights and activations)', 'dq', 'dq'),
+  methods = (('dq', 'DQ (weights and activations; defaults)', 'dq', 'dq'),
              ('lqnets', 'LQ-Nets (latent weights, pooled closed-form activations)', 'lqnets',
               'lqnets'),
              ('lsq', 'LSQ (latent weights, learned step sizes)', 'lsq', 'lsq'))
@@ -71,24 +71,28 @@ def _methods(bits: str, seeds=(0,)):
 
 
 W2A2 = 'configs/cifar100_resnet20_w2a2.py'
+# The DQ ablations below ran when gradient-trained activation levels were DQ's default (before
+# this study chose closed form); they name that setting, so each compares with
+# `w2a2_dq_gradient_acts`.
+GRADIENT_ACTS = {'update': 'gradient'}
 # In priority order: the rows the study cannot do without come first.
 ROWS = ([Row('fp', 'Float ResNet-20 (the starting point of every other row)',
              'configs/cifar100_resnet20_fp.py', {'num_epochs': FLOAT_EPOCHS}, init_from='')]
         + _methods('w2a2', seeds=(0, 1))
-        + [Row('w2a2_dq_pooled_acts_s0', 'W2A2 DQ weights + pooled activation error', W2A2,
-               {'quant.act_options': {'weighting': 'pooled'}}),
-           Row('w2a2_lqnets_weights_dq_acts_s0', 'W2A2 latent (LQ-Nets) weights + DQ activations',
-               W2A2, {'quant.weight_quantizer': 'lqnets'}),
-           Row('w2a2_dq_no_residual_s0', 'W2A2 DQ, residual=False (index rounded every step)',
-               W2A2, {'optimizer.residual': False}),
-           Row('w2a2_dq_lloyd_s0', 'W2A2 DQ, level_update=lloyd', W2A2,
-               {'optimizer.level_update': 'lloyd'}),
-           Row('w2a2_dq_closed_form_acts_s0', 'W2A2 DQ, activation levels by closed form',
-               W2A2, {'quant.act_options': {'update': 'closed_form'}}),
-           Row('w2a2_dq_pooled_acts_s1', 'W2A2 DQ weights + pooled activation error', W2A2,
-               {'quant.act_options': {'weighting': 'pooled'}}, seed=1),
-           Row('w2a2_dq_closed_form_acts_s1', 'W2A2 DQ, activation levels by closed form',
-               W2A2, {'quant.act_options': {'update': 'closed_form'}}, seed=1),
+        + [Row(f'w2a2_dq_gradient_acts_s{seed}', 'W2A2 DQ, activation levels by gradient', W2A2,
+               {'quant.act_options': GRADIENT_ACTS}, seed=seed) for seed in (0, 1)]
+        + [Row(f'w2a2_dq_pooled_acts_s{seed}',
+               'W2A2 DQ weights + pooled activation error (gradient act levels)', W2A2,
+               {'quant.act_options': {**GRADIENT_ACTS, 'weighting': 'pooled'}}, seed=seed)
+           for seed in (0, 1)]
+        + [Row('w2a2_lqnets_weights_dq_acts_s0',
+               'W2A2 latent (LQ-Nets) weights + DQ activations (gradient act levels)', W2A2,
+               {'quant.weight_quantizer': 'lqnets', 'quant.act_options': GRADIENT_ACTS}),
+           Row('w2a2_dq_no_residual_s0',
+               'W2A2 DQ, residual=False (index rounded every step; gradient act levels)', W2A2,
+               {'optimizer.residual': False, 'quant.act_options': GRADIENT_ACTS}),
+           Row('w2a2_dq_lloyd_s0', 'W2A2 DQ, level_update=lloyd (gradient act levels)', W2A2,
+               {'optimizer.level_update': 'lloyd', 'quant.act_options': GRADIENT_ACTS}),
            Row('w2a2_dorefa_pact_s0', 'W2A2 DoReFa weights + PACT activations', W2A2,
                {'quant.weight_quantizer': 'dorefa', 'quant.act_quantizer': 'pact'})]
         + _methods('w3a3') + _methods('w4a4'))

@@ -33,7 +33,7 @@ def test_quantized_conv_computes_with_quantized_kernel_and_input():
   from dqnn.quantizers import dq_weight
   kernel = dq_weight.quantized_weight(variables['params']['weight_quantizer'])
   x_q = QuantizeActivation(bits=2).apply(
-      {'params': {'quantizer': variables['params']['act_quantizer']}}, x)
+      {'quant_stats': {'quantizer': variables['quant_stats']['act_quantizer']}}, x)
   assert len(np.unique(x_q)) <= 4
   expected = nn.Conv(4, (3, 3), use_bias=False).apply({'params': {'kernel': kernel}}, x_q)
   np.testing.assert_allclose(conv.apply(variables, x), expected, rtol=1e-6, atol=1e-6)
@@ -57,7 +57,7 @@ def test_activation_error_is_reported_only_when_asked():
   conv = QuantConv(4, (3, 3), w_bits=2, a_bits=2)
   x = jax.nn.relu(X)
   variables = conv.init(jax.random.PRNGKey(0), x)
-  assert set(variables) == {'params'}
+  assert set(variables) == {'params', 'quant_stats'}
   _, metrics = conv.apply(variables, x, mutable=['quant_metrics'])
   (error,) = metrics['quant_metrics']['act_relative_error']
   assert 0.0 < float(error) < 1.0

@@ -156,7 +156,7 @@ class DQActivation(nn.Module):
   signed: bool = False
   weighting: str = 'channel'
   parameterisation: str = 'basis'
-  update: str = 'gradient'
+  update: str = 'closed_form'
   task_grad_weight: float = 0.0
   momentum: float = 0.9
   eps: float = 1e-3

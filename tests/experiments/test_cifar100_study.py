@@ -31,8 +31,10 @@ def test_rows_are_unique_and_fine_tune_from_the_float_run():
 
 
 def test_overrides_reach_the_config():
-  assert _config('w2a2_dq_pooled_acts_s0').quant.act_options.weighting == 'pooled'
-  assert _config('w2a2_dq_closed_form_acts_s0').quant.act_options['update'] == 'closed_form'
+  pooled = _config('w2a2_dq_pooled_acts_s0').quant.act_options
+  assert dict(pooled) == {'weighting': 'pooled', 'update': 'gradient'}
+  assert _config('w2a2_dq_gradient_acts_s1').quant.act_options['update'] == 'gradient'
+  assert dict(_config('w2a2_dq_s0').quant.act_options) == {}  # DQ's defaults.
   assert _config('w2a2_dq_lloyd_s0').optimizer.level_update == 'lloyd'
   assert _config('w2a2_dq_no_residual_s0').optimizer.residual is False
   mixed = _config('w2a2_lqnets_weights_dq_acts_s0').quant

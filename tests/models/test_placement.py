@@ -15,11 +15,20 @@ QUANT_FIELDS = ('w_bits', 'a_bits', 'weight_quantizer', 'act_quantizer', 'weight
                 'act_options', 'a_signed')
 
 
-def abstract_params(name, policy):
+def abstract_variables(name, policy):
   model = create_model(name, num_classes=10, policy=policy)
   size = MODELS[name].image_size
   return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))['params']
+                        jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32))
+
+
+def abstract_params(name, policy):
+  return abstract_variables(name, policy)['params']
+
+
+def act_basis(variables, path):
+  """A DQ activation quantizer's basis (closed-form levels live in `quant_stats`)."""
+  return at(variables['quant_stats'], path)['act_quantizer']['basis']
 
 
 def at(params, path):
@@ -69,28 +78,29 @@ def test_full_precision_is_exactly_the_float_model_and_inputs_are_activations(na
 
 
 def test_every_body_layer_is_quantized_with_the_global_bits():
-  params = abstract_params('_preact_resnet_tiny', QuantPolicy(w_bits=2, a_bits=2))
+  variables = abstract_variables('_preact_resnet_tiny', QuantPolicy(w_bits=2, a_bits=2))
   model = create_model('_preact_resnet_tiny', num_classes=10, policy=QuantPolicy())
   _, *body, _ = layer_paths(model, (1, 224, 224, 3))
   assert 'stage2/block0/shortcut' in body
   for path in body:
-    layer = at(params, path)
-    assert set(layer) == {'weight_quantizer', 'act_quantizer'}, path
+    layer = at(variables['params'], path)
+    assert set(layer) == {'weight_quantizer'}, path
     assert layer['weight_quantizer']['levels'].shape[-1] == 4, path
-    assert layer['act_quantizer']['basis'].shape == (2,), path
+    assert act_basis(variables, path).shape == (2,), path
 
 
 def test_an_override_reaches_its_layer_and_only_it():
   policy = QuantPolicy(w_bits=2, a_bits=2,
                        overrides=(('stage2/block0/conv1', dict(w_bits=4, a_bits=3)),))
-  params = abstract_params('_resnet_tiny', policy)
+  variables = abstract_variables('_resnet_tiny', policy)
+  params = variables['params']
   overridden = at(params, 'stage2/block0/conv1')
   assert overridden['weight_quantizer']['levels'].shape == (8, 16)  # (output channels, 2**4)
   assert overridden['weight_quantizer']['index'].shape == (3, 3, 8, 8)
-  assert overridden['act_quantizer']['basis'].shape == (3,)
+  assert act_basis(variables, 'stage2/block0/conv1').shape == (3,)
   for path in ('stage1/block0/conv1', 'stage2/block0/conv2', 'stage2/block0/shortcut'):
     assert at(params, path)['weight_quantizer']['levels'].shape[-1] == 4, path
-    assert at(params, path)['act_quantizer']['basis'].shape == (2,), path
+    assert act_basis(variables, path).shape == (2,), path
 
 
 def test_float_first_and_last_layers_are_plain():
@@ -100,13 +110,14 @@ def test_float_first_and_last_layers_are_plain():
 
 
 def test_8bit_first_and_last_layers():
-  params = abstract_params('_alexnet_tiny', QuantPolicy(w_bits=2, a_bits=2, first_layer='8bit',
-                                                        last_layer='8bit'))
+  variables = abstract_variables('_alexnet_tiny', QuantPolicy(
+      w_bits=2, a_bits=2, first_layer='8bit', last_layer='8bit'))
+  params = variables['params']
   # The image is not quantized: only conv1's kernel is.
-  assert set(params['conv1']) == {'weight_quantizer'}
+  assert set(params['conv1']) == {'weight_quantizer'} and 'conv1' not in variables['quant_stats']
   assert params['conv1']['weight_quantizer']['levels'].shape == (8, 256)
   assert params['head']['weight_quantizer']['levels'].shape == (10, 256)
-  assert params['head']['act_quantizer']['basis'].shape == (8,)
+  assert act_basis(variables, 'head').shape == (8,)
 
 
 def test_mobilenet_depthwise_convs_have_levels_per_channel():

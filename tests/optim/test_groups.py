@@ -11,7 +11,8 @@ class _Net(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.BatchNorm(use_running_average=False)(nn.Conv(4, (3, 3))(x)))
-    x = QuantConv(4, (3, 3), w_bits=2, a_bits=2)(x)
+    # Gradient-trained DQ activation levels: a parameter of the quantizer group.
+    x = QuantConv(4, (3, 3), w_bits=2, a_bits=2, act_options={'update': 'gradient'})(x)
     x = QuantConv(4, (3, 3), w_bits=2, a_bits=2, weight_quantizer='lsq', act_quantizer='pact')(x)
     return nn.Dense(3)(x.mean((1, 2)))
 
