@@ -8,10 +8,10 @@ For inputs that can be negative (`signed=True`), the codes are `{-1,1}^b` and th
 spans `[-clip, clip]`.
 The levels minimise the weighted error `E = sum_c w_c mean_{n,h,w} (x_c - Q(x_c))^2` with
 `w_c = 1 / (mean x_c^2 + eps * mean_c' mean x_c'^2)` (`weighting='channel'`, DQ) or `w_c = 1`
-(`weighting='pooled'`, the LQ-Nets baseline): by gradient (`update='gradient'`, the levels are
-`params`) or by closed-form weighted least squares plus a moving average
-(`update='closed_form'`, the levels are state in the `quant_stats` collection, updated only when
-that collection is mutable). See docs/method.md.
+(`weighting='pooled'`, the LQ-Nets baseline): by closed-form weighted least squares plus a
+moving average (`update='closed_form'`, the default, chosen by measurement; the levels are state
+in the `quant_stats` collection, updated only when that collection is mutable) or by gradient
+(`update='gradient'`, the levels are `params`). See docs/method.md.
 """
 import functools
 import itertools
