@@ -22,7 +22,8 @@ from dqnn.quantizers import dq_activation
 from dqnn.quantizers import dq_weight
 
 _QUANTIZERS = ('weight_quantizer', 'act_quantizer')
-_COLLECTIONS = ('params', 'batch_stats', dq_activation.STATS)
+_FLOAT_COLLECTIONS = ('params', 'batch_stats')  # What a float model has.
+_COLLECTIONS = _FLOAT_COLLECTIONS + (dq_activation.STATS,)
 
 
 class WarmStartError(ValueError):
@@ -84,7 +85,7 @@ def transfer(variables: Mapping[str, Any], float_variables: Mapping[str, Any]) -
   """
   problems = []
   result = {}
-  for collection in ('params', 'batch_stats'):
+  for collection in _FLOAT_COLLECTIONS:
     if collection in variables:
       result[collection] = _transfer(variables[collection], float_variables, (collection,),
                                      problems)
