@@ -17,5 +17,12 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['dqnn', 'dqnn.*']),
     python_requires='>=3.10',
     install_requires=[r for r in _REQUIREMENTS if not r.startswith(_TEST_ONLY)],
-    extras_require={'test': [r for r in _REQUIREMENTS if r.startswith(_TEST_ONLY)]},
+    package_data={'dqnn.data.sample': ['*.npz']},
+    extras_require={
+        'test': [r for r in _REQUIREMENTS if r.startswith(_TEST_ONLY)],
+        # TFDS's own download-and-prepare (CIFAR-100 download, `tfds build`, `tfds
+        # convert_format`) needs TensorFlow; training, evaluation and export do not.
+        'tf': ['tensorflow-cpu>=2.18; platform_machine == "x86_64"',
+               'tensorflow>=2.18; platform_machine != "x86_64"'],
+    },
 )

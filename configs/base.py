@@ -26,10 +26,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data. data_dir '' = $TFDS_DATA_DIR or the TFDS default; image_size 0 = the dataset's.
-  config.dataset = 'cifar100'  # 'cifar100' | 'imagenet2012' | 'fake'
+  config.dataset = 'cifar100'  # 'cifar100' | 'imagenet2012' | 'cifar100_sample' | 'fake'
   config.data_dir = ''
   config.download = False  # Only cifar100 can be downloaded (needs internet).
   config.image_size = 0
+  # CIFAR-size splits can live on the accelerators, batched and augmented in the step.
+  config.input_on_device = False
+  config.input_workers = 0  # Host pipeline: decode/augment processes (0 = threads only).
   config.num_classes = 0  # Only for dataset 'fake'; real datasets know theirs.
 
   # Model: a name from dqnn.models, compute dtype, and the quantization policy.
@@ -104,6 +107,7 @@ def cifar100(model: str, w_bits: int = 32, a_bits: int = 32,
   config = get_base_config()
   config.dataset = 'cifar100'
   config.download = True
+  config.input_on_device = True
   config.model = model
   _quant(config, w_bits, a_bits)
   return _variant(config, arg)
@@ -122,6 +126,7 @@ def imagenet(model: str, w_bits: int = 32, a_bits: int = 32,
     raise ValueError(f'Not an ImageNet model: {model!r}; choose one of {IMAGENET_MODELS}.')
   config = get_base_config()
   config.dataset = 'imagenet2012'
+  config.input_workers = 16
   config.model = model
   _quant(config, w_bits, a_bits)
   quantized = min(w_bits, a_bits) < 32
@@ -148,8 +153,16 @@ def _variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
 
 
 def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A few steps at batch 8 with a tiny model: checks that a config runs end to end on a CPU."""
+  """A few steps at batch 8 with a tiny model: checks that a config runs end to end on a CPU.
+
+  CIFAR configs switch to the CIFAR-100 sample shipped inside dqnn (500 train / 100 eval real
+  images), so no download or prepare is needed; --config.dataset=cifar100 uses the real data.
+  """
   config.model = RUNLOCAL_MODELS.get(config.model, config.model)
+  if config.dataset == 'cifar100':
+    config.dataset = 'cifar100_sample'
+    config.download = False
+  config.input_workers = 0
   config.global_batch_size = 8
   config.eval_batch_size = 100
   config.num_train_steps = 4

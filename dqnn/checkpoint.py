@@ -1,7 +1,8 @@
 """Checkpoints of the train state (orbax `CheckpointManager`) with a compatibility check.
 
-A checkpoint holds two items: `state` (the train state as a state dict) and `config` (the run's
-config as JSON, to explain a mismatch). Restoring checks every array's path, shape and dtype
+A checkpoint holds three items: `state` (the train state as a state dict), `config` (the run's
+config as JSON, to explain a mismatch) and `input` (the training input's position, so a resumed
+run continues with exactly the next batch). Restoring checks every array's path, shape and dtype
 against the run's abstract state first and raises one `CheckpointMismatchError` naming the
 differences; nothing on disk is changed by a failed restore.
 """
@@ -27,7 +28,8 @@ class CheckpointMismatchError(ValueError):
 
 def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
   # Named up front so that metadata can be read before anything was saved or restored.
-  return {'state': ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler()}
+  return {'state': ocp.StandardCheckpointHandler(), 'config': ocp.JsonCheckpointHandler(),
+          'input': ocp.JsonCheckpointHandler()}
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -46,10 +48,16 @@ def create_manager(workdir: str, *, max_to_keep: int = 1,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
-         config: ml_collections.ConfigDict) -> None:
+         config: ml_collections.ConfigDict, input_state: Mapping[str, Any]) -> None:
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(serialization.to_state_dict(state)),
-      config=ocp.args.JsonSave(config.to_dict())))
+      config=ocp.args.JsonSave(config.to_dict()),
+      input=ocp.args.JsonSave(dict(input_state))))
+
+
+def restore_input_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The training input's position saved with checkpoint `step`."""
+  return manager.restore(step, args=ocp.args.Composite(input=ocp.args.JsonRestore())).input
 
 
 def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:

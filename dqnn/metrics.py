@@ -1,12 +1,13 @@
-"""Classification metrics and the metric log (TensorBoard via clu + `metrics.jsonl`)."""
+"""Classification metrics and the metric log (TensorBoard event files + `metrics.jsonl`)."""
 import json
 from typing import Any, Mapping
 
-from clu import metric_writers
 from etils import epath
 import jax
 import jax.numpy as jnp
 import optax
+
+from dqnn import summary_writer
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -46,8 +47,7 @@ class MetricLog:
   """
 
   def __init__(self, workdir: str, *, is_main_process: bool):
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not is_main_process, asynchronous=False)
+    self.writer = summary_writer.SummaryWriter(workdir if is_main_process else None)
     self._jsonl = epath.Path(workdir) / METRICS_FILE if is_main_process else None
     self._lines = (self._jsonl.read_text().splitlines(keepends=True)
                    if self._jsonl and self._jsonl.exists() else [])

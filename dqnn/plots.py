@@ -103,9 +103,12 @@ def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
   size = exporter.image_size(config)
   if config.dataset in data.SUPPORTED_DATASETS:
     try:
-      batch = next(data.eval_iterator(config.dataset, config.data_dir or None,
-                                      global_batch_size=batch_size, image_size=size))
-      return batch['image'][batch['mask']], f'{config.dataset} eval batch'
+      info = data.get_dataset_info(config.dataset, config.data_dir or None)
+      batch = next(data.eval_batches(info, config.data_dir or None, global_batch_size=batch_size,
+                                     image_size=size, process_index=0, process_count=1))
+      images = np.asarray(data.normalize(batch['image'][batch['mask']],
+                                         data.normalization(config.dataset)))
+      return images, f'{config.dataset} eval batch'
     except data.DatasetNotFoundError:
       pass
   images = np.random.default_rng(0).standard_normal((batch_size, size, size, 3))
@@ -236,7 +239,7 @@ def figure_image(fig) -> np.ndarray:
 
 def write_tensorboard_images(writer, step: int, variables: dict[str, Any],
                              config: ml_collections.ConfigDict) -> None:
-  """Writes each quantized layer's weight histogram to TensorBoard (a clu metric writer).
+  """Writes each quantized layer's weight histogram to TensorBoard (`dqnn.summary_writer`).
 
   Call it from the training loop at eval time with the state's eval variables.
   """

@@ -4,16 +4,13 @@ Data parallel over every device: one `Mesh` with a 'data' axis, the batch sharde
 the train state replicated. Under `jax.jit` the model sees the global batch, so BatchNorm and
 quantizer statistics are global-batch statistics whatever the device count.
 """
-import concurrent.futures
 import functools
-import itertools
 import json
 import signal
 import time
 from typing import Any, Iterator
 
 from absl import logging
-from clu import periodic_actions
 from etils import epath
 import flax
 import jax
@@ -134,13 +131,15 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
-               label_smoothing: float, dropout_key: jax.Array):
-  """One optimizer step; returns (state, {'loss', 'top1'}, finite)."""
+def train_step(state: TrainState, inputs: dict[str, Any], *, model, tx, make_batch,
+               normalization: str, label_smoothing: float, dropout_key: jax.Array):
+  """One optimizer step on the batch `make_batch(inputs)`; returns (state, metrics, finite)."""
+  batch = make_batch(inputs)
+  images = data.normalize(batch['image'], normalization)
 
   def loss_fn(params):
     logits, model_state = model.apply(
-        {**state.variables(), 'params': params}, batch['image'], train=True,
+        {**state.variables(), 'params': params}, images, train=True,
         mutable=list(MODEL_STATE), rngs={'dropout': jax.random.fold_in(dropout_key, state.step)})
     loss = metrics.cross_entropy(logits, batch['label'], label_smoothing).mean()
     return loss, (logits, model_state)
@@ -155,9 +154,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx,
   return new_state, step_metrics, jnp.isfinite(loss) & _all_finite(params)
 
 
-def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
+def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model,
+              normalization: str) -> dict[str, jax.Array]:
   """Sums over the batch's real (mask True) examples."""
-  logits, sown = model.apply(state.variables(), batch['image'], train=False,
+  logits, sown = model.apply(state.variables(), data.normalize(batch['image'], normalization),
+                             train=False,
                              mutable=[QUANT_METRICS])
   mask = batch['mask'].astype(jnp.float32)
   count = mask.sum()
@@ -171,41 +172,64 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[
   return sums
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] & 0x7FFFFFFF)
+class HostInput:
+  """Training batches from a host pipeline, handed to the step as global arrays."""
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]], sharding: NamedSharding):
+    self._batches = batches
+    self._sharding = sharding
+
+  def next(self) -> dict[str, jax.Array]:
+    return _global(next(self._batches), self._sharding)
+
+  @staticmethod
+  def make_batch(inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return inputs
+
+  def get_state(self) -> dict[str, Any]:
+    return self._batches.get_state() if hasattr(self._batches, 'get_state') else {}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    if hasattr(self._batches, 'set_state'):
+      self._batches.set_state(state)
 
 
-def train_batches(config: ml_collections.ConfigDict, info: data.DatasetInfo, *,
-                  start_step: int, steps_per_epoch: int) -> Iterator[dict[str, np.ndarray]]:
-  """This host's training batches from `start_step` on.
+class DeviceInput:
+  """Training batches formed on the devices from a split they hold (`data.DeviceTrainData`)."""
 
-  Each epoch is a fresh pipeline seeded by (seed, epoch), so a resumed run sees exactly the
-  batches of an uninterrupted one while skipping at most one epoch's batches. The next epoch's
-  pipeline starts (and fills its shuffle buffer) in the background while this epoch trains.
-  """
+  def __init__(self, device_data: data.DeviceTrainData):
+    self._data = device_data
+    self._step = 0
+    self.make_batch = device_data.make_batch
+
+  def next(self) -> dict[str, Any]:
+    inputs = self._data.inputs(self._step)
+    self._step += 1
+    return inputs
+
+  def get_state(self) -> dict[str, Any]:
+    return {'next_step': self._step}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._step = int(state['next_step'])
+
+
+def training_input(config: ml_collections.ConfigDict, info: data.DatasetInfo,
+                   mesh: Mesh) -> HostInput | DeviceInput:
+  """This run's training input, positioned at its first batch."""
   if info.name == 'fake':
-    yield from data.fake_iterator(global_batch_size=config.global_batch_size,
-                                  image_size=info.image_size, num_classes=info.num_classes,
-                                  seed=config.seed)
-    return
-
-  def started(epoch):
-    batches = data.train_iterator(
-        info.name, config.data_dir or None, global_batch_size=config.global_batch_size,
-        seed=_epoch_seed(config.seed, epoch), image_size=info.image_size)
-    return itertools.chain([next(batches)], batches)
-
-  first_epoch, skip = divmod(start_step, steps_per_epoch)
-  executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-  try:
-    upcoming = executor.submit(started, first_epoch)
-    for epoch in itertools.count(first_epoch):
-      batches = upcoming.result()
-      upcoming = executor.submit(started, epoch + 1)
-      yield from itertools.islice(batches, skip, steps_per_epoch)
-      skip = 0
-  finally:
-    executor.shutdown(wait=False, cancel_futures=True)
+    return HostInput(data.fake_batches(global_batch_size=config.global_batch_size,
+                                       image_size=info.image_size,
+                                       num_classes=info.num_classes, seed=config.seed),
+                     NamedSharding(mesh, P('data')))
+  if config.input_on_device:
+    return DeviceInput(data.DeviceTrainData(info, config.data_dir or None, mesh,
+                                            global_batch_size=config.global_batch_size,
+                                            seed=config.seed))
+  batches = data.train_dataset(info, config.data_dir or None,
+                               global_batch_size=config.global_batch_size, seed=config.seed,
+                               image_size=info.image_size, num_workers=config.input_workers)
+  return HostInput(iter(batches), NamedSharding(mesh, P('data')))
 
 
 def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -216,9 +240,9 @@ def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, 
 def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
   """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
   totals = None
-  for batch in data.eval_iterator(info.name, config.data_dir or None,
-                                  global_batch_size=config.eval_batch_size,
-                                  image_size=info.image_size):
+  for batch in data.eval_batches(info, config.data_dir or None,
+                                 global_batch_size=config.eval_batch_size,
+                                 image_size=info.image_size):
     sums = eval_fn(state, _global(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -283,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
 
-  steps_per_epoch = info.num_train // config.global_batch_size
+  train_input = training_input(config, info, mesh)
+  steps_per_epoch = (train_input._data.steps_per_epoch if isinstance(train_input, DeviceInput)
+                     else info.num_train // config.global_batch_size)
   if steps_per_epoch < 1:
     raise ValueError(f'global_batch_size={config.global_batch_size} exceeds the '
                      f'{info.num_train} training examples.')
@@ -294,33 +320,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = create_model(config, info.num_classes)
   tx = create_optimizer(config, schedule)
   rng = jax.random.key(config.seed)
+  normalization = data.normalization(info.name)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, make_batch=train_input.make_batch,
+                        normalization=normalization, label_smoothing=config.label_smoothing,
+                        dropout_key=jax.random.fold_in(rng, 1)),
+      out_shardings=replicated, donate_argnums=0)
 
-  local_images = jax.ShapeDtypeStruct(
-      (config.global_batch_size // jax.process_count(), info.image_size, info.image_size, 3),
-      jnp.float32)
+  global_images = jax.ShapeDtypeStruct(
+      (config.global_batch_size, info.image_size, info.image_size, 3), jnp.float32)
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(functools.partial(initial_state, model, tx), rng, local_images))
+      jax.eval_shape(functools.partial(initial_state, model, tx), rng, global_images))
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   is_main = jax.process_index() == 0
   if manager.latest_step() is not None:
     state, start_step = checkpoint.restore(manager, abstract_state, config)
+    train_input.set_state(checkpoint.restore_input_state(manager, start_step))
     logging.info('Resumed from step %d.', start_step)
   else:
     start_step = 0
-    state = None
-  train_iter = train_batches(config, info, start_step=start_step,
-                             steps_per_epoch=steps_per_epoch)
-  batches = train_iter
-  if state is None:
-    first = next(train_iter)
-    batches = itertools.chain([first], train_iter)
     # Initialised outside jit: compiling the quantizers' k-means initialisation takes far longer
-    # than running it once. Every process initialises from process 0's first batch, so all
-    # hold the same values.
-    images = multihost_utils.broadcast_one_to_all(first['image'])
+    # than running it once. Every process initialises from the whole first global batch (the
+    # one step 1 trains on), so all hold the same values whatever the process count.
+    position = train_input.get_state()
+    first = jax.jit(train_input.make_batch)(train_input.next())
+    train_input.set_state(position)
+    images = np.asarray(data.normalize(
+        multihost_utils.process_allgather(first['image'], tiled=True), normalization))
     state = initial_state(model, tx, rng, images)
     if config.init_from:
       variables = warm_start.from_float(model, jax.device_get(state.variables()),
@@ -336,13 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   log = metrics.MetricLog(workdir, is_main_process=is_main)
   log.truncate_after(start_step)
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=log.writer,
-                                           every_steps=config.log_every_steps)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.fold_in(rng, 1)),
-      in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, normalization=normalization),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
   group_scales = {'learning_rate/levels': config.optimizer.level_lr_scale,
                   'learning_rate/quantizer': config.optimizer.quantizer_lr_scale}
@@ -355,13 +378,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   try:
     with _Preemption(manager) as preemption:
       while step < total_steps:
-        state, step_metrics, finite = step_fn(state, _global(next(batches), batch_sharding))
+        state, step_metrics, finite = step_fn(state, train_input.next())
         step += 1
         pending_finite.append((step, finite))
         train_sums = step_metrics if train_sums is None else jax.tree.map(
             jnp.add, train_sums, step_metrics)
         train_count += 1
-        report(step)
         is_last = step == total_steps
         if step % config.log_every_steps == 0 or is_last:
           _check_finite(pending_finite)
@@ -373,6 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          'steps_per_sec': (step - last_step) / (now - last_time),
                          **{name: lr * scale for name, scale in group_scales.items()}})
           log.write(step, 'train', record)
+          logging.info('Step %d/%d: loss %.4f, %.2f steps/s.', step, total_steps,
+                       record['loss'], record['steps_per_sec'])
           final.update({f'train/{k}': v for k, v in record.items()})
           train_sums, train_count, last_time, last_step = None, 0, now, step
         if info.num_eval and (is_last or (config.eval_every_steps
@@ -387,12 +411,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     and step % config.checkpoint_every_steps == 0):
           # Never save a non-finite state: the last good checkpoint must survive.
           _check_finite(pending_finite)
-          checkpoint.save(manager, step, state, config)
+          checkpoint.save(manager, step, state, config, train_input.get_state())
         if preempted:
           logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
           break
   finally:
-    train_iter.close()  # Stops the input pipeline's background work.
     manager.wait_until_finished()
     manager.close()
     log.close()

@@ -1,20 +1,25 @@
-"""dqnn input data: TFDS-backed, sharded tf.data pipelines yielding numpy batches.
+"""dqnn input data: grain pipelines over TFDS array_record sources, no TensorFlow.
 
-See `pipeline` (iterators), `datasets` (registry, DatasetInfo, errors),
-`prepare` (offline prepare tool) and `mock` (offline mock data for tests).
+See `pipeline` (host pipelines), `on_device` (a small split held on the accelerators),
+`datasets` (registry, DatasetInfo, errors, the embedded sample), `transforms` (augmentation and
+normalisation), `prepare` (offline prepare tool) and `mock` (offline mock data for tests).
 """
 
 from dqnn.data.datasets import DatasetInfo
 from dqnn.data.datasets import get_dataset_info
+from dqnn.data.datasets import normalization
+from dqnn.data.datasets import SAMPLE
 from dqnn.data.datasets import SUPPORTED_DATASETS
 from dqnn.data.errors import DatasetNotFoundError
 from dqnn.data.mock import mock_dataset
-from dqnn.data.pipeline import eval_iterator
-from dqnn.data.pipeline import fake_iterator
-from dqnn.data.pipeline import train_iterator
+from dqnn.data.on_device import DeviceTrainData
+from dqnn.data.pipeline import eval_batches
+from dqnn.data.pipeline import fake_batches
+from dqnn.data.pipeline import train_dataset
+from dqnn.data.transforms import normalize
 
 __all__ = [
-    'DatasetInfo', 'DatasetNotFoundError', 'SUPPORTED_DATASETS',
-    'eval_iterator', 'fake_iterator', 'get_dataset_info', 'mock_dataset',
-    'train_iterator',
+    'DatasetInfo', 'DatasetNotFoundError', 'DeviceTrainData', 'SAMPLE', 'SUPPORTED_DATASETS',
+    'eval_batches', 'fake_batches', 'get_dataset_info', 'mock_dataset', 'normalization', 'normalize',
+    'train_dataset',
 ]

@@ -1,28 +1,31 @@
-"""Dataset registry: names, splits, `DatasetInfo` and offline-safe TFDS builder loading.
+"""Dataset registry: names, splits, `DatasetInfo`, and where each split's examples come from.
 
-Datasets are read with `tfds.builder(name, data_dir=...)`. Data written by
-`python -m dqnn.data.prepare` lives at `<data_dir>/<name>/<version>/` with the
-same features as the real TFDS builder, so real and prepared data are read by
-exactly the same code. Nothing touches the network unless `download=True` is
-passed for a downloadable dataset (only `cifar100`).
+Prepared datasets are TFDS directories in array_record format, `<data_dir>/<name>/<version>/`,
+read with `tfds.data_source` (random access, no TensorFlow). `python -m dqnn.data.prepare`
+writes them offline; TFDS's own download-and-prepare (CIFAR-100 only) needs the `[tf]` extra.
+`cifar100_sample` is a small real CIFAR-100 sample shipped inside the package, so a first run
+needs neither a download nor a prepare step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import importlib.util
 import os
 import shlex
+import socket
 
-import tensorflow as tf
+import numpy as np
 import tensorflow_datasets as tfds
 
 from dqnn.data.errors import DatasetNotFoundError
 
-# Keep TF (used only for the input pipeline) away from accelerators.
-try:
-  tf.config.set_visible_devices([], 'GPU')
-except RuntimeError:  # Devices already initialised; nothing to do.
-  pass
+SAMPLE = 'cifar100_sample'
+_SAMPLE_FILE = 'cifar100_sample.npz'
+# TFDS downloads CIFAR-100 from here; checked first so an offline host fails in seconds.
+_DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
+_NETWORK_TIMEOUT_S = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +35,14 @@ class _Spec:
   train_split: str
   eval_split: str
   downloadable: bool
+  normalization: str  # Which mean/std the images are normalised with.
 
 
 _SPECS = {
-    'cifar100': _Spec(100, 32, 'train', 'test', downloadable=True),
-    'imagenet2012': _Spec(1000, 224, 'train', 'validation', downloadable=False),
+    'cifar100': _Spec(100, 32, 'train', 'test', downloadable=True, normalization='cifar100'),
+    'imagenet2012': _Spec(1000, 224, 'train', 'validation', downloadable=False,
+                          normalization='imagenet2012'),
+    SAMPLE: _Spec(100, 32, 'train', 'test', downloadable=False, normalization='cifar100'),
 }
 
 SUPPORTED_DATASETS = tuple(sorted(_SPECS))
@@ -53,11 +59,21 @@ class DatasetInfo:
   num_eval: int
 
 
-def _spec(name: str) -> _Spec:
+def spec(name: str) -> _Spec:
   if name not in _SPECS:
     raise ValueError(
         f'Unknown dataset {name!r}; supported: {", ".join(SUPPORTED_DATASETS)}.')
   return _SPECS[name]
+
+
+def normalization(name: str) -> str:
+  """Whose mean/std normalise `name`'s images (ImageNet's for synthetic data)."""
+  return _SPECS[name].normalization if name in _SPECS else 'imagenet2012'
+
+
+def is_small(name: str) -> bool:
+  """Whether the whole split is decoded into memory (and may live on the accelerators)."""
+  return spec(name).image_size == 32
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -90,40 +106,67 @@ def _not_found_message(name: str, data_dir: str, reason: str) -> str:
     lines.append(
         '(--input is an .npz with uint8 `image` [N,32,32,3] and `label` [N]; '
         'the `test` split is then a held-out carve of that file.)')
-    if not reason.startswith('download failed'):
-      lines.append('Alternatively pass download=True to download it via TFDS '
-                   '(needs internet).')
+    if not reason.startswith(('download failed', 'no network')):
+      lines.append('Or pass --config.download=True to download it via TFDS (needs internet and '
+                   "the TensorFlow extra: pip install -e '.[tf]').")
+    lines.append(f"Or try the embedded sample: --config.dataset={SAMPLE}.")
   else:
     lines += [
         '(--input is a folder of <class_wnid>/*.JPEG sub-folders or flat '
         '<wnid>_*.JPEG files.)',
         'Or, with the official archives (TFDS cannot download ImageNet): put '
         'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into '
-        f'{os.path.join(data_dir, "downloads", "manual")} and run',
-        f'  tfds build imagenet2012 --data_dir={shlex.quote(data_dir)}',
+        f'{os.path.join(data_dir, "downloads", "manual")} and run (needs the TensorFlow extra)',
+        f'  tfds build imagenet2012 --data_dir={shlex.quote(data_dir)} '
+        '--file_format=array_record',
     ]
   return '\n'.join(lines)
+
+
+def _tfrecord_message(name: str, path: str) -> str:
+  return '\n'.join([
+      f'{path} holds {name!r} as tfrecord files; dqnn reads array_record (random access, no '
+      'TensorFlow). Convert it in place once (needs the TensorFlow extra, pip install -e '
+      "'.[tf]'):",
+      f'  tfds convert_format --dataset_version_dir={shlex.quote(path)} '
+      '--out_file_format=array_record',
+      'or prepare it again with python -m dqnn.data.prepare.'])
+
+
+def _download(builder, name: str, data_dir: str) -> None:
+  """TFDS download-and-prepare, failing within seconds when it cannot work here."""
+  if importlib.util.find_spec('tensorflow') is None:
+    raise DatasetNotFoundError(_not_found_message(
+        name, data_dir, "download needs TensorFlow: pip install -e '.[tf]'"))
+  try:
+    socket.create_connection(_DOWNLOAD_HOST, timeout=_NETWORK_TIMEOUT_S).close()
+  except OSError as e:
+    raise DatasetNotFoundError(_not_found_message(
+        name, data_dir, f'no network: cannot reach {_DOWNLOAD_HOST[0]} ({e})')) from e
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except Exception as e:  # pylint: disable=broad-except
+    raise DatasetNotFoundError(
+        _not_found_message(name, data_dir, f'download failed: {e!r}')) from e
 
 
 def load_builder(name: str,
                  data_dir: str | os.PathLike | None = None,
                  *,
                  download: bool = False) -> tfds.core.DatasetBuilder:
-  """Returns a prepared TFDS builder, or raises `DatasetNotFoundError`."""
-  spec = _spec(name)
+  """Returns a prepared array_record TFDS builder, or raises `DatasetNotFoundError`."""
+  dataset_spec = spec(name)
   data_dir = resolve_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    if not (download and spec.downloadable):
-      reason = ('not prepared; TFDS cannot download it' if not spec.downloadable
+    if not (download and dataset_spec.downloadable):
+      reason = ('not prepared; TFDS cannot download it' if not dataset_spec.downloadable
                 else 'not prepared and download=False')
       raise DatasetNotFoundError(_not_found_message(name, data_dir, reason))
-    try:
-      builder.download_and_prepare()
-    except Exception as e:  # pylint: disable=broad-except
-      raise DatasetNotFoundError(
-          _not_found_message(name, data_dir, f'download failed: {e!r}')) from e
-  missing = [s for s in (spec.train_split, spec.eval_split)
+    _download(builder, name, data_dir)
+  if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
+    raise DatasetNotFoundError(_tfrecord_message(name, os.fspath(builder.data_dir)))
+  missing = [s for s in (dataset_spec.train_split, dataset_spec.eval_split)
              if s not in builder.info.splits]
   if missing:
     raise DatasetNotFoundError(_not_found_message(
@@ -131,20 +174,62 @@ def load_builder(name: str,
   return builder
 
 
+def _sample_arrays() -> dict[str, np.ndarray]:
+  with importlib.resources.files('dqnn.data.sample').joinpath(_SAMPLE_FILE).open('rb') as f:
+    with np.load(f) as arrays:
+      return dict(arrays)
+
+
 def get_dataset_info(name: str,
                      data_dir: str | None = None,
                      *,
                      download: bool = False) -> DatasetInfo:
-  """Static facts about a prepared dataset (split sizes read from TFDS)."""
-  spec = _spec(name)
-  builder = load_builder(name, data_dir, download=download)
-  splits = builder.info.splits
-  return DatasetInfo(
-      name=name,
-      num_classes=int(builder.info.features['label'].num_classes),
-      image_size=spec.image_size,
-      train_split=spec.train_split,
-      eval_split=spec.eval_split,
-      num_train=int(splits[spec.train_split].num_examples),
-      num_eval=int(splits[spec.eval_split].num_examples),
-  )
+  """Static facts about a prepared dataset (split sizes read from its metadata)."""
+  dataset_spec = spec(name)
+  if name == SAMPLE:
+    arrays = _sample_arrays()
+    num_train, num_eval = len(arrays['train_label']), len(arrays['test_label'])
+    num_classes = dataset_spec.num_classes
+  else:
+    builder = load_builder(name, data_dir, download=download)
+    splits = builder.info.splits
+    num_train = int(splits[dataset_spec.train_split].num_examples)
+    num_eval = int(splits[dataset_spec.eval_split].num_examples)
+    num_classes = int(builder.info.features['label'].num_classes)
+  return DatasetInfo(name=name, num_classes=num_classes, image_size=dataset_spec.image_size,
+                     train_split=dataset_spec.train_split, eval_split=dataset_spec.eval_split,
+                     num_train=num_train, num_eval=num_eval)
+
+
+def open_split(name: str, data_dir: str | None, split: str, start: int, end: int):
+  """Examples [start, end) of a split, as a random-access source of {'image', 'label'}.
+
+  Small (32x32) datasets come back decoded, as `InMemorySource` of uint8 images; ImageNet as
+  encoded JPEG bytes (decoded, cropped and resized by the pipeline's workers).
+  """
+  if name == SAMPLE:
+    arrays = _sample_arrays()
+    return InMemorySource(arrays[f'{split}_image'][start:end],
+                          arrays[f'{split}_label'][start:end])
+  builder = load_builder(name, data_dir)
+  if is_small(name):
+    source = builder.as_data_source(split=f'{split}[{start}:{end}]')
+    examples = source.__getitems__(range(len(source)))
+    return InMemorySource(np.stack([e['image'] for e in examples]),
+                          np.array([e['label'] for e in examples]))
+  return builder.as_data_source(split=f'{split}[{start}:{end}]',
+                                decoders={'image': tfds.decode.SkipDecoding()})
+
+
+class InMemorySource:
+  """A decoded split held as arrays; `images` uint8 [N, H, W, 3], `labels` int32 [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images = np.asarray(images, np.uint8)
+    self.labels = np.asarray(labels, np.int32)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {'image': self.images[index], 'label': self.labels[index]}

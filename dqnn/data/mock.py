@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from dqnn.data import writer
-from dqnn.data.datasets import _spec
+from dqnn.data.datasets import spec
 
 
 def _random_jpeg(rng: np.random.Generator, grayscale: bool) -> bytes:
@@ -38,8 +38,8 @@ def write_mock_dataset(name: str, data_dir: str, *, num_examples: int = 64,
                        num_eval_examples: int | None = None,
                        num_classes: int | None = None, seed: int = 0) -> str:
   """Writes a random `name` dataset to `data_dir`; returns its directory."""
-  spec = _spec(name)
-  num_classes = min(num_classes or 10, spec.num_classes)
+  dataset_spec = spec(name)
+  num_classes = min(num_classes or 10, dataset_spec.num_classes)
   if num_eval_examples is None:
     num_eval_examples = max(1, num_examples // 4)
   rng = np.random.default_rng(seed)
@@ -52,16 +52,16 @@ def write_mock_dataset(name: str, data_dir: str, *, num_examples: int = 64,
         if name == 'cifar100':
           yield key, {
               'id': key, 'label': label,
-              'image': rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+              'image': writer.png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
               'coarse_label': writer.CIFAR100_FINE_TO_COARSE[label]}
         else:
-          yield key, {'image': _random_jpeg(rng, grayscale=i % 5 == 4),
+          yield key, {'image': io.BytesIO(_random_jpeg(rng, grayscale=i % 5 == 4)),
                       'label': label, 'file_name': key + '.JPEG'}
     return _gen
 
   return writer.write_tfds_dataset(
-      name, data_dir, {spec.train_split: gen(spec.train_split, num_examples),
-                       spec.eval_split: gen(spec.eval_split, num_eval_examples)},
+      name, data_dir, {dataset_spec.train_split: gen(dataset_spec.train_split, num_examples),
+                       dataset_spec.eval_split: gen(dataset_spec.eval_split, num_eval_examples)},
       overwrite=True)
 
 

@@ -1,213 +1,164 @@
-"""Sharded, multi-host tf.data input pipelines yielding numpy batches.
+"""Sharded, multi-host grain input pipelines yielding uint8 numpy batches.
 
-Each host (JAX process) reads a disjoint contiguous slice of the split:
-host i of P reads examples [n*i//P, n*(i+1)//P) (the same partition as
-`tfds.even_splits(split, n=P)`), expressed as an absolute TFDS slice
-`'split[start:end]'`. Batches are per-host: `global_batch_size // P` examples.
+Each host (JAX process) reads a disjoint contiguous slice of the split: host i of P reads
+examples [n*i//P, n*(i+1)//P). Batches are per-host: `global_batch_size // P` examples, images
+uint8 (the train step normalises them on the device).
 
-* `train_iterator`: infinite, deterministic in `seed` (file order via
-  `tfds.ReadConfig(shuffle_seed)`, `Dataset.shuffle(seed)`, stateless
-  augmentation seeded by (seed, host, example counter)); CIFAR is cached in
-  memory after decoding.
-* `eval_iterator`: finite; every eval example is yielded exactly once across
-  all hosts. The tail is padded with masked (`mask=False`) zero examples,
-  never dropped, and all hosts yield the same number of batches.
-* `fake_iterator`: synthetic batches, no dataset needed.
+* `train_dataset`: an infinite grain dataset. Batch k of it is a pure function of
+  (seed, host, k): grain shuffles by index, with a new permutation each epoch, and draws each
+  batch's augmentation from a generator seeded by its index. Its iterator's `get_state()` is
+  saved with each checkpoint, so a resumed run continues with exactly the next batch.
+  Small datasets are held decoded in memory and augmented a whole batch at a time; ImageNet
+  JPEGs are decoded, cropped and flipped per image, by `num_workers` processes when > 0.
+* `eval_batches`: finite; every eval example is yielded exactly once across all hosts. The tail
+  is padded with masked (`mask=False`) zero examples, never dropped, and all hosts yield the
+  same number of batches.
+* `fake_batches`: synthetic batches, no dataset needed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
+import grain
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from dqnn.data import preprocess
-from dqnn.data.datasets import _spec, load_builder
+from dqnn.data import datasets
+from dqnn.data import transforms
 
-_IMAGENET_SHUFFLE_BUFFER = 10_000
+# Threads that read and transform examples ahead of the step within this process.
+_READ_THREADS = 16
+_PREFETCH = 512
 
 
-def _process_layout(process_index, process_count):
+def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
-    if process_index is None:
-      process_index = jax.process_index()
-    if process_count is None:
-      process_count = jax.process_count()
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, {process_count}).')
   return int(process_index), int(process_count)
 
 
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size <= 0 or global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} must be a positive '
                      f'multiple of process_count={process_count}.')
   return global_batch_size // process_count
 
 
-def host_slice(num_examples: int, process_index: int, process_count: int):
-  """[start, end) of this host's examples (same partition as tfds.even_splits)."""
+def host_slice(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[start, end) of this host's examples (the same partition as tfds.even_splits)."""
   return (num_examples * process_index // process_count,
           num_examples * (process_index + 1) // process_count)
 
 
-def _tf_dtype(dtype) -> tf.DType:
-  return tf.as_dtype(np.dtype(dtype).name if not isinstance(dtype, str) else dtype)
+def _host_seed(seed: int, process_index: int) -> int:
+  return int(np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1)[0])
 
 
-def _host_seeds(seed: int, process_index: int):
-  """Three independent 31-bit seeds for (file order, shuffle, augmentation)."""
-  state = np.random.SeedSequence([int(seed), int(process_index)]).generate_state(3)
-  return [int(s) & 0x7FFFFFFF for s in state]
+def _split_size(info: datasets.DatasetInfo, split: str) -> int:
+  return info.num_train if split == info.train_split else info.num_eval
 
 
-def _decoders(name):
-  # ImageNet JPEGs are decoded by our own ops (decode_and_crop, channels=3).
-  return {'image': tfds.decode.SkipDecoding()} if name == 'imagenet2012' else None
+def _read_options() -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH)
 
 
-def _options() -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  return options
+def _small_train_batch(indices: np.ndarray, rng: np.random.Generator, *, source,
+                       image_size: int) -> dict[str, np.ndarray]:
+  images = transforms.cifar_train_batch(source.images[indices], rng)
+  if image_size != images.shape[1]:
+    images = np.stack([transforms.resize_square(im, image_size) for im in images])
+  return {'image': images, 'label': source.labels[indices]}
 
 
-def train_iterator(name: str,
-                   data_dir: str | None,
-                   *,
-                   global_batch_size: int,
-                   seed: int,
-                   image_size: int | None = None,
-                   dtype='float32',
-                   process_index: int | None = None,
-                   process_count: int | None = None,
-                   download: bool = False,
-                   shuffle_buffer_size: int | None = None,
-                   cache: bool | None = None) -> Iterator[dict]:
+def _imagenet_train_example(example: dict, rng: np.random.Generator, *,
+                            image_size: int) -> dict[str, np.ndarray]:
+  return {'image': transforms.imagenet_train(example['image'], rng, image_size),
+          'label': np.int32(example['label'])}
+
+
+def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
+                  seed: int, image_size: int | None = None, process_index: int | None = None,
+                  process_count: int | None = None, num_workers: int = 0) -> grain.IterDataset:
   """Infinite shuffled, augmented training batches for this host.
 
-  Yields {'image': [global_batch_size // process_count, H, W, 3] dtype,
-          'label': int32 [global_batch_size // process_count]}.
+  Iterating yields {'image': uint8 [global_batch_size // process_count, S, S, 3],
+                    'label': int32 [global_batch_size // process_count]}.
   """
-  spec = _spec(name)
-  image_size = image_size or spec.image_size
-  process_index, process_count = _process_layout(process_index, process_count)
-  local_bs = _local_batch_size(global_batch_size, process_count)
-  builder = load_builder(name, data_dir, download=download)
-  n = builder.info.splits[spec.train_split].num_examples
-  start, end = host_slice(n, process_index, process_count)
-  if end <= start:
-    raise ValueError(f'Host {process_index} has no training examples ({n} total).')
-  file_seed, shuffle_seed, aug_seed = _host_seeds(seed, process_index)
-  out_dtype = _tf_dtype(dtype)
-
-  ds = builder.as_dataset(
-      split=f'{spec.train_split}[{start}:{end}]',
-      shuffle_files=True,
-      decoders=_decoders(name),
-      read_config=tfds.ReadConfig(shuffle_seed=file_seed, options=_options()))
-  ds = ds.map(lambda x: {'image': x['image'], 'label': x['label']})
-  if cache if cache is not None else name == 'cifar100':
-    ds = ds.cache()
-  if shuffle_buffer_size is None:
-    shuffle_buffer_size = (end - start if name == 'cifar100'
-                           else min(end - start, _IMAGENET_SHUFFLE_BUFFER))
-  ds = ds.shuffle(shuffle_buffer_size, seed=shuffle_seed,
-                  reshuffle_each_iteration=True)
-  ds = ds.repeat()
-  ds = ds.enumerate()
-
-  def _map(i, x):
-    ex_seed = tf.stack([tf.constant(aug_seed, tf.int64), i])
-    if name == 'cifar100':
-      image = preprocess.cifar_train(x['image'], ex_seed, image_size)
-    else:
-      image = preprocess.imagenet_train(x['image'], ex_seed, image_size)
-    return {'image': preprocess.normalize(image, name, out_dtype),
-            'label': tf.cast(x['label'], tf.int32)}
-
-  ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_bs, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds))
+  image_size = image_size or info.image_size
+  process_index, process_count = process_layout(process_index, process_count)
+  batch = local_batch_size(global_batch_size, process_count)
+  start, end = host_slice(info.num_train, process_index, process_count)
+  if end - start < batch:
+    raise ValueError(f'Host {process_index} holds {end - start} training examples, fewer than '
+                     f'its batch of {batch}.')
+  source = datasets.open_split(info.name, data_dir, info.train_split, start, end)
+  host_seed = _host_seed(seed, process_index)
+  if datasets.is_small(info.name):
+    ds = (grain.MapDataset.range(len(source)).seed(host_seed).shuffle().repeat()
+          .batch(batch, drop_remainder=True)
+          .random_map(functools.partial(_small_train_batch, source=source,
+                                        image_size=image_size)))
+  else:
+    ds = (grain.MapDataset.source(source).seed(host_seed).shuffle().repeat()
+          .random_map(functools.partial(_imagenet_train_example, image_size=image_size))
+          .batch(batch, drop_remainder=True))
+  ds = ds.to_iter_dataset(_read_options())
+  if num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return ds
 
 
-def eval_iterator(name: str,
-                  data_dir: str | None,
-                  *,
-                  global_batch_size: int,
-                  image_size: int | None = None,
-                  dtype='float32',
-                  process_index: int | None = None,
-                  process_count: int | None = None,
-                  download: bool = False) -> Iterator[dict]:
+def _eval_example(index: int, *, source, name: str, image_size: int) -> dict[str, np.ndarray]:
+  if index >= len(source):  # Padding up to whole batches.
+    return {'image': np.zeros((image_size, image_size, 3), np.uint8),
+            'label': np.int32(0), 'mask': np.False_}
+  example = source[index]
+  if datasets.is_small(name):
+    image = transforms.resize_square(example['image'], image_size)
+  else:
+    image = transforms.imagenet_eval(example['image'], image_size)
+  return {'image': image, 'label': np.int32(example['label']), 'mask': np.True_}
+
+
+def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
+                 image_size: int | None = None, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Finite eval batches; each eval example appears exactly once over all hosts.
 
-  Yields {'image': [B, H, W, 3], 'label': int32 [B], 'mask': bool [B]} with
-  B = global_batch_size // process_count. Padding examples (zeros, label 0)
-  have mask False. Every host yields ceil(ceil(n / P) / B) batches.
+  Yields {'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': bool [B]} with
+  B = global_batch_size // process_count. Padding examples (zeros, label 0) have mask False.
+  Every host yields ceil(ceil(n / P) / B) batches.
   """
-  spec = _spec(name)
-  image_size = image_size or spec.image_size
-  process_index, process_count = _process_layout(process_index, process_count)
-  local_bs = _local_batch_size(global_batch_size, process_count)
-  builder = load_builder(name, data_dir, download=download)
-  n = builder.info.splits[spec.eval_split].num_examples
+  image_size = image_size or info.image_size
+  process_index, process_count = process_layout(process_index, process_count)
+  batch = local_batch_size(global_batch_size, process_count)
+  n = info.num_eval
   start, end = host_slice(n, process_index, process_count)
-  num_batches = math.ceil(math.ceil(n / process_count) / local_bs)
-  num_pad = num_batches * local_bs - (end - start)
-  out_dtype = _tf_dtype(dtype)
-
-  def _map(x):
-    if name == 'cifar100':
-      image = preprocess.cifar_eval(x['image'], image_size)
-    else:
-      image = preprocess.imagenet_eval(x['image'], image_size)
-    return {'image': preprocess.normalize(image, name, out_dtype),
-            'label': tf.cast(x['label'], tf.int32),
-            'mask': tf.constant(True)}
-
-  pad = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([image_size, image_size, 3], out_dtype),
-      'label': tf.constant(0, tf.int32),
-      'mask': tf.constant(False)}).repeat(num_pad)
-  if end > start:
-    ds = builder.as_dataset(
-        split=f'{spec.eval_split}[{start}:{end}]',
-        shuffle_files=False,
-        decoders=_decoders(name),
-        read_config=tfds.ReadConfig(options=_options()))
-    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.concatenate(pad)
-  else:
-    ds = pad
-  ds = ds.batch(local_bs, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE)
-  return iter(tfds.as_numpy(ds))
+  num_batches = math.ceil(math.ceil(n / process_count) / batch)
+  source = datasets.open_split(info.name, data_dir, info.eval_split, start, end)
+  ds = (grain.MapDataset.range(num_batches * batch)
+        .map(functools.partial(_eval_example, source=source, name=info.name,
+                               image_size=image_size))
+        .batch(batch)
+        .to_iter_dataset(_read_options()))
+  return iter(ds)
 
 
-def fake_iterator(*,
-                  global_batch_size: int,
-                  image_size: int,
-                  num_classes: int,
-                  seed: int = 0,
-                  process_count: int | None = None,
-                  dtype='float32') -> Iterator[dict]:
-  """Infinite synthetic batches (same one repeated; for throughput runs)."""
+def fake_batches(*, global_batch_size: int, image_size: int, num_classes: int, seed: int = 0,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite synthetic batches (the same one repeated; for throughput runs)."""
   if process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_count = jax.process_count()
-  local_bs = _local_batch_size(global_batch_size, process_count)
+  batch = local_batch_size(global_batch_size, process_count)
   rng = np.random.default_rng(seed)
-  batch = {
-      'image': rng.standard_normal(
-          (local_bs, image_size, image_size, 3), dtype=np.float32).astype(
-              _tf_dtype(dtype).as_numpy_dtype),
-      'label': rng.integers(0, num_classes, size=(local_bs,), dtype=np.int32),
-  }
+  fake = {'image': rng.integers(0, 256, (batch, image_size, image_size, 3), dtype=np.uint8),
+          'label': rng.integers(0, num_classes, size=(batch,), dtype=np.int32)}
   while True:
-    yield dict(batch)
+    yield dict(fake)

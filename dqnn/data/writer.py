@@ -1,21 +1,25 @@
 """Writes TFDS-format datasets from local examples, using the real TFDS builders.
 
 `write_tfds_dataset('cifar100', ...)` instantiates the *installed* TFDS builder
-(`tfds.builder(name, data_dir=...)`), replaces only its `_split_generators` on
-the instance with our local examples and runs `download_and_prepare` without
-network. The result is a normal TFDS directory `<data_dir>/<name>/<version>/`
-(dataset_info.json, features.json, `<name>-<split>.tfrecord-*`) with exactly
-the builder's features, so `tfds.builder(name, data_dir=data_dir)` reads it
-like data TFDS prepared itself.
+(`tfds.builder(name, data_dir=...)`), replaces only its `_split_generators` on the instance with
+our local examples and runs `download_and_prepare` without network, in array_record format. The
+result is a normal TFDS directory `<data_dir>/<name>/<version>/` (dataset_info.json,
+features.json, `<name>-<split>.array_record-*`) with exactly the builder's features. Images are
+passed already encoded (PNG / JPEG bytes), which keeps TensorFlow out of the writing too.
+
+The new dataset is written completely beside the old one and only then renamed into place, so
+a failed prepare never leaves a half-written dataset nor loses the one that was there.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
 from typing import Callable, Iterable, Mapping
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 # CIFAR-100 fine label -> coarse (superclass) label, in the official order.
@@ -42,6 +46,15 @@ def imagenet_wnids() -> list[str]:
   return wnids
 
 
+def png(image: np.ndarray) -> io.BytesIO:
+  """A lossless encoding TFDS stores as-is (a raw array would need TensorFlow to encode)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='PNG', compress_level=1)
+  buf.seek(0)
+  return buf
+
+
 class DatasetExistsError(FileExistsError):
   """A prepared dataset already exists and overwrite=False."""
 
@@ -58,24 +71,34 @@ def write_tfds_dataset(
   Returns the dataset directory `<data_dir>/<name>/<version>`.
   """
   data_dir = os.fspath(data_dir)
-  builder = tfds.builder(name, data_dir=data_dir)
-  out = os.fspath(builder.data_dir)
-  if builder.is_prepared() or os.path.exists(out):
-    if not overwrite:
-      raise DatasetExistsError(
-          f'{out} already exists; pass --overwrite (overwrite=True) to replace it.')
-    shutil.rmtree(out)
-    builder = tfds.builder(name, data_dir=data_dir)
+  out = os.fspath(tfds.builder(name, data_dir=data_dir).data_dir)
+  if os.path.exists(out) and not overwrite:
+    raise DatasetExistsError(
+        f'{out} already exists; pass --overwrite (overwrite=True) to replace it.')
+  os.makedirs(data_dir, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f'.{name}-prepare-', dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=staging)
 
-  def _split_generators(dl_manager):  # Replaces the download step.
-    del dl_manager
-    return {split: gen() for split, gen in split_examples.items()}
+    def _split_generators(dl_manager):  # Replaces the download step.
+      del dl_manager
+      return {split: gen() for split, gen in split_examples.items()}
 
-  builder._split_generators = _split_generators  # pylint: disable=protected-access
-  with tempfile.TemporaryDirectory() as download_dir:
+    builder._split_generators = _split_generators  # pylint: disable=protected-access
     builder.download_and_prepare(
-        download_dir=download_dir,
+        download_dir=os.path.join(staging, 'downloads'),
+        file_format='array_record',
         download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP,
-            try_download_gcs=False))
+            compute_stats=tfds.download.ComputeStatsMode.SKIP, try_download_gcs=False))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    if os.path.exists(out):
+      retired = out + '.replaced'
+      shutil.rmtree(retired, ignore_errors=True)
+      os.replace(out, retired)
+      os.replace(os.fspath(builder.data_dir), out)
+      shutil.rmtree(retired)
+    else:
+      os.replace(os.fspath(builder.data_dir), out)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
   return out

@@ -18,6 +18,7 @@ import numpy as np
 from dqnn import checkpoint
 from dqnn import models
 from dqnn import quantizers
+from dqnn.data import datasets
 from dqnn.export import folding
 from dqnn.export import format as fmt
 from dqnn.export import graph
@@ -34,13 +35,12 @@ FULL_PRECISION = 32
 _NOISE = 1e-5
 _CONFIG_FILE = 'config.json'
 _COLLECTIONS = ('params', 'batch_stats', 'quant_stats')
-_DATASET_CLASSES = {'cifar100': 100, 'imagenet2012': 1000}
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
   """The class count a config's model was built with (known without reading the dataset)."""
-  if config.dataset in _DATASET_CLASSES:
-    return _DATASET_CLASSES[config.dataset]
+  if config.dataset in datasets.SUPPORTED_DATASETS:
+    return datasets.spec(config.dataset).num_classes
   return config.num_classes
 
 

@@ -1,0 +1,130 @@
+"""Image preprocessing: augmentation on uint8 images, normalisation on the device.
+
+Pipelines hand uint8 images to the train step (a quarter of float32's host-to-device bytes);
+the step normalises them with `normalize`. Randomness comes from generators seeded by the
+pipeline, so every batch is a deterministic function of (seed, position).
+
+* CIFAR train: zero-pad 4 + random 32x32 crop + random horizontal flip, on whole batches
+  (`crop_and_flip` is shared by the host pipeline, in numpy, and the on-device input, in jax).
+* ImageNet train: Inception-style random-resized crop (area 0.08-1, aspect 3/4-4/3, 10 attempts,
+  fallback to a center crop) + random flip; JPEGs are decoded at reduced scale where the crop
+  allows (`Image.draft`), which is most of the decode cost saved.
+* ImageNet eval: the central crop of side shorter-side x 224/256, resized to image_size.
+Grayscale and CMYK images become RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+NORMALIZATION = {
+    'cifar100': (CIFAR100_MEAN, CIFAR100_STD),
+    'imagenet2012': (IMAGENET_MEAN, IMAGENET_STD),
+}
+
+CIFAR_PAD = 4
+_EVAL_CROP_FRACTION = 224 / 256
+
+
+def normalize(images, normalization: str) -> jnp.ndarray:
+  """uint8 [..., 3] images -> (x/255 - mean)/std in float32 (jax, so it runs in the step)."""
+  mean, std = NORMALIZATION[normalization]
+  images = jnp.asarray(images, jnp.float32) / 255.0
+  return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+# ----------------------------------------------------------------- CIFAR.
+
+
+def crop_and_flip(images, offset_y, offset_x, flip, xp=np):
+  """Crops of `images` zero-padded by CIFAR_PAD at the given offsets, mirrored where `flip`.
+
+  images: uint8 [B, H, W, C]; offset_y/offset_x: int [B] in [0, 2*CIFAR_PAD]; flip: bool [B].
+  `xp` is numpy (host pipeline) or jax.numpy (on-device input): one formula for both.
+  """
+  b, h, w, _ = images.shape
+  padded = xp.pad(images, ((0, 0), (CIFAR_PAD, CIFAR_PAD), (CIFAR_PAD, CIFAR_PAD), (0, 0)))
+  rows = offset_y[:, None] + xp.arange(h)[None, :]
+  cols = xp.where(flip[:, None], w - 1 - xp.arange(w)[None, :], xp.arange(w)[None, :])
+  cols = offset_x[:, None] + cols
+  return padded[xp.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def cifar_train_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Random pad-crop and flip of a uint8 batch [B, 32, 32, 3]."""
+  b = len(images)
+  offsets = rng.integers(0, 2 * CIFAR_PAD + 1, size=(2, b))
+  return crop_and_flip(images, offsets[0], offsets[1], rng.random(b) < 0.5)
+
+
+# -------------------------------------------------------------- ImageNet.
+
+
+def _open_rgb_draft(encoded: bytes, scale: float):
+  """The image decoded at the coarsest JPEG scale that keeps `scale` x its size."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  image = Image.open(io.BytesIO(encoded))
+  full = image.size
+  if scale < 1:
+    image.draft('RGB', (math.ceil(full[0] * scale), math.ceil(full[1] * scale)))
+  return image.convert('RGB'), full
+
+
+def _random_resized_box(width: int, height: int, rng: np.random.Generator,
+                        area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3),
+                        max_attempts: int = 10) -> tuple[float, float, float, float]:
+  """(left, top, crop width, crop height) of an Inception-style random crop."""
+  area = width * height
+  log_ratio = np.log(aspect_ratio_range)
+  for _ in range(max_attempts):
+    target_area = area * rng.uniform(*area_range)
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = round(math.sqrt(target_area * aspect))
+    h = round(math.sqrt(target_area / aspect))
+    if 0 < w <= width and 0 < h <= height:
+      return rng.integers(0, width - w + 1), rng.integers(0, height - h + 1), w, h
+  return _center_box(width, height)
+
+
+def _center_box(width: int, height: int) -> tuple[float, float, float, float]:
+  side = max(1, int(min(width, height) * _EVAL_CROP_FRACTION))
+  return (width - side) // 2, (height - side) // 2, side, side
+
+
+def _crop_resize(encoded: bytes, box_fn, image_size: int) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(encoded)) as probe:
+    width, height = probe.size
+  left, top, w, h = box_fn(width, height)
+  image, full = _open_rgb_draft(encoded, image_size / min(w, h))
+  sx, sy = image.size[0] / full[0], image.size[1] / full[1]
+  box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+  return np.asarray(image.resize((image_size, image_size), Image.BILINEAR, box=box))
+
+
+def imagenet_train(encoded: bytes, rng: np.random.Generator, image_size: int = 224) -> np.ndarray:
+  """Random-resized crop + random flip of a JPEG -> uint8 [S, S, 3]."""
+  image = _crop_resize(encoded, lambda w, h: _random_resized_box(w, h, rng), image_size)
+  return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def imagenet_eval(encoded: bytes, image_size: int = 224) -> np.ndarray:
+  """Central crop (shorter side x 224/256) of a JPEG resized to uint8 [S, S, 3]."""
+  return _crop_resize(encoded, _center_box, image_size)
+
+
+def resize_square(image: np.ndarray, image_size: int) -> np.ndarray:
+  """A small image (CIFAR) resized to image_size, for models that want another input size."""
+  if image.shape[-2] == image_size:
+    return image
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR))
