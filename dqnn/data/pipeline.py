@@ -22,6 +22,7 @@ import functools
 import math
 from typing import Iterator
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -110,6 +111,8 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
           .batch(batch, drop_remainder=True))
   ds = ds.to_iter_dataset(_read_options())
   if num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none.
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
 

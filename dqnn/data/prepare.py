@@ -68,14 +68,17 @@ def _summary(name, out, counts):
 def read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [N,32,32,3], labels int64 [N]) from `path`, or one error naming the problem."""
   try:
-    with np.load(path) as f:
-      missing = [k for k in ('image', 'label') if k not in f.files]
-      if missing:
-        raise ValueError(f'{path}: missing array(s) {missing}; found {sorted(f.files)}. '
-                         'Expected uint8 `image` [N,32,32,3] and integer `label` [N].')
-      images, labels = f['image'], f['label']
-  except (OSError, EOFError) as e:  # Not an .npz, truncated, or unreadable.
+    arrays = np.load(path)
+  except (OSError, EOFError, ValueError) as e:  # Not an .npz, truncated, or a pickle.
     raise ValueError(f'{path}: not a readable .npz file ({e}).') from e
+  if not isinstance(arrays, np.lib.npyio.NpzFile):
+    raise ValueError(f'{path}: a single .npy array, not an .npz with `image` and `label`.')
+  with arrays as f:
+    missing = [k for k in ('image', 'label') if k not in f.files]
+    if missing:
+      raise ValueError(f'{path}: missing array(s) {missing}; found {sorted(f.files)}. '
+                       'Expected uint8 `image` [N,32,32,3] and integer `label` [N].')
+    images, labels = f['image'], f['label']
   if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
     raise ValueError(f'{path}: expected uint8 images [N,32,32,3], got {images.dtype} '
                      f'{images.shape}.')

@@ -31,9 +31,9 @@ def _require(rel: str) -> pathlib.Path:
 
 
 def _read_split(name, data_dir, split):
-  b = tfds.builder(name, data_dir=str(data_dir))
-  ds = b.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
-  return list(tfds.as_numpy(ds))
+  source = tfds.data_source(name, split=split, data_dir=str(data_dir),
+                            decoders={'image': tfds.decode.SkipDecoding()})
+  return [source[i] for i in range(len(source))]
 
 
 # ------------------------------------------------------------------ CIFAR.
@@ -177,3 +177,68 @@ def test_jpeg_bytes_reencodes_cmyk_to_rgb(tmp_path):
   data = prepare.jpeg_bytes(str(p))
   with Image.open(io.BytesIO(data)) as im:
     assert im.format == 'JPEG' and im.mode == 'RGB' and im.size == (10, 6)
+
+
+def test_jpeg_bytes_resizes_to_max_short_side(tmp_path):
+  from PIL import Image
+  p = tmp_path / 'big.jpg'
+  Image.new('RGB', (600, 400), (10, 200, 30)).save(p, format='JPEG')
+  with Image.open(io.BytesIO(prepare.jpeg_bytes(str(p), max_short_side=256))) as im:
+    assert im.size == (384, 256) and im.format == 'JPEG'
+  small = tmp_path / 'small.jpg'
+  Image.new('RGB', (100, 80)).save(small, format='JPEG')
+  assert prepare.jpeg_bytes(str(small), max_short_side=256) == small.read_bytes()
+
+
+# ------------------------------------------------------------ bad input.
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'random_bytes'])
+def test_unreadable_image_is_named_and_keeps_the_old_dataset(tmp_path, damage):
+  from PIL import Image
+  good = tmp_path / 'good'
+  good.mkdir()
+  for i, wnid in enumerate(('n01440764', 'n01443537')):
+    Image.new('RGB', (40, 30), (i * 90, 20, 20)).save(good / f'{wnid}_{i}.JPEG')
+    Image.new('RGB', (40, 30), (20, i * 90, 20)).save(good / f'{wnid}_{i + 5}.JPEG')
+  out = tmp_path / 'tfds'
+  prepare.prepare_imagenet_folder(str(good), str(out), holdout_per_class=1)
+  before = sorted(p.name for p in (out / 'imagenet2012' / '5.1.0').iterdir())
+  bad = tmp_path / 'bad'
+  bad.mkdir()
+  for p in good.iterdir():
+    (bad / p.name).write_bytes(p.read_bytes())
+  broken = bad / 'n01440764_9.JPEG'
+  payload = (good / 'n01440764_0.JPEG').read_bytes()
+  broken.write_bytes(payload[:len(payload) // 2] if damage == 'truncated'
+                     else np.random.default_rng(0).bytes(500))
+  with pytest.raises(ValueError, match=str(broken)):
+    prepare.prepare_imagenet_folder(str(bad), str(out), holdout_per_class=1, overwrite=True)
+  # The old dataset is intact and nothing half-written is left beside it.
+  assert sorted(p.name for p in (out / 'imagenet2012' / '5.1.0').iterdir()) == before
+  assert tfds.builder('imagenet2012', data_dir=str(out)).info.splits['train'].num_examples == 2
+  assert sorted(p.name for p in out.iterdir()) == ['imagenet2012']
+
+
+@pytest.mark.parametrize('arrays,message', [
+    ({'image': np.zeros((0, 32, 32, 3), np.uint8), 'label': np.zeros(0, np.int64)},
+     'holds no images'),
+    ({'image': np.zeros((2, 32, 32, 3), np.uint8)}, r"missing array\(s\) \['label'\]"),
+    ({'image': np.zeros((2, 32, 32, 3), np.uint8), 'label': np.array([1.7, 2.2])},
+     'labels must be integers'),
+    ({'image': np.zeros((2, 32, 32), np.uint8), 'label': np.array([1, 2])},
+     r'expected uint8 images \[N,32,32,3\]'),
+])
+def test_bad_npz_gets_one_clear_error(tmp_path, arrays, message):
+  path = tmp_path / 'x.npz'
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match=message):
+    prepare.prepare_cifar100_npz(str(path), str(tmp_path / 'out'))
+  assert not (tmp_path / 'out' / 'cifar100').exists()
+
+
+def test_not_an_npz_is_named(tmp_path):
+  path = tmp_path / 'x.npz'
+  path.write_bytes(b'not a zip file at all')
+  with pytest.raises(ValueError, match='not a readable .npz'):
+    prepare.prepare_cifar100_npz(str(path), str(tmp_path / 'out'))
