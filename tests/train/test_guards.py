@@ -3,6 +3,7 @@ import hashlib
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -32,7 +33,7 @@ def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_data_d
 
   def nan_in_step_3(index, batch):
     if index == 2:
-      batch = {**batch, 'image': np.full_like(batch['image'], np.nan)}
+      batch = {**batch, 'image': jnp.full(batch['image'].shape, jnp.nan)}
     return batch
 
   with monkeypatch.context() as patch:

@@ -15,9 +15,12 @@ def _without_timing(records):
   return [{k: v for k, v in r.items() if k != 'steps_per_sec'} for r in records]
 
 
+@pytest.mark.parametrize('input_on_device', [False, True])
 def test_sigterm_and_crash_then_resume_equal_a_straight_run(cifar_data_dir, tmp_path,
-                                                            monkeypatch):
-  config = tiny_config(data_dir=cifar_data_dir)
+                                                            monkeypatch, input_on_device):
+  # 64 examples at batch 8: the interruptions fall mid-epoch, where the input must continue
+  # with exactly the next batch.
+  config = tiny_config(data_dir=cifar_data_dir, input_on_device=input_on_device)
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, straight)
 

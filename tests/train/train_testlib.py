@@ -48,16 +48,35 @@ def read_metrics(workdir) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+class _ObservedInput:
+  """A training input whose batches pass through `on_batch(step_index, inputs)`."""
+
+  def __init__(self, train_input, on_batch):
+    self._input = train_input
+    self._on_batch = on_batch
+    self._position = 0
+    self.make_batch = train_input.make_batch
+
+  def next(self):
+    index, self._position = self._position, self._position + 1
+    return self._on_batch(index, self._input.next())
+
+  def get_state(self):
+    return self._input.get_state()
+
+  def set_state(self, state):
+    self._input.set_state(state)
+    self._position = state.get('next_index', state.get('next_step', 0))
+
+
 def patch_train_batches(monkeypatch, on_batch) -> None:
-  """Routes every training batch through `on_batch(step_index, batch)` (0-based step index)."""
-  original = train.train_batches
+  """Routes every training batch through `on_batch(step_index, inputs)` (0-based step index).
 
-  def patched(config, info, *, start_step, steps_per_epoch):
-    batches = original(config, info, start_step=start_step, steps_per_epoch=steps_per_epoch)
-    for index, batch in enumerate(batches, start=start_step):
-      yield on_batch(index, batch)
-
-  monkeypatch.setattr(train, 'train_batches', patched)
+  The first call is the batch the state is initialised from, with the index of step 1.
+  """
+  original = train.training_input
+  monkeypatch.setattr(train, 'training_input',
+                      lambda *args: _ObservedInput(original(*args), on_batch))
 
 
 def checkpoint_steps(workdir) -> list[int]:
