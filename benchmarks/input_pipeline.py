@@ -1,74 +1,153 @@
-"""Input pipeline throughput vs the train step's demand, and the step fed by the pipeline.
+"""Input throughput, side by side in one run: ImageNet decode per CPU core, and CIFAR fed on-device.
 
-    python benchmarks/input_pipeline.py --data_dir=$TFDS_DATA_DIR [--datasets=cifar100,imagenet2012]
-        [--steps=10] [--quick]
+    python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
+        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=2]
 
-For each prepared dataset (see `python -m dqnn.data.prepare`), three numbers in one process:
-1. the training pipeline alone (decode, augment, batch; after its shuffle buffer has filled),
-2. the DQ W2A2 train step alone on one in-memory batch (train_throughput.make_step),
-3. the same step fed by the pipeline, as in `dqnn.train` (device_put of every batch).
-The pipeline is not the bottleneck when (3) matches (2), which needs (1) well above (2).
-CIFAR-100 uses cifar_resnet20 at batch 128, ImageNet resnet18 at a CPU-sized batch of 8.
+1. ImageNet training images (decode + random-resized crop to 224 + flip + batch), img/s and img/s
+   per CPU core, for
+   - the previous tf.data pipeline's ops (TensorFlow's decode_and_crop_jpeg, as dqnn used until
+     the move to grain; needs the `[tf]` extra, skipped without it), from encoded bytes in memory,
+   - dqnn's grain pipeline over the array_record dataset that `prepare` writes, with `--workers`
+     processes, on the original JPEGs and on JPEGs stored with `prepare --max_short_side=256`.
+2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
+   W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
+   (`input_on_device`), each the median of `--steps` timed steps.
 """
 import argparse
 import os
+import statistics
+import sys
+import tempfile
 import time
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
-import train_throughput
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import base
 from dqnn import data
+from dqnn import train
+from dqnn.data import prepare
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-REFERENCE = {'cifar100': ('cifar_resnet20', 128), 'imagenet2012': ('resnet18', 8)}
+IMAGE_SIZE = 224
 
 
-def pipeline_rate(name: str, data_dir: str, batch: int, steps: int) -> float:
-  batches = data.train_iterator(name, data_dir, global_batch_size=batch, seed=0)
-  for _ in range(3):  # The first batches wait for the shuffle buffer.
-    next(batches)
+def tf_data_rate(jpegs: list[bytes], batch: int, batches: int) -> float | None:
+  """img/s of the previous tf.data ImageNet training ops, AUTOTUNE over every core."""
+  try:
+    import tensorflow as tf
+  except ImportError:
+    return None
+  tf.config.set_visible_devices([], 'GPU')
+
+  def crop(encoded, seed):
+    shape = tf.image.extract_jpeg_shape(encoded)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+        seed=seed, min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    window = tf.stack([begin[0], begin[1], size[0], size[1]])
+    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+    image = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], method='bilinear')
+    return tf.cast(tf.image.stateless_random_flip_left_right(image, seed=seed), tf.uint8)
+
+  ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat().enumerate()
+  ds = ds.map(lambda i, x: crop(x, tf.stack([tf.constant(0, tf.int64), i])),
+              num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
+  return _rate(iter(ds.as_numpy_iterator()), batch, batches)
+
+
+def _rate(batches_iter, batch: int, batches: int) -> float:
+  for _ in range(2):  # Warm-up: worker start, first reads.
+    next(batches_iter)
   start = time.perf_counter()
-  for _ in range(steps):
-    next(batches)
-  return steps * batch / (time.perf_counter() - start)
+  for _ in range(batches):
+    next(batches_iter)
+  return batches * batch / (time.perf_counter() - start)
 
 
-def fed_rate(name: str, data_dir: str, model: str, batch: int, steps: int) -> tuple[float, float]:
-  """(img/s of the step alone, img/s of the step fed by the pipeline)."""
-  _, run, step_on = train_throughput.make_step(model, 2, batch, with_batch_input=True)
-  run()
-  alone = [run() for _ in range(steps)]
-  batches = data.train_iterator(name, data_dir, global_batch_size=batch, seed=0)
-  step_on(next(batches))
-  start = time.perf_counter()
-  for _ in range(steps):
-    step_on(next(batches))
-  fed_seconds = time.perf_counter() - start
-  return batch / float(np.median(alone)), steps * batch / fed_seconds
+def grain_rate(data_dir: str, batch: int, batches: int, workers: int) -> float:
+  info = data.get_dataset_info('imagenet2012', data_dir)
+  ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0, image_size=IMAGE_SIZE,
+                          process_index=0, process_count=1, num_workers=workers)
+  return _rate(iter(ds), batch, batches)
+
+
+def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> None:
+  cores = os.cpu_count()
+  jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
+  rows = [('tf.data ops (previous pipeline), AUTOTUNE', cores,
+           tf_data_rate(jpegs, batch, batches))]
+  with tempfile.TemporaryDirectory() as tmp:
+    for short_side in (None, 256):
+      data_dir = os.path.join(tmp, f'short{short_side}')
+      prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
+      label = 'original JPEGs' if short_side is None else f'prepare --max_short_side={short_side}'
+      rows.append((f'grain, {workers} workers, {label}', max(workers, 1),
+                   grain_rate(data_dir, batch, batches, workers)))
+  print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}, {batches} batches), '
+        f'{cores} CPU cores')
+  print('| pipeline | cores used | img/s | img/s per core |')
+  print('| --- | ---: | ---: | ---: |')
+  for name, used, rate in rows:
+    if rate is None:
+      print(f'| {name} | - | skipped (no TensorFlow) | - |')
+    else:
+      print(f'| {name} | {used} | {rate:.0f} | {rate / used:.0f} |')
+
+
+def cifar_step_rates(data_dir: str | None, steps: int) -> None:
+  config = base.cifar100('cifar_resnet20', 2, 2)
+  config.data_dir = data_dir or ''
+  if not data_dir:
+    config.dataset = data.SAMPLE
+  info = data.get_dataset_info(config.dataset, data_dir)
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  model = train.create_model(config, info.num_classes)
+  tx = train.create_optimizer(config, lambda step: 0.01)
+  results = {}
+  for on_device in (False, True):
+    config.input_on_device = on_device
+    train_input = train.training_input(config, info, mesh)
+    step = jax.jit(lambda state, inputs, make_batch=train_input.make_batch: train.train_step(
+        state, inputs, model=model, tx=tx, make_batch=make_batch, normalization='cifar100',
+        label_smoothing=0.0, dropout_key=jax.random.key(2)), donate_argnums=0)
+    first = jax.jit(train_input.make_batch)(train_input.next())
+    state = train.initial_state(model, tx, jax.random.key(0),
+                                data.normalize(first['image'], 'cifar100'))
+    times = []
+    for i in range(steps + 2):
+      start = time.perf_counter()
+      state, step_metrics, _ = step(state, train_input.next())
+      jax.block_until_ready(step_metrics)
+      if i >= 2:
+        times.append(time.perf_counter() - start)
+    results[on_device] = config.global_batch_size / statistics.median(times)
+  print(f'\nCIFAR-100 ({info.name}, {info.num_train} train images), DQ W2A2 cifar_resnet20, '
+        f'batch {config.global_batch_size}, {jax.device_count()} {jax.devices()[0].platform} '
+        f'device(s), median of {steps} steps')
+  print('| input | img/s | vs host pipeline |')
+  print('| --- | ---: | ---: |')
+  for on_device, name in ((False, 'host pipeline (grain)'), (True, 'on device')):
+    print(f'| {name} | {results[on_device]:.0f} | {results[on_device] / results[False]:.2f}x |')
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--data_dir', default=os.environ.get('TFDS_DATA_DIR', ''))
-  parser.add_argument('--datasets', default='cifar100,imagenet2012')
+  parser.add_argument('--imagenet_folder', default='')
+  parser.add_argument('--cifar_data_dir', default='')
   parser.add_argument('--steps', type=int, default=10)
-  parser.add_argument('--quick', action='store_true', help='CIFAR only, tiny model, 2 steps')
+  parser.add_argument('--batches', type=int, default=8)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--workers', type=int, default=os.cpu_count())
   args = parser.parse_args()
-  names = [n for n in args.datasets.split(',') if n]
-  if args.quick:
-    REFERENCE['cifar100'] = ('_cifar_resnet_tiny', 16)
-    names, args.steps = ['cifar100'], 2
-  print(f'{jax.device_count()} {jax.devices()[0].platform} device(s), {os.cpu_count()} CPU '
-        f'core(s); {args.steps} steps each')
-  print('| dataset | model | batch | pipeline alone img/s | step alone img/s | step fed by '
-        'pipeline img/s | pipeline / step | fed / alone |')
-  print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |')
-  for name in names:
-    model, batch = REFERENCE[name]
-    supply = pipeline_rate(name, args.data_dir or None, batch, 2 * args.steps)
-    alone, fed = fed_rate(name, args.data_dir or None, model, batch, args.steps)
-    print(f'| {name} | {model} | {batch} | {supply:.1f} | {alone:.1f} | {fed:.1f} | '
-          f'{supply / alone:.1f}x | {fed / alone:.2f} |')
+  print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}')
+  if args.imagenet_folder:
+    imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers)
+  cifar_step_rates(args.cifar_data_dir or None, args.steps)
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import base
+from dqnn import data as dqnn_data
 from dqnn import train
 from dqnn.models import MODELS
 
@@ -47,13 +48,15 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   tx = train.create_optimizer(config, optax.constant_schedule(0.01))
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
-  images = jax.random.uniform(jax.random.key(0), (batch, size, size, 3))
-  state = train.initial_state(model, tx, jax.random.key(1), images)
+  images = jax.random.randint(jax.random.key(0), (batch, size, size, 3), 0, 256).astype(jnp.uint8)
+  state = train.initial_state(model, tx, jax.random.key(1),
+                              dqnn_data.normalize(images, 'imagenet2012'))
   state = jax.device_put(state, replicated)
   data = jax.device_put({'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % 100},
                         batch_sharding)
   step = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx, label_smoothing=0.0,
+      functools.partial(train.train_step, model=model, tx=tx, make_batch=train.HostInput.make_batch,
+                        normalization='imagenet2012', label_smoothing=0.0,
                         dropout_key=jax.random.key(2)),
       in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)
   start = time.perf_counter()
