@@ -3,8 +3,9 @@
     python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
         [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=2]
 
-1. ImageNet training images (decode + random-resized crop to 224 + flip + batch), img/s and img/s
-   per CPU core, for
+1. ImageNet training images (decode + random-resized crop to 224 + flip + batch): img/s, and
+   images per CPU-second of the whole process tree (what one fully used core delivers; it does
+   not depend on other load on the host), for
    - the previous tf.data pipeline's ops (TensorFlow's decode_and_crop_jpeg, as dqnn used until
      the move to grain; needs the `[tf]` extra, skipped without it), from encoded bytes in memory,
    - dqnn's grain pipeline over the array_record dataset that `prepare` writes, with `--workers`
@@ -22,6 +23,7 @@ import time
 
 import jax
 import numpy as np
+import psutil
 from jax.sharding import Mesh
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,12 +32,14 @@ from configs import base
 from dqnn import data
 from dqnn import train
 from dqnn.data import prepare
+from dqnn.data.train_input import training_input
+import tensorflow_datasets as tfds
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 IMAGE_SIZE = 224
 
 
-def tf_data_rate(jpegs: list[bytes], batch: int, batches: int) -> float | None:
+def tf_data_rate(jpegs: list[bytes], batch: int, batches: int) -> tuple[float, float] | None:
   """img/s of the previous tf.data ImageNet training ops, AUTOTUNE over every core."""
   try:
     import tensorflow as tf
@@ -60,16 +64,32 @@ def tf_data_rate(jpegs: list[bytes], batch: int, batches: int) -> float | None:
   return _rate(iter(ds.as_numpy_iterator()), batch, batches)
 
 
-def _rate(batches_iter, batch: int, batches: int) -> float:
+def _cpu_seconds() -> float:
+  """CPU time of this process and its live children (grain's workers), all threads."""
+  processes = [psutil.Process()]
+  processes += processes[0].children(recursive=True)
+  total = 0.0
+  for process in processes:
+    try:
+      times = process.cpu_times()
+      total += times.user + times.system
+    except psutil.NoSuchProcess:
+      pass
+  return total
+
+
+def _rate(batches_iter, batch: int, batches: int) -> tuple[float, float]:
+  """(img/s wall, img per CPU-second): the second does not depend on what else the host runs."""
   for _ in range(2):  # Warm-up: worker start, first reads.
     next(batches_iter)
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), _cpu_seconds()
   for _ in range(batches):
     next(batches_iter)
-  return batches * batch / (time.perf_counter() - start)
+  images = batches * batch
+  return images / (time.perf_counter() - start), images / (_cpu_seconds() - cpu_start)
 
 
-def grain_rate(data_dir: str, batch: int, batches: int, workers: int) -> float:
+def grain_rate(data_dir: str, batch: int, batches: int, workers: int) -> tuple[float, float]:
   info = data.get_dataset_info('imagenet2012', data_dir)
   ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0, image_size=IMAGE_SIZE,
                           process_index=0, process_count=1, num_workers=workers)
@@ -77,26 +97,26 @@ def grain_rate(data_dir: str, batch: int, batches: int, workers: int) -> float:
 
 
 def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> None:
-  cores = os.cpu_count()
   jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
-  rows = [('tf.data ops (previous pipeline), AUTOTUNE', cores,
-           tf_data_rate(jpegs, batch, batches))]
+  rows = [('tf.data ops (previous pipeline), AUTOTUNE', tf_data_rate(jpegs, batch, batches))]
   with tempfile.TemporaryDirectory() as tmp:
     for short_side in (None, 256):
       data_dir = os.path.join(tmp, f'short{short_side}')
       prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
       label = 'original JPEGs' if short_side is None else f'prepare --max_short_side={short_side}'
-      rows.append((f'grain, {workers} workers, {label}', max(workers, 1),
+      rows.append((f'grain, {workers} workers, {label}',
                    grain_rate(data_dir, batch, batches, workers)))
   print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}, {batches} batches), '
-        f'{cores} CPU cores')
-  print('| pipeline | cores used | img/s | img/s per core |')
+        f'{os.cpu_count()} CPU cores. img per CPU-second = img/s per fully used core.')
+  print('| pipeline | img/s (wall) | img per CPU-second | vs tf.data |')
   print('| --- | ---: | ---: | ---: |')
-  for name, used, rate in rows:
-    if rate is None:
-      print(f'| {name} | - | skipped (no TensorFlow) | - |')
+  reference = rows[0][1][1] if rows[0][1] else None
+  for name, rates in rows:
+    if rates is None:
+      print(f'| {name} | skipped (no TensorFlow) | - | - |')
     else:
-      print(f'| {name} | {used} | {rate:.0f} | {rate / used:.0f} |')
+      ratio = f'{rates[1] / reference:.2f}x' if reference else '-'
+      print(f'| {name} | {rates[0]:.0f} | {rates[1]:.0f} | {ratio} |')
 
 
 def cifar_step_rates(data_dir: str | None, steps: int) -> None:
@@ -111,7 +131,7 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
   results = {}
   for on_device in (False, True):
     config.input_on_device = on_device
-    train_input = train.training_input(config, info, mesh)
+    train_input = training_input(config, info, mesh)
     step = jax.jit(lambda state, inputs, make_batch=train_input.make_batch: train.train_step(
         state, inputs, model=model, tx=tx, make_batch=make_batch, normalization='cifar100',
         label_smoothing=0.0, dropout_key=jax.random.key(2)), donate_argnums=0)
@@ -136,6 +156,7 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
 
 
 def main():
+  tfds.disable_progress_bar()
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--imagenet_folder', default='')
   parser.add_argument('--cifar_data_dir', default='')

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs import base
 from dqnn import data as dqnn_data
 from dqnn import train
+from dqnn.data import train_input
 from dqnn.models import MODELS
 
 CIFAR = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
@@ -55,7 +56,8 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   data = jax.device_put({'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % 100},
                         batch_sharding)
   step = jax.jit(
-      functools.partial(train.train_step, model=model, tx=tx, make_batch=train.HostInput.make_batch,
+      functools.partial(train.train_step, model=model, tx=tx,
+                        make_batch=train_input.HostInput.make_batch,
                         normalization='imagenet2012', label_smoothing=0.0,
                         dropout_key=jax.random.key(2)),
       in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)

@@ -8,7 +8,7 @@ import functools
 import json
 import signal
 import time
-from typing import Any, Iterator
+from typing import Any
 
 from absl import logging
 from etils import epath
@@ -29,6 +29,7 @@ from dqnn import optim
 from dqnn import plots
 from dqnn import schedules
 from dqnn import warm_start
+from dqnn.data.train_input import global_batch, training_input
 from dqnn.layers import METRICS as QUANT_METRICS
 
 CONFIG_FILE = 'config.json'
@@ -172,78 +173,13 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   return sums
 
 
-class HostInput:
-  """Training batches from a host pipeline, handed to the step as global arrays."""
-
-  def __init__(self, batches: Iterator[dict[str, np.ndarray]], sharding: NamedSharding):
-    self._batches = batches
-    self._sharding = sharding
-
-  def next(self) -> dict[str, jax.Array]:
-    return _global(next(self._batches), self._sharding)
-
-  @staticmethod
-  def make_batch(inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return inputs
-
-  def get_state(self) -> dict[str, Any]:
-    return self._batches.get_state() if hasattr(self._batches, 'get_state') else {}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if hasattr(self._batches, 'set_state'):
-      self._batches.set_state(state)
-
-
-class DeviceInput:
-  """Training batches formed on the devices from a split they hold (`data.DeviceTrainData`)."""
-
-  def __init__(self, device_data: data.DeviceTrainData):
-    self._data = device_data
-    self._step = 0
-    self.make_batch = device_data.make_batch
-
-  def next(self) -> dict[str, Any]:
-    inputs = self._data.inputs(self._step)
-    self._step += 1
-    return inputs
-
-  def get_state(self) -> dict[str, Any]:
-    return {'next_step': self._step}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._step = int(state['next_step'])
-
-
-def training_input(config: ml_collections.ConfigDict, info: data.DatasetInfo,
-                   mesh: Mesh) -> HostInput | DeviceInput:
-  """This run's training input, positioned at its first batch."""
-  if info.name == 'fake':
-    return HostInput(data.fake_batches(global_batch_size=config.global_batch_size,
-                                       image_size=info.image_size,
-                                       num_classes=info.num_classes, seed=config.seed),
-                     NamedSharding(mesh, P('data')))
-  if config.input_on_device:
-    return DeviceInput(data.DeviceTrainData(info, config.data_dir or None, mesh,
-                                            global_batch_size=config.global_batch_size,
-                                            seed=config.seed))
-  batches = data.train_dataset(info, config.data_dir or None,
-                               global_batch_size=config.global_batch_size, seed=config.seed,
-                               image_size=info.image_size, num_workers=config.input_workers)
-  return HostInput(iter(batches), NamedSharding(mesh, P('data')))
-
-
-def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  # Each host holds its slice of the global batch; together they form one sharded array.
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-
-
 def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
   """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
   totals = None
   for batch in data.eval_batches(info, config.data_dir or None,
                                  global_batch_size=config.eval_batch_size,
                                  image_size=info.image_size):
-    sums = eval_fn(state, _global(batch, batch_sharding))
+    sums = eval_fn(state, global_batch(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = totals.pop('count')
@@ -308,8 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   batch_sharding = NamedSharding(mesh, P('data'))
 
   train_input = training_input(config, info, mesh)
-  steps_per_epoch = (train_input._data.steps_per_epoch if isinstance(train_input, DeviceInput)
-                     else info.num_train // config.global_batch_size)
+  steps_per_epoch = train_input.steps_per_epoch
   if steps_per_epoch < 1:
     raise ValueError(f'global_batch_size={config.global_batch_size} exceeds the '
                      f'{info.num_train} training examples.')

@@ -56,6 +56,7 @@ class _ObservedInput:
     self._on_batch = on_batch
     self._position = 0
     self.make_batch = train_input.make_batch
+    self.steps_per_epoch = train_input.steps_per_epoch
 
   def next(self):
     index, self._position = self._position, self._position + 1
