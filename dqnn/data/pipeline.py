@@ -31,7 +31,7 @@ from dqnn.data import transforms
 
 # Threads that read and transform examples ahead of the step within this process.
 _READ_THREADS = 16
-_PREFETCH = 512
+PREFETCH = 256
 
 
 def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -66,7 +66,7 @@ def _split_size(info: datasets.DatasetInfo, split: str) -> int:
 
 
 def _read_options() -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH)
+  return grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=PREFETCH)
 
 
 def _small_train_batch(indices: np.ndarray, rng: np.random.Generator, *, source,
