@@ -29,8 +29,9 @@ import numpy as np
 from dqnn.data import datasets
 from dqnn.data import transforms
 
-# Threads that read and transform examples ahead of the step within this process.
-_READ_THREADS = 16
+# Threads that read and transform examples ahead of the step, per process (more lose to the GIL:
+# measured 4 vs 16 threads on the ImageNet sample, docs/results.md).
+_READ_THREADS = 4
 PREFETCH = 256
 
 
