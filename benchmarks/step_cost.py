@@ -264,8 +264,8 @@ def main():
         + (' ms/step | img/s | vs float |' if timed else ''))
   print('| --- | ---: | ---: | ---: | ---: | ---: |' + (' ---: | ---: | ---: |' if timed else ''))
   for r in results:
-    line = (f'| {r["variant"]} | {r["bytes"] / 1e9:.2f} | {r["bytes_vs_float"]:.3f}x | '
-            f'{r["flops"] / 1e9:.1f} | {r["flops_vs_float"]:.3f}x | {r["compile_s"]:.0f} |')
+    line = (f'| {r["variant"]} | {r["bytes"] / 1e9:.3g} | {r["bytes_vs_float"]:.3f}x | '
+            f'{r["flops"] / 1e9:.4g} | {r["flops_vs_float"]:.3f}x | {r["compile_s"]:.0f} |')
     if timed:
       line += f' {r["ms_per_step"]:.1f} | {r["img_per_s"]:.0f} | {r["time_vs_float"]:.2f}x |'
     print(line)
