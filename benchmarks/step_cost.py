@@ -46,7 +46,6 @@ VARIANTS = {
     'lsq': dict(w_bits=2, a_bits=2, weight_quantizer='lsq', act_quantizer='lsq'),
 }
 LABELS = {'float': 'float', 'dq': 'DQ W2A2', 'lqnets': 'LQ-Nets W2A2', 'lsq': 'LSQ W2A2'}
-NUM_CLASSES = 1000
 
 
 def _config(model_name: str, variant: str, dtype: str, act_options: dict):
@@ -73,7 +72,9 @@ class Step:
   def __init__(self, model_name, variant, batch, dtype, act_options):
     config = _config(model_name, variant, dtype, act_options)
     self.size = MODELS[model_name].image_size
-    self.model = train.create_model(config, num_classes=NUM_CLASSES)
+    # CIFAR-100 models at 32x32, ImageNet models at 224x224.
+    self.num_classes = 100 if self.size <= 64 else 1000
+    self.model = train.create_model(config, num_classes=self.num_classes)
     self.tx = train.create_optimizer(config, optax.constant_schedule(0.01))
     self.images = jax.ShapeDtypeStruct((batch, self.size, self.size, 3), jnp.float32)
     self.init = jax.jit(functools.partial(train.initial_state, self.model, self.tx))
@@ -93,7 +94,7 @@ class Step:
     """A function running `steps` steps and returning the seconds per step."""
     batch = self.images.shape[0]
     images = jax.random.uniform(jax.random.key(0), self.images.shape)
-    data = {'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % NUM_CLASSES}
+    data = {'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % self.num_classes}
     carry = [self.init(jax.random.key(1), images)]
 
     def run(steps):
@@ -264,7 +265,7 @@ def main():
         + (' ms/step | img/s | vs float |' if timed else ''))
   print('| --- | ---: | ---: | ---: | ---: | ---: |' + (' ---: | ---: | ---: |' if timed else ''))
   for r in results:
-    line = (f'| {r["variant"]} | {r["bytes"] / 1e9:.3g} | {r["bytes_vs_float"]:.3f}x | '
+    line = (f'| {r["variant"]} | {r["bytes"] / 1e9:.4g} | {r["bytes_vs_float"]:.3f}x | '
             f'{r["flops"] / 1e9:.4g} | {r["flops_vs_float"]:.3f}x | {r["compile_s"]:.0f} |')
     if timed:
       line += f' {r["ms_per_step"]:.1f} | {r["img_per_s"]:.0f} | {r["time_vs_float"]:.2f}x |'
