@@ -44,8 +44,13 @@ VARIANTS = {
     'dq': dict(w_bits=2, a_bits=2, weight_quantizer='dq', act_quantizer='dq'),
     'lqnets': dict(w_bits=2, a_bits=2, weight_quantizer='lqnets', act_quantizer='lqnets'),
     'lsq': dict(w_bits=2, a_bits=2, weight_quantizer='lsq', act_quantizer='lsq'),
+    # DQ's two halves alone, to split its cost between weights and activations.
+    'dq_weights': dict(w_bits=2, a_bits=32, weight_quantizer='dq'),
+    'dq_acts': dict(w_bits=32, a_bits=2, act_quantizer='dq'),
 }
-LABELS = {'float': 'float', 'dq': 'DQ W2A2', 'lqnets': 'LQ-Nets W2A2', 'lsq': 'LSQ W2A2'}
+LABELS = {'float': 'float', 'dq': 'DQ W2A2', 'lqnets': 'LQ-Nets W2A2', 'lsq': 'LSQ W2A2',
+          'dq_weights': 'DQ W2 (float activations)', 'dq_acts': 'DQ A2 (float weights)'}
+DEFAULT_VARIANTS = ('float', 'dq', 'lqnets', 'lsq')
 
 
 def _config(model_name: str, variant: str, dtype: str, act_options: dict):
@@ -53,7 +58,7 @@ def _config(model_name: str, variant: str, dtype: str, act_options: dict):
   config.model = model_name
   config.dtype = dtype
   config.quant.update(VARIANTS[variant])
-  if variant == 'dq' and act_options:
+  if variant in ('dq', 'dq_acts') and act_options:
     config.quant.act_options = dict(act_options)
   return config
 
@@ -123,8 +128,9 @@ def time_steps(steps_by_variant: dict, rounds: int, steps: int, warmup: int) -> 
 
 # --- Per-module breakdown -------------------------------------------------------------------
 
-def quantized_layer_shapes(model, images) -> list[dict]:
-  """Every quantized layer's path, input activation shape/dtype and kernel shape."""
+def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
+  """Every quantized layer's path, input activation shape/dtype and kernel shape at W2A2."""
+  model = train.create_model(_config(model_name, 'dq', dtype, {}), num_classes=1000)
   layers = []
 
   def record(next_fun, args, kwargs, context):
@@ -195,13 +201,12 @@ def optimizer_bytes(step: Step) -> float:
   return _compiled_bytes(update, params, opt_state, params)
 
 
-def breakdown(model_name: str, steps: dict, act_options: dict) -> list[dict]:
+def breakdown(model_name: str, dtype: str, steps: dict, act_options: dict) -> list[dict]:
   """Bytes of each quantizer module, summed over the model's quantized layers."""
-  any_step = next(iter(steps.values()))
-  layers = quantized_layer_shapes(steps.get('dq', any_step).model, any_step.images)
+  layers = quantized_layer_shapes(model_name, dtype, steps['float'].images)
   rows = []
   for variant, step in steps.items():
-    if variant == 'float':
+    if variant not in ('dq', 'lqnets', 'lsq'):
       rows.append({'variant': variant, 'module': 'optimizer update', 'bytes': optimizer_bytes(step)})
       continue
     quant = VARIANTS[variant]
@@ -220,7 +225,8 @@ def main():
   parser.add_argument('--model', default='resnet18', choices=sorted(MODELS))
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
-  parser.add_argument('--variants', default=','.join(VARIANTS))
+  parser.add_argument('--variants', default=','.join(DEFAULT_VARIANTS),
+                      help=f'comma-separated, from {",".join(VARIANTS)}')
   parser.add_argument('--dq_act_options', default='{}',
                       help='JSON options for DQ\'s activation quantizer, e.g. an approximation')
   parser.add_argument('--breakdown', action='store_true', help='per-module bytes (slower)')
@@ -242,7 +248,7 @@ def main():
 
   steps = {v: Step(args.model, v, args.batch, args.dtype, act_options) for v in variants}
   seconds = time_steps(steps, args.rounds, args.steps, args.warmup) if timed else {}
-  rows = breakdown(args.model, steps, act_options) if args.breakdown else []
+  rows = breakdown(args.model, args.dtype, steps, act_options) if args.breakdown else []
   base_cost = steps['float'].cost
   results = []
   for name, step in steps.items():
@@ -277,7 +283,7 @@ def main():
     print('| variant | module (summed over quantized layers) | GB accessed | % of float step |')
     print('| --- | --- | ---: | ---: |')
     for row in rows:
-      print(f'| {LABELS[row["variant"]]} | {row["module"]} | {row["bytes"] / 1e9:.3f} | '
+      print(f'| {LABELS[row["variant"]]} | {row["module"]} | {row["bytes"] / 1e9:.4g} | '
             f'{100 * row["bytes"] / base_cost["bytes"]:.1f} |')
 
 
