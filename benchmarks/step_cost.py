@@ -30,7 +30,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from configs import base
@@ -71,14 +70,18 @@ def _cost(compiled) -> dict:
           'flops': float(analysis.get('flops', float('nan')))}
 
 
+def _num_classes(model_name: str) -> int:
+  """CIFAR-100 models at 32x32, ImageNet models at 224x224."""
+  return 100 if MODELS[model_name].image_size <= 64 else 1000
+
+
 class Step:
   """One variant's jitted train step, its shapes, and (on demand) a real state to time."""
 
   def __init__(self, model_name, variant, batch, dtype, act_options):
     config = _config(model_name, variant, dtype, act_options)
     self.size = MODELS[model_name].image_size
-    # CIFAR-100 models at 32x32, ImageNet models at 224x224.
-    self.num_classes = 100 if self.size <= 64 else 1000
+    self.num_classes = _num_classes(model_name)
     self.model = train.create_model(config, num_classes=self.num_classes)
     self.tx = train.create_optimizer(config, optax.constant_schedule(0.01))
     self.images = jax.ShapeDtypeStruct((batch, self.size, self.size, 3), jnp.float32)
@@ -116,7 +119,8 @@ def time_steps(steps_by_variant: dict, rounds: int, steps: int, warmup: int) -> 
   """Median seconds per step of every variant, timed round-robin."""
   runs = {name: step.timer() for name, step in steps_by_variant.items()}
   for run in runs.values():
-    run(warmup)
+    if warmup:
+      run(warmup)
   samples = {name: [] for name in runs}
   names = list(runs)
   for round_index in range(rounds):
@@ -130,7 +134,8 @@ def time_steps(steps_by_variant: dict, rounds: int, steps: int, warmup: int) -> 
 
 def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
   """Every quantized layer's path, input activation shape/dtype and kernel shape at W2A2."""
-  model = train.create_model(_config(model_name, 'dq', dtype, {}), num_classes=1000)
+  model = train.create_model(_config(model_name, 'dq', dtype, {}),
+                             num_classes=_num_classes(model_name))
   layers = []
 
   def record(next_fun, args, kwargs, context):
@@ -144,8 +149,7 @@ def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
       else:
         kernel = (inputs.shape[-1], module.features)
       layers.append({'path': '/'.join(module.path), 'act_shape': inputs.shape,
-                     'act_dtype': inputs.dtype, 'kernel': kernel, 'signed': module.a_signed,
-                     'act_options': module.act_options, 'weight_options': module.weight_options})
+                     'act_dtype': inputs.dtype, 'kernel': kernel, 'signed': module.a_signed})
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
@@ -242,6 +246,8 @@ def main():
   if unknown or 'float' not in variants:
     raise SystemExit(f'--variants must include float and come from {list(VARIANTS)}; '
                      f'got {variants}.')
+  if min(args.rounds, args.steps) < 1 or args.warmup < 0:
+    raise SystemExit('--rounds and --steps must be >= 1 and --warmup >= 0.')
   act_options = json.loads(args.dq_act_options)
   platform = jax.devices()[0].platform
   timed = args.time if args.time is not None else platform != 'cpu'
