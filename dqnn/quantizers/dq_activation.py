@@ -29,30 +29,32 @@ WEIGHTINGS = ('channel', 'pooled')
 UPDATES = ('gradient', 'closed_form')
 
 
-def channel_weights(x: jax.Array, weighting: str, eps: float) -> jax.Array:
-  """`w_c` for channels-last `x`: inverse channel energy (`channel`) or ones (`pooled`)."""
-  channels = x.reshape(-1, x.shape[-1])
-  if weighting == 'pooled':
-    return jnp.ones(channels.shape[-1], channels.dtype)
-  energy = jnp.mean(channels ** 2, axis=0)
-  # eps is relative to the mean energy, so the weighting does not depend on the input's scale.
-  return 1.0 / (energy + eps * jnp.mean(energy) + 1e-30)
+def _weighted_sums(x, levels, weighting, eps):
+  """`(sum_c w_c count_cl / M, sum_c w_c residual_cl / M)` from one pass over `x`."""
+  sums = lv.channel_level_sums(x, levels, energy=weighting == 'channel')
+  per_channel = x.size // x.shape[-1]
+  if weighting == 'channel':
+    energy = sums.energy / per_channel
+    # eps is relative to the mean energy, so the weighting does not depend on the input's scale.
+    weights = 1.0 / (energy + eps * jnp.mean(energy) + 1e-30)
+  else:
+    weights = jnp.ones_like(sums.count[:, 0])
+  # A product and a sum over channels, not a matmul: a matmul's default precision is below
+  # float32 on some accelerators.
+  weights = (weights / per_channel)[:, None]
+  return jnp.sum(weights * sums.count, axis=0), jnp.sum(weights * sums.residual, axis=0)
 
 
 def weighted_level_sums(x: jax.Array, levels: jax.Array, weighting: str, eps: float):
   """Per level `l`: `mass_l = sum_{x->l} w_c / M` and `moment_l = sum_{x->l} w_c x / M`.
 
   `M` is the number of elements per channel. Both the gradient of `E` and its closed-form
-  minimiser are functions of these two sums.
+  minimiser are functions of these two sums. One pass over `x`, in any float dtype.
   """
-  channels = x.reshape(-1, x.shape[-1])
-  weights = jnp.broadcast_to(channel_weights(channels, weighting, eps), channels.shape)
-  weights = weights / channels.shape[0]
-  nearest = lv.nearest_level_1d(channels, levels).reshape(-1, 1)
-  num_levels = levels.shape[0]
-  mass = lv.sum_by_level(weights.reshape(-1, 1), nearest, num_levels)[0]
-  moment = lv.sum_by_level((weights * channels).reshape(-1, 1), nearest, num_levels)[0]
-  return mass, moment
+  mass, residual = _weighted_sums(x, levels, weighting, eps)
+  # moment_l = sum w_c (x - l) / M + l mass_l: summing residuals keeps the precision of the
+  # small differences instead of cancelling two large sums.
+  return mass, residual + levels * mass
 
 
 def per_channel_relative_error(x: jax.Array, q: jax.Array) -> jax.Array:
@@ -65,32 +67,29 @@ def per_channel_relative_error(x: jax.Array, q: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def quantize(x: jax.Array, levels: jax.Array, weighting: str, eps: float,
              task_grad_weight: float) -> jax.Array:
-  """Nearest of the sorted `levels` (values past the ends clip to them)."""
+  """Nearest of the sorted `levels` (values past the ends clip to them), in `x`'s dtype."""
   return lv.nearest_value_1d(x, levels)
 
 
 def _quantize_fwd(x, levels, weighting, eps, task_grad_weight):
+  # x itself is the residual, in its own dtype: no upcast copy is written.
   return quantize(x, levels, weighting, eps, task_grad_weight), (x, levels)
 
 
 def _quantize_bwd(weighting, eps, task_grad_weight, residuals, g):
   x, levels = residuals
-  num_levels = levels.shape[0]
-  channels = x.reshape(-1, x.shape[-1])
-  nearest = lv.nearest_level_1d(channels, levels)
-  hits = nearest[..., None] == jnp.arange(num_levels)  # (M, C, L), fused into the reductions
-  # dE/dl = -2 sum_c w_c / M sum_{x->l} (x - l): one pass gives the per-channel, per-level
-  # residual sums (and the channel energies beside them), then a tiny (C,) @ (C, L) product.
-  residual = channels - lv.nearest_value_1d(channels, levels)
-  residual_sums = jnp.sum(jnp.where(hits, residual[..., None], 0), axis=0)
-  weights = channel_weights(channels, weighting, eps)
-  grad_levels = -2.0 / channels.shape[0] * (weights @ residual_sums)
+  # dE/dl = -2 sum_c w_c / M sum_{x->l} (x - l): the per-channel residual sums (and the channel
+  # energies beside them) in one pass over x.
+  _, residual = _weighted_sums(x, levels, weighting, eps)
+  grad_levels = -2.0 * residual
   if task_grad_weight:
-    task = jnp.sum(jnp.where(hits, g.reshape(channels.shape)[..., None], 0), axis=(0, 1))
-    grad_levels = grad_levels + task_grad_weight * task.astype(grad_levels.dtype)
+    nearest = lv.nearest_level_1d(x, levels).reshape(-1, 1)
+    task = lv.sum_by_level(g.reshape(-1, 1).astype(levels.dtype), nearest, levels.shape[0])[0]
+    grad_levels = grad_levels + task_grad_weight * task
   # x: clipped straight-through. levels: the gradient of the weighted error E (not of the task
   # loss), so the levels minimise the per-channel weighted error.
-  grad_x = jnp.where((x >= levels[0]) & (x <= levels[-1]), g, 0).astype(g.dtype)
+  xf = x.astype(levels.dtype)
+  grad_x = jnp.where((xf >= levels[0]) & (xf <= levels[-1]), g, 0).astype(g.dtype)
   return grad_x, grad_levels
 
 
@@ -169,20 +168,21 @@ class DQActivation(nn.Module):
     _check_choice('update', self.update, UPDATES)
     if self.bits == 32:
       return x
-    xf = x.astype(jnp.float32)
     name = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[self.parameterisation]
-    init = functools.partial(self._initial_value, xf)
+    init = functools.partial(self._initial_value, x)
     if self.update == 'gradient':
       value = self.param(name, lambda _: init())
     else:
       value = self.variable(STATS, name, init).value
     levels = levels_from(self.parameterisation, value, self.bits, self.signed)
     if self.update == 'closed_form' and self.is_mutable_collection(STATS) and not self.is_initializing():
-      mass, moment = weighted_level_sums(jax.lax.stop_gradient(xf), levels, self.weighting, self.eps)
+      # x in its own dtype: the sums accumulate in float32 without an upcast copy of x.
+      mass, moment = weighted_level_sums(jax.lax.stop_gradient(x), levels, self.weighting,
+                                         self.eps)
       fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits,
                            self.signed)
       self.put_variable(STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
-    return quantize(xf, levels, self.weighting, self.eps, self.task_grad_weight).astype(x.dtype)
+    return quantize(x, levels, self.weighting, self.eps, self.task_grad_weight)
 
   def _initial_value(self, x):
     """Uniform levels up to `initial_top_level` (from its negative when signed)."""

@@ -5,6 +5,7 @@ being quantized are laid out as `(N, G)`: group `g` is column `g` (the output ch
 kernel, or a single column for a per-tensor table). See docs/method.md for the equations.
 """
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -183,21 +184,68 @@ def kmeans_levels(values: jax.Array, num_levels: int, *, iterations: int, symmet
 
 
 def nearest_value_1d(x: jax.Array, levels: jax.Array) -> jax.Array:
-  """The nearest of the sorted 1-D `levels` for every element of `x` (the end levels clip)."""
+  """The nearest of the sorted 1-D `levels` for every element of `x`, in `x`'s dtype.
+
+  The comparisons run in the levels' precision (an exact upcast of a bfloat16 `x`, fused into
+  the same pass), and the chosen level is then rounded to `x`'s dtype once.
+  """
   if levels.shape[0] > _COMPARE_MAX_LEVELS:
-    return levels[nearest_level_1d(x, levels)]
-  # Lowest level plus every gap whose midpoint x passes: elementwise, no gather.
+    return levels[nearest_level_1d(x, levels)].astype(x.dtype)
+  # The highest level whose lower midpoint x passes: elementwise selects, no gather.
+  xf = x.astype(levels.dtype)
   midpoints = (levels[1:] + levels[:-1]) / 2
-  gaps = jnp.diff(levels)
-  value = jnp.full_like(x, levels[0])
-  for k in range(levels.shape[0] - 1):
-    value = value + jnp.where(x > midpoints[k], gaps[k], 0)
-  return value
+  value = jnp.broadcast_to(levels[0], x.shape)
+  for k in range(1, levels.shape[0]):
+    value = jnp.where(xf > midpoints[k - 1], levels[k], value)
+  return value.astype(x.dtype)
 
 
 def nearest_level_1d(x: jax.Array, levels: jax.Array) -> jax.Array:
   """Index of the nearest of the sorted 1-D `levels` for every element of `x`."""
+  xf = x.astype(levels.dtype)
   midpoints = (levels[1:] + levels[:-1]) / 2
   if levels.shape[0] <= _COMPARE_MAX_LEVELS:
-    return jnp.sum(x[..., None] > midpoints, axis=-1, dtype=jnp.int32)
-  return jnp.searchsorted(midpoints, x, side='left').astype(jnp.int32)
+    # Unrolled, so it stays elementwise and fuses into its consumer (a sum over a new axis
+    # would be a reduction of its own, written out in full).
+    index = jnp.zeros(x.shape, jnp.int32)
+    for k in range(levels.shape[0] - 1):
+      index = index + (xf > midpoints[k]).astype(jnp.int32)
+    return index
+  return jnp.searchsorted(midpoints, xf, side='left').astype(jnp.int32)
+
+
+class ChannelLevelSums(NamedTuple):
+  """Per channel `c` and level `l`, over every element of channel `c`."""
+  count: jax.Array  # (C, L): how many elements round to level l
+  residual: jax.Array  # (C, L): sum of (x - levels[l]) over them
+  energy: jax.Array | None  # (C,): sum of x^2 (when asked for)
+
+
+def channel_level_sums(x: jax.Array, levels: jax.Array, *, energy: bool = False
+                       ) -> ChannelLevelSums:
+  """Per-channel, per-level sums of `x` (channels last) against the sorted 1-D `levels`.
+
+  Accumulated in the levels' precision (float32) whatever `x`'s dtype. Up to 16 levels this is
+  a single pass over `x`: one variadic reduction whose operands are elementwise in `x`, so no
+  backend writes out an upcast copy, the level index or an `[..., L]` one-hot tensor.
+  """
+  num_levels = levels.shape[0]
+  channels = x.reshape(-1, x.shape[-1])
+  xf = channels.astype(levels.dtype)
+  nearest = nearest_level_1d(channels, levels)
+  if num_levels > _COMPARE_MAX_LEVELS:
+    # 8 bits: a scatter-add per sum beats 2L + 1 reduction operands.
+    count = sum_by_level(jnp.ones_like(xf), nearest, num_levels)
+    residual = sum_by_level(xf - levels[nearest], nearest, num_levels)
+    squares = jnp.sum(xf * xf, axis=0) if energy else None
+    return ChannelLevelSums(count, residual, squares)
+  zero = jnp.zeros((), levels.dtype)
+  operands = [jnp.where(nearest == k, 1, zero) for k in range(num_levels)]
+  operands += [jnp.where(nearest == k, xf - levels[k], zero) for k in range(num_levels)]
+  if energy:
+    operands.append(xf * xf)
+  sums = jax.lax.reduce(operands, [zero] * len(operands),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (0,))
+  return ChannelLevelSums(jnp.stack(sums[:num_levels], axis=-1),
+                          jnp.stack(sums[num_levels:2 * num_levels], axis=-1),
+                          sums[-1] if energy else None)

@@ -39,6 +39,61 @@ def test_task_gradient_is_added_per_level_when_asked():
   np.testing.assert_allclose(vjp(g)[1], [-0.4 + 0.5, -0.2 + 1.5, 0.0 + 1.0, -2.0 + 2.0], rtol=1e-6)
 
 
+def _reference_weighted_level_sums(x, levels, weighting, eps):
+  """The definition, in float64: every element carries its channel's weight w_c / M."""
+  channels = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+  levels = np.asarray(levels, np.float64)
+  energy = np.mean(channels ** 2, axis=0)
+  weights = (1 / (energy + eps * energy.mean()) if weighting == 'channel'
+             else np.ones_like(energy)) / channels.shape[0]
+  nearest = np.argmin(np.abs(channels[..., None] - levels), axis=-1)
+  hits = nearest[..., None] == np.arange(levels.size)
+  mass = np.sum(np.where(hits, weights[:, None], 0), axis=(0, 1))
+  moment = np.sum(np.where(hits, (weights * channels)[..., None], 0), axis=(0, 1))
+  return mass, moment
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('weighting', ['channel', 'pooled'])
+def test_fused_level_sums_match_the_reference_formulation(weighting, dtype):
+  x = _high_variance_channels()[:8].astype(dtype)
+  levels = jnp.array([0.0, 0.7, 1.9, 4.0])
+  mass, moment = dqa.weighted_level_sums(x, levels, weighting, 1e-3)
+  expected_mass, expected_moment = _reference_weighted_level_sums(x, levels, weighting, 1e-3)
+  np.testing.assert_allclose(mass, expected_mass, rtol=1e-5)
+  np.testing.assert_allclose(moment, expected_moment, rtol=1e-5)
+
+
+@pytest.mark.parametrize('weighting', ['channel', 'pooled'])
+def test_bfloat16_input_quantizes_and_differentiates_as_its_float32_upcast(weighting):
+  # No float32 copy of x is made any more; the result must be that of the exact upcast.
+  x = _high_variance_channels()[:8].astype(jnp.bfloat16)
+  levels = jnp.array([0.0, 0.7, 1.9, 4.0])
+  g = jax.random.normal(jax.random.PRNGKey(5), x.shape, jnp.bfloat16)
+  run = lambda x: jax.vjp(lambda x, lv: dqa.quantize(x, lv, weighting, 1e-3, 0.5), x, levels)
+  out, vjp = run(x)
+  out32, vjp32 = run(x.astype(jnp.float32))
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out, out32.astype(jnp.bfloat16))
+  grad_x, grad_levels = vjp(g)
+  grad_x32, grad_levels32 = vjp32(g.astype(jnp.float32))
+  assert grad_x.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(grad_x, grad_x32.astype(jnp.bfloat16))
+  np.testing.assert_allclose(grad_levels, grad_levels32, rtol=1e-5)
+
+
+@pytest.mark.parametrize('weighting', ['channel', 'pooled'])
+def test_closed_form_refit_of_bfloat16_input_is_that_of_its_upcast(weighting):
+  x = _high_variance_channels()[:8].astype(jnp.bfloat16)
+  module = dqa.DQActivation(bits=2, weighting=weighting, momentum=0.5)
+  variables = module.init(jax.random.PRNGKey(0), x)
+  out, updated = module.apply(variables, x, mutable=['quant_stats'])
+  out32, updated32 = module.apply(variables, x.astype(jnp.float32), mutable=['quant_stats'])
+  np.testing.assert_array_equal(out, out32.astype(jnp.bfloat16))
+  np.testing.assert_allclose(updated['quant_stats']['basis'], updated32['quant_stats']['basis'],
+                             rtol=1e-6)
+
+
 def _high_variance_channels():
   scale = jnp.ones(32).at[:3].set(10.0)  # 3 channels with 100x the variance of the rest
   return jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), (64, 8, 8, 32)) * scale)

@@ -47,3 +47,41 @@ def test_soft_value_interpolates_and_fractional_index_inverts_it(num_levels):
   nearest = np.argmin(np.abs(np.asarray(points)[:, :, None] - np.asarray(table)[None]), axis=-1)
   np.testing.assert_array_equal(
       lv.round_index(lv.fractional_index(points, table), num_levels), nearest)
+
+
+def _reference_channel_level_sums(x, levels):
+  """Per channel and level, by a loop over the levels on the float64 values."""
+  channels = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+  levels = np.asarray(levels, np.float64)
+  nearest = np.argmin(np.abs(channels[..., None] - levels), axis=-1)
+  count = np.stack([np.sum(nearest == k, axis=0) for k in range(levels.size)], axis=-1)
+  residual = np.stack([np.sum(np.where(nearest == k, channels - levels[k], 0), axis=0)
+                       for k in range(levels.size)], axis=-1)
+  return count, residual, np.sum(channels ** 2, axis=0)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('num_levels', [2, 4, 16, 256])
+def test_channel_level_sums_match_a_per_level_reference(num_levels, dtype):
+  levels = jnp.sort(jax.random.uniform(jax.random.key(0), (num_levels,), maxval=3.0))
+  x = (jax.random.uniform(jax.random.key(1), (6, 5, 7, 4), maxval=3.5) - 0.2).astype(dtype)
+  sums = lv.channel_level_sums(x, levels, energy=True)
+  count, residual, energy = _reference_channel_level_sums(x, levels)
+  np.testing.assert_array_equal(sums.count, count)
+  np.testing.assert_allclose(sums.residual, residual, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(sums.energy, energy, rtol=1e-5)
+  assert lv.channel_level_sums(x, levels).energy is None
+
+
+@pytest.mark.parametrize('num_levels', [2, 4, 16, 256])
+def test_nearest_value_of_bfloat16_is_the_float32_choice_rounded_once(num_levels):
+  # Comparisons in float32 on the exactly upcast input: the bfloat16 result is the float32
+  # result rounded, never a choice made on rounded midpoints.
+  levels = jnp.sort(jax.random.uniform(jax.random.key(2), (num_levels,), maxval=3.0))
+  x = jax.random.uniform(jax.random.key(3), (4000,), minval=-0.5, maxval=3.5).astype(jnp.bfloat16)
+  nearest = lv.nearest_value_1d(x, levels)
+  assert nearest.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(nearest, lv.nearest_value_1d(x.astype(jnp.float32), levels)
+                                .astype(jnp.bfloat16))
+  chosen = np.argmin(np.abs(np.asarray(x, np.float64)[:, None] - np.asarray(levels)), axis=-1)
+  np.testing.assert_array_equal(lv.nearest_level_1d(x, levels), chosen)
