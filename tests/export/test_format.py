@@ -50,7 +50,8 @@ def test_file_round_trip_with_aligned_blobs(tmp_path):
   loaded = fmt.load(path, expected_model='tiny')
   for name, array in _small_export().tensors.items():
     np.testing.assert_array_equal(loaded.tensors[name], array)
-  assert data_start % 64 == 0 and size == data_start + 64 + 2
+  # The last tensor (2 bytes) at offset 64, then the 32-byte sha256 trailer.
+  assert data_start % 64 == 0 and size == data_start + 64 + 2 + 32
 
 
 @pytest.mark.parametrize('cut', [4, 12, 30, -1])
