@@ -2,13 +2,16 @@
 import hashlib
 import json
 import math
+import os
 import re
 import struct
 
 import numpy as np
 import pytest
 
+from dqnn import files
 from dqnn.export import format as fmt
+from faults_testlib import fill_disk_after
 
 
 @pytest.mark.parametrize('bits', [1, 2, 3, 4, 8])
@@ -203,3 +206,13 @@ def test_version_1_files_are_refused_with_what_to_do():
   struct.pack_into('<I', raw, 8, 1)
   with pytest.raises(fmt.ExportFormatError, match='version 1; this dqnn reads version 2. Re-export'):
     fmt.from_bytes(bytes(raw))
+
+
+def test_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+  path = tmp_path / 'm.dqnn'
+  fmt.save(_small_export(), path)
+  before = path.read_bytes()
+  fill_disk_after(monkeypatch, 100)
+  with pytest.raises(files.DiskFullError):
+    fmt.save(_conv_export(), path)
+  assert path.read_bytes() == before and os.listdir(tmp_path) == ['m.dqnn']
