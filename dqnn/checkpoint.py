@@ -12,6 +12,7 @@ default it is moved aside (to `<workdir>/corrupt_checkpoints/`, never deleted) a
 checkpoint is used; with `on_corrupt='stop'` the run stops, leaving it in place.
 """
 import hashlib
+import json
 from typing import Any, Mapping
 
 from absl import logging
@@ -31,6 +32,7 @@ ON_CORRUPT = ('fallback', 'stop')
 # Config fields that decide the state's structure; differences in them explain a mismatch.
 STRUCTURAL_FIELDS = ('model', 'quant', 'dataset', 'num_classes', 'optimizer')
 _MAX_LISTED = 12
+_TRAIN_METRICS_KEY = '(train_metrics)'
 
 
 class CheckpointMismatchError(ValueError):
@@ -87,16 +89,23 @@ def digest(state_dict: Any) -> dict[str, str]:
   return digests
 
 
+def _json_digest(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
          config: ml_collections.ConfigDict, *,
          train_metrics: Mapping[str, Any] | None = None) -> None:
   """Saves `state` with its digest; `train_metrics`: JSON to hand back on restore."""
   state_dict = serialization.to_state_dict(state)
+  train_metrics = dict(train_metrics or {})
+  # Keyed apart from the state's array paths, which start with a TrainState field.
+  digests = {**digest(state_dict), _TRAIN_METRICS_KEY: _json_digest(train_metrics)}
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state_dict),
       config=ocp.args.JsonSave(config.to_dict()),
-      digest=ocp.args.JsonSave(digest(state_dict)),
-      train_metrics=ocp.args.JsonSave(dict(train_metrics or {}))))
+      digest=ocp.args.JsonSave(digests),
+      train_metrics=ocp.args.JsonSave(train_metrics)))
 
 
 def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -168,14 +177,14 @@ def _read(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, 
                     name)
   else:
     saved, actual = restored.digest, digest(restored.state)
+    actual[_TRAIN_METRICS_KEY] = _json_digest(dict(restored.get('train_metrics') or {}))
     differing = sorted(path for path in saved.keys() | actual.keys()
                        if saved.get(path) != actual.get(path))
     if differing:
       raise CorruptCheckpointError(
           f'Checkpoint {name} is corrupt: {len(differing)} array(s) differ from what was saved '
           f'({", ".join(differing[:4])}{", ..." if len(differing) > 4 else ""}).')
-  train_metrics = restored.train_metrics if 'train_metrics' in items else None
-  return restored.state, dict(train_metrics or {})
+  return restored.state, dict(restored.get('train_metrics') or {})
 
 
 def _check_structure(manager: ocp.CheckpointManager, step: int, target: Any,

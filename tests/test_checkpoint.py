@@ -119,3 +119,11 @@ def test_restore_state_dict_verifies_the_digest(tmp_path, monkeypatch):
   monkeypatch.setattr(checkpoint, 'digest', real_digest)
   with pytest.raises(checkpoint.CorruptCheckpointError, match=r'\(params/w\)'):
     checkpoint.restore_state_dict(workdir)
+
+
+def test_edited_train_metrics_are_detected(tmp_path):
+  workdir = _saved(tmp_path, steps=(1,))
+  saved = pathlib.Path(workdir, checkpoint.CHECKPOINT_DIR, '1', 'train_metrics', 'metadata')
+  saved.write_text(saved.read_text().replace('"count": 1', '"count": 3'))
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=r'\(\(train_metrics\)\)'):
+    _restore(workdir, on_corrupt='stop')
