@@ -4,8 +4,10 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+from flax import serialization
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dqnn import checkpoint
@@ -127,3 +129,14 @@ def test_edited_train_metrics_are_detected(tmp_path):
   saved.write_text(saved.read_text().replace('"count": 1', '"count": 3'))
   with pytest.raises(checkpoint.CorruptCheckpointError, match=r'\(\(train_metrics\)\)'):
     _restore(workdir, on_corrupt='stop')
+
+
+def test_checkpoint_without_digest_restores_unverified(tmp_path):
+  # As an older dqnn saved them: the state and the config only.
+  with checkpoint.create_manager(str(tmp_path)) as manager:
+    manager.save(1, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(serialization.to_state_dict(_state(1))),
+        config=ocp.args.JsonSave(_CONFIG.to_dict())))
+  state, step, train_metrics = _restore(str(tmp_path))
+  assert step == 1 and train_metrics == {}
+  jax.tree.map(np.testing.assert_array_equal, state, _state(1))
