@@ -78,9 +78,15 @@ def changed_fields(saved: Mapping[str, Any], config: ml_collections.ConfigDict) 
 
 
 def read(workdir: str) -> dict[str, Any] | None:
-  """The workdir's config.json, or None if it has none."""
+  """The workdir's config.json, or None if it has none; `ConfigError` if it is not JSON."""
   path = epath.Path(workdir) / CONFIG_FILE
-  return json.loads(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    raise ConfigError(f'{path} is damaged ({error}); restore it (a copy is in every '
+                      'checkpoint\'s config/ folder) or use a new --workdir.') from None
 
 
 def check_resume(config: ml_collections.ConfigDict, saved: Mapping[str, Any], *,

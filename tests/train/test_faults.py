@@ -7,8 +7,8 @@ import pathlib
 import shutil
 import sys
 
-import numpy as np
 import jax
+import numpy as np
 import pytest
 
 from dqnn import checkpoint
@@ -16,8 +16,7 @@ from dqnn import files
 from dqnn import metrics
 from dqnn import run_config
 from dqnn import train
-from faults_testlib import fill_disk_after
-from test_guards import _snapshot
+from faults_testlib import fill_disk_after, snapshot
 from train_testlib import checkpoint_steps, read_metrics, restore_raw_state, tiny_config
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'export'))
@@ -61,18 +60,18 @@ def test_truncated_checkpoint_with_stop_is_named_and_left_in_place(finished_run)
   config.on_corrupt_checkpoint = 'stop'
   data = _largest_data_file(workdir, 4)
   data.write_bytes(data.read_bytes()[:64])
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   with pytest.raises(checkpoint.CorruptCheckpointError) as error:
     train.train_and_evaluate(config, workdir)
   assert 'checkpoints/4 cannot be read' in str(error.value)
   assert 'on_corrupt_checkpoint=fallback' in str(error.value)
   assert len(str(error.value).splitlines()) == 1
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def test_changed_config_is_refused_unless_allowed_and_then_both_are_kept(finished_run):
   workdir, config = finished_run
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   config.optimizer.learning_rate = 0.05
   config.label_smoothing = 0.1
   config.eval_every_steps = 2  # Bookkeeping: may change freely.
@@ -82,7 +81,7 @@ def test_changed_config_is_refused_unless_allowed_and_then_both_are_kept(finishe
   assert 'label_smoothing: was 0.0, now 0.1' in message
   assert 'optimizer.learning_rate: was 0.1, now 0.05' in message
   assert 'eval_every_steps' not in message and 'allow_config_change=True' in message
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
   old_config = pathlib.Path(workdir, 'config.json').read_text()
   config.allow_config_change = True
