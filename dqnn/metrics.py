@@ -6,6 +6,7 @@ from clu import metric_writers
 from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from dqnn import files
@@ -47,11 +48,15 @@ def pending_sums(sums: Mapping[str, jax.Array] | None, count: int) -> dict[str, 
   return {'count': count, 'sums': {name: float(v) for name, v in jax.device_get(sums).items()}}
 
 
-def resumed_sums(pending: Mapping[str, Any]) -> tuple[dict[str, jax.Array] | None, int]:
-  """(sums, count) from `pending_sums`' JSON: the next record then averages the same steps."""
+def resumed_sums(pending: Mapping[str, Any]) -> tuple[dict[str, np.ndarray] | None, int]:
+  """(sums, count) from `pending_sums`' JSON: the next record then averages the same steps.
+
+  Host float32 values: added to a step's (global, replicated) metrics they act as replicated
+  constants on every process.
+  """
   if not pending:
     return None, 0
-  return ({name: jnp.asarray(v, jnp.float32) for name, v in pending['sums'].items()},
+  return ({name: np.asarray(v, np.float32) for name, v in pending['sums'].items()},
           pending['count'])
 
 
