@@ -187,16 +187,19 @@ def _read(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, 
   return restored.state, dict(restored.get('train_metrics') or {})
 
 
-def _check_structure(manager: ocp.CheckpointManager, step: int, target: Any,
-                     config: ml_collections.ConfigDict) -> None:
-  """Raises `CheckpointMismatchError` (or `CorruptCheckpointError` if its metadata is
-  unreadable) before any array is read."""
+def _state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The saved arrays' shapes and dtypes; `CorruptCheckpointError` if they cannot be read."""
   try:
-    saved = manager.item_metadata(step).state.tree
+    return manager.item_metadata(step).state.tree
   except Exception as error:  # pylint: disable=broad-except
     raise CorruptCheckpointError(f'Checkpoint {manager.directory}/{step} cannot be read '
                                  f'({_first_line(error)}).') from None
-  differences = _differences(saved, target)
+
+
+def _check_structure(manager: ocp.CheckpointManager, step: int, target: Any,
+                     config: ml_collections.ConfigDict) -> None:
+  """Raises `CheckpointMismatchError` before any array is read."""
+  differences = _differences(_state_metadata(manager, step), target)
   if differences:
     config_lines = structural_differences(saved_config(manager, step), config) or ['(none)']
     listed = differences[:_MAX_LISTED] + (
@@ -281,14 +284,9 @@ def restore_state_dict(workdir: str, step: int | None = None) -> dict[str, Any]:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'{workdir!r} has no checkpoint in {manager.directory}.')
-    try:
-      metadata = manager.item_metadata(step).state.tree
-    except Exception as error:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f'Checkpoint {manager.directory}/{step} cannot be read '
-                                   f'({_first_line(error)}).') from None
     # Without a target orbax would place arrays on the saving run's devices.
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          metadata)
+                          _state_metadata(manager, step))
     state, _ = _read(manager, step, target)
   return jax.device_get(state)
 
