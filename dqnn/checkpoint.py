@@ -11,6 +11,7 @@ whose arrays differ from their digest or whose DQ parameters are malformed is co
 default it is moved aside (to `<workdir>/corrupt_checkpoints/`, never deleted) and the previous
 checkpoint is used; with `on_corrupt='stop'` the run stops, leaving it in place.
 """
+import errno
 import hashlib
 import json
 from typing import Any, Mapping
@@ -24,6 +25,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 from jax.experimental import multihost_utils
 
+from dqnn import files
 from dqnn.quantizers import dq_weight
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -101,11 +103,36 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any,
   train_metrics = dict(train_metrics or {})
   # Keyed apart from the state's array paths, which start with a TrainState field.
   digests = {**digest(state_dict), _TRAIN_METRICS_KEY: _json_digest(train_metrics)}
-  manager.save(step, force=True, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state_dict),
-      config=ocp.args.JsonSave(config.to_dict()),
-      digest=ocp.args.JsonSave(digests),
-      train_metrics=ocp.args.JsonSave(train_metrics)))
+  try:
+    manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_dict),
+        config=ocp.args.JsonSave(config.to_dict()),
+        digest=ocp.args.JsonSave(digests),
+        train_metrics=ocp.args.JsonSave(train_metrics)))
+  except Exception as error:  # pylint: disable=broad-except
+    _raise_if_disk_full(manager, error)
+    raise
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight, then closes `manager`; a full disk is a `DiskFullError`."""
+  try:
+    manager.wait_until_finished()
+  except Exception as error:  # pylint: disable=broad-except
+    _raise_if_disk_full(manager, error)
+    raise
+  finally:
+    manager.close()
+
+
+def _raise_if_disk_full(manager: ocp.CheckpointManager, error: Exception) -> None:
+  # orbax writes a checkpoint under a temporary name and commits it only when complete.
+  if files.is_disk_full(error):
+    raise files.DiskFullError(
+        errno.ENOSPC, f'No space left on the device while saving a checkpoint in '
+        f'{manager.directory}; it was not committed and the earlier checkpoints are intact. '
+        'Free some space and run again (training resumes from the latest checkpoint).'
+    ) from None
 
 
 def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:

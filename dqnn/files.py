@@ -13,7 +13,13 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskFullError(OSError):
-  """A write failed for lack of space; the file it was replacing is unchanged."""
+  """A write failed for lack of space; what it was replacing is unchanged."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error` (also as a library wraps it, e.g. TensorStore) reports a full disk."""
+  return ((isinstance(error, OSError) and error.errno in _NO_SPACE)
+          or 'No space left on device' in str(error))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -25,7 +31,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     partial.replace(path)
   except OSError as error:
     partial.unlink(missing_ok=True)
-    if error.errno in _NO_SPACE:
+    if is_disk_full(error):
       raise DiskFullError(
           error.errno, f'No space left on the device while writing {path}; it still holds its '
           'previous contents. Free some space and run again (training resumes from its last '

@@ -393,8 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           break
   finally:
     train_iter.close()  # Stops the input pipeline's background work.
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.finish(manager)
     log.close()
   final['step'] = step
   return final

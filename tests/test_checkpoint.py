@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from dqnn import checkpoint
+from dqnn import files
 from dqnn import train
 
 _CONFIG = ml_collections.ConfigDict({'model': 'm', 'quant': {}, 'dataset': 'd'})
@@ -140,3 +141,31 @@ def test_checkpoint_without_digest_restores_unverified(tmp_path):
   state, step, train_metrics = _restore(str(tmp_path))
   assert step == 1 and train_metrics == {}
   jax.tree.map(np.testing.assert_array_equal, state, _state(1))
+
+
+def test_full_disk_during_a_save_is_one_clear_error(tmp_path, monkeypatch):
+  workdir = _saved(tmp_path, steps=(1,))
+
+  def no_space(*args, **kwargs):
+    del args, kwargs
+    raise ValueError('RESOURCE_EXHAUSTED: Failed to write 2553 bytes to file 7: No space left on '
+                     "device [os_error_code='28']")
+
+  manager = checkpoint.create_manager(workdir, max_to_keep=5)
+  monkeypatch.setattr(manager, 'save', no_space)
+  with pytest.raises(files.DiskFullError, match='saving a checkpoint in .*checkpoints; it was '
+                     'not committed and the earlier checkpoints are intact'):
+    checkpoint.save(manager, 2, _state(2), _CONFIG)
+  # As orbax does, the failed background save is reported once, by the next wait.
+  waits, real_wait = [], manager.wait_until_finished
+
+  def wait_failing_once():
+    waits.append(1)
+    if len(waits) == 1:
+      no_space()
+    real_wait()
+
+  monkeypatch.setattr(manager, 'wait_until_finished', wait_failing_once)
+  with pytest.raises(files.DiskFullError):
+    checkpoint.finish(manager)
+  assert _steps(workdir) == [1]
