@@ -33,7 +33,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     partial.unlink(missing_ok=True)
     if is_disk_full(error):
       raise DiskFullError(
-          error.errno, f'No space left on the device while writing {path}; it still holds its '
+          errno.ENOSPC, f'No space left on the device while writing {path}; it still holds its '
           'previous contents. Free some space and run again (training resumes from its last '
           'checkpoint).') from error
     raise
