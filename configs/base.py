@@ -87,6 +87,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # At each eval, a TensorBoard image per quantized layer: weight histogram with its levels.
   config.weight_images = True
   config.multi_host = False  # Call jax.distributed.initialize() (TPU pods, multi-node GPU).
+  # Faults (docs/failure_behaviour.md). A corrupt latest checkpoint: 'fallback' moves it aside
+  # and resumes from the previous one; 'stop' ends the run with an error.
+  config.on_corrupt_checkpoint = 'fallback'
+  # Resume even though the config differs from the workdir's config.json beyond the fields
+  # dqnn.run_config.RESUMABLE_FIELDS lists; the old config is kept as config.<step>.json.
+  config.allow_config_change = False
   return config
 
 

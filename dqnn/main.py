@@ -15,12 +15,16 @@ from ml_collections import config_flags
 
 from dqnn import checkpoint
 from dqnn import data
+from dqnn import files
+from dqnn import run_config
 from dqnn import train
 from dqnn import warm_start
 
 # Errors whose message says what to do; shown without a traceback.
 _USER_ERRORS = (data.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
-                train.NonFiniteError, warm_start.WarmStartError)
+                checkpoint.CorruptCheckpointError, run_config.ConfigError,
+                run_config.ConfigChangedError, files.DiskFullError, train.NonFiniteError,
+                warm_start.WarmStartError)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)

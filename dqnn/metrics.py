@@ -5,8 +5,10 @@ from typing import Any, Mapping
 from etils import epath
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from dqnn import files
 from dqnn import summary_writer
 
 METRICS_FILE = 'metrics.jsonl'
@@ -39,11 +41,31 @@ def layer_errors(quant_metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
   return errors
 
 
+def pending_sums(sums: Mapping[str, jax.Array] | None, count: int) -> dict[str, Any]:
+  """Training sums not yet logged, as JSON (float32 values survive a float64 round trip)."""
+  if not count:
+    return {}
+  return {'count': count, 'sums': {name: float(v) for name, v in jax.device_get(sums).items()}}
+
+
+def resumed_sums(pending: Mapping[str, Any]) -> tuple[dict[str, np.ndarray] | None, int]:
+  """(sums, count) from `pending_sums`' JSON: the next record then averages the same steps.
+
+  Host float32 values: added to a step's (global, replicated) metrics they act as replicated
+  constants on every process.
+  """
+  if not pending:
+    return None, 0
+  return ({name: np.asarray(v, np.float32) for name, v in pending['sums'].items()},
+          pending['count'])
+
+
 class MetricLog:
-  """Writes scalars to TensorBoard (clu) and as JSON lines `{'step', 'split', ...}`.
+  """Writes scalars to TensorBoard and as JSON lines `{'step', 'split', ...}`.
 
   Only the main process writes; other processes only log to the console. The JSON lines file is
-  rewritten whole on each write, since object stores (gs://) cannot append.
+  rewritten whole on each write, since object stores (gs://) cannot append, and through a
+  temporary file, so that a full disk or a crash mid-write leaves the earlier records intact.
   """
 
   def __init__(self, workdir: str, *, is_main_process: bool):
@@ -57,14 +79,14 @@ class MetricLog:
     kept = [line for line in self._lines if json.loads(line)['step'] <= step]
     if self._jsonl and kept != self._lines:
       self._lines = kept
-      self._jsonl.write_text(''.join(kept))
+      files.atomic_write_text(self._jsonl, ''.join(kept))
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     scalars = {name: float(value) for name, value in scalars.items()}
     self.writer.write_scalars(step, {f'{split}/{name}': v for name, v in scalars.items()})
     if self._jsonl:
       self._lines.append(json.dumps({'step': step, 'split': split, **scalars}) + '\n')
-      self._jsonl.write_text(''.join(self._lines))
+      files.atomic_write_text(self._jsonl, ''.join(self._lines))
 
   def close(self) -> None:
     self.writer.flush()

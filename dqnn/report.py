@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from dqnn import checkpoint
+from dqnn import run_config
 from dqnn.export import exporter
 from dqnn.quantizers import dq_weight
 
@@ -163,14 +165,29 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   options = flags.FLAGS
-  config, variables = options.config, None
-  if options.workdir:
-    run_config, variables = exporter.read_workdir(options.workdir)
-    config = config or run_config
+  try:
+    rows = _costs(options.config, options.workdir)
+  except (FileNotFoundError, checkpoint.CorruptCheckpointError,
+          checkpoint.CheckpointMismatchError, run_config.ConfigError) as error:
+    raise SystemExit(f'ERROR: {error}') from None
+  print(json.dumps(as_json(rows), indent=2) if options.json else as_table(rows))
+
+
+def _costs(config, workdir: str | None) -> list[LayerCost]:
+  """Rows for `config`, or for `workdir`'s config and variables (`config` must then agree)."""
+  variables = None
+  if workdir:
+    saved, variables = exporter.read_workdir(workdir)
+    differences = checkpoint.structural_differences(saved.to_dict(), config) if config else []
+    if differences:
+      raise checkpoint.CheckpointMismatchError('\n  '.join([
+          f'--workdir {workdir} was trained with another model than --config builds:',
+          *differences, 'Pass --workdir alone (its own config is used) or its config.']))
+    config = config or saved
   if config is None:
     raise app.UsageError('Pass --config, --workdir, or both.')
-  rows = config_costs(config, variables)
-  print(json.dumps(as_json(rows), indent=2) if options.json else as_table(rows))
+  run_config.validate(config)
+  return config_costs(config, variables)
 
 
 def _define_flags():

@@ -5,7 +5,6 @@ the train state replicated. Under `jax.jit` the model sees the global batch, so 
 quantizer statistics are global-batch statistics whatever the device count.
 """
 import functools
-import json
 import signal
 import time
 from typing import Any
@@ -27,12 +26,12 @@ from dqnn import metrics
 from dqnn import models
 from dqnn import optim
 from dqnn import plots
+from dqnn import run_config
 from dqnn import schedules
 from dqnn import warm_start
 from dqnn.data.train_input import global_batch, training_input
 from dqnn.layers import METRICS as QUANT_METRICS
 
-CONFIG_FILE = 'config.json'
 MODEL_STATE = ('batch_stats', 'quant_stats')
 
 
@@ -206,11 +205,6 @@ def _replicate(tree: Any, sharding: NamedSharding) -> Any:
       jax.device_get(tree))
 
 
-def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  (epath.Path(workdir) / CONFIG_FILE).write_text(
-      json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str))
-
-
 def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
   """Raises `NonFiniteError` naming the first step whose loss or parameters are not finite."""
   for step, finite in zip([s for s, _ in pending], jax.device_get([f for _, f in pending])):
@@ -229,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `{'<split>/<name>': value}` from this call's last train and eval records, plus 'step' (short
   of the run's total when SIGTERM stopped it).
   """
-  # Fails here, before anything is written, if the dataset is missing.
+  # Fails here, before anything is written, if the config is unusable or the dataset missing.
+  run_config.validate(config)
   info = dataset_info(config)
   if config.image_size:
     info = data.DatasetInfo(**{**info.__dict__, 'image_size': config.image_size})
@@ -271,9 +266,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   is_main = jax.process_index() == 0
+  train_metrics = {}
   if manager.latest_step() is not None:
-    state, start_step = checkpoint.restore(manager, abstract_state, config)
-    train_input.set_state(checkpoint.restore_input_state(manager, start_step))
+    state, start_step, train_metrics = checkpoint.restore(
+        manager, abstract_state, config, on_corrupt=config.on_corrupt_checkpoint)
+    run_config.check_resume(config, run_config.read(workdir) or checkpoint.saved_config(
+        manager, start_step), workdir=workdir, step=start_step)
+    input_state = checkpoint.restore_input_state(manager, start_step)
+    if input_state is None:
+      logging.warning('The checkpoint of step %d has no input position (saved by an older '
+                      'dqnn): the input starts again at its first batch.', start_step)
+    else:
+      train_input.set_state(input_state)
     logging.info('Resumed from step %d.', start_step)
   else:
     start_step = 0
@@ -296,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.info('Initialised from the float run in %s.', config.init_from)
     state = _replicate(state, replicated)
   if is_main:
-    _write_config(config, workdir)
+    run_config.write(config, workdir, step=start_step)
 
   log = metrics.MetricLog(workdir, is_main_process=is_main)
   log.truncate_after(start_step)
@@ -307,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   final = {}
   pending_finite = []
-  train_sums, train_count = None, 0
+  train_sums, train_count = metrics.resumed_sums(train_metrics)
   step = last_step = start_step
   last_time = time.monotonic()
   try:
@@ -346,13 +350,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                     and step % config.checkpoint_every_steps == 0):
           # Never save a non-finite state: the last good checkpoint must survive.
           _check_finite(pending_finite)
-          checkpoint.save(manager, step, state, config, train_input.get_state())
+          checkpoint.save(manager, step, state, config,
+                          train_metrics=metrics.pending_sums(train_sums, train_count),
+                          input_state=train_input.get_state())
         if preempted:
           logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
           break
   finally:
-    manager.wait_until_finished()
-    manager.close()
+    checkpoint.finish(manager)
     log.close()
   final['step'] = step
   return final

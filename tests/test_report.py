@@ -1,13 +1,21 @@
 """Cost report on a model small enough to count by hand."""
 import json
+import pathlib
 import subprocess
 import sys
 
 import flax.linen as nn
 import pytest
 
+from dqnn import checkpoint
 from dqnn import report
 from dqnn.layers import QuantConv, QuantDense
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from run_testlib import trained_run  # Also puts the repository (configs/) on the path.
+from configs import base
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 class _Tiny(nn.Module):
@@ -46,3 +54,31 @@ def test_cli_prints_json_and_table():
   table = report.as_table(report.layer_costs(_Tiny(), (6, 6, 3)))
   assert table.splitlines()[0].split()[:3] == ['layer', 'kind', 'params']
   assert table.splitlines()[-1].split()[:2] == ['total', '770']
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  return trained_run(tmp_path_factory)[0]
+
+
+def test_workdir_of_another_model_is_one_clear_error(trained_workdir):
+  config = base.cifar100('cifar_resnet20', 2, 2)
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match="was trained with another model.*\n  model: checkpoint "
+                           "'_cifar_resnet_tiny', this run 'cifar_resnet20'"):
+    report._costs(config, str(trained_workdir))  # pylint: disable=protected-access
+  # Its own config, given explicitly, agrees.
+  assert report._costs(base.cifar100('cifar_resnet20', 2, 2, arg='runlocal'),  # pylint: disable=protected-access
+                       str(trained_workdir))
+
+
+@pytest.mark.parametrize('args, named', [
+    (['--workdir=/nonexistent/run'], "ERROR: '/nonexistent/run' is not a training run"),
+    (['--config=configs/cifar100_resnet20_w2a2.py', '--config.dtype=int8'],
+     "ERROR: Invalid config:\n  dtype='int8'"),
+])
+def test_cli_errors_are_clear_without_a_traceback(args, named):
+  result = subprocess.run([sys.executable, '-m', 'dqnn.report', *args], capture_output=True,
+                          text=True, check=False)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert named in result.stderr

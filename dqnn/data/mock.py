@@ -7,7 +7,7 @@ exactly-once eval contract) and returns already-decoded ImageNet images. So the
 mock instead writes a tiny *real* TFDS dataset (random images, same features as
 the real builder) into a temporary data_dir with `dqnn.data.writer`, and points
 `$TFDS_DATA_DIR` at it for the duration of the context. Inside it,
-`get_dataset_info`, `train_iterator` and `eval_iterator` work unchanged with
+`get_dataset_info`, `train_dataset` and `eval_batches` work unchanged with
 `data_dir=None` (or the yielded path). Needs no network and no shared data.
 """
 

@@ -6,7 +6,8 @@
 
 See docs/export_format.md.
 """
-from dqnn.export.exporter import export_model, export_workdir, per_channel_levels
+from dqnn.export.exporter import (InvalidVariablesError, export_model, export_workdir,
+                                  per_channel_levels)
 from dqnn.export.folding import fold_batch_norm
 from dqnn.export.format import (ExportedModel, ExportFormatError, load, pack_indices,
                                 packed_nbytes, save, unpack_indices)
@@ -14,7 +15,7 @@ from dqnn.export.graph import UnsupportedModelError
 from dqnn.export.inference import infer, make_infer
 
 __all__ = [
-    'ExportedModel', 'ExportFormatError', 'UnsupportedModelError', 'export_model',
+    'ExportedModel', 'ExportFormatError', 'InvalidVariablesError', 'UnsupportedModelError', 'export_model',
     'export_workdir', 'fold_batch_norm', 'infer', 'load', 'make_infer', 'pack_indices',
     'packed_nbytes', 'per_channel_levels', 'save', 'unpack_indices',
 ]

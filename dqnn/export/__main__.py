@@ -7,7 +7,9 @@ Reads the run's config.json and latest checkpoint; prints the file size and what
 from absl import app
 from absl import flags
 
+from dqnn import checkpoint
 from dqnn import export
+from dqnn import files
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory (config + checkpoints).')
 _OUT = flags.DEFINE_string('out', None, 'Path of the .dqnn file to write.')
@@ -21,9 +23,10 @@ def main(argv):
     raise app.UsageError('Too many command-line arguments.')
   try:
     exported = export.export_workdir(_WORKDIR.value, fold_batch_norm=_FOLD.value)
-  except (FileNotFoundError, export.UnsupportedModelError) as error:
+    size = export.save(exported, _OUT.value)
+  except (FileNotFoundError, export.UnsupportedModelError, export.InvalidVariablesError,
+          checkpoint.CorruptCheckpointError, files.DiskFullError) as error:
     raise SystemExit(f'ERROR: {error}') from None
-  size = export.save(exported, _OUT.value)
   print(f'Wrote {_OUT.value}: model {exported.model}, {size:,} bytes, '
         f'{len(exported.header["ops"])} ops.')
   for name, outcome in exported.header['folded_batch_norm'].items():

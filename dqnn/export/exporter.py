@@ -18,6 +18,7 @@ import numpy as np
 from dqnn import checkpoint
 from dqnn import models
 from dqnn import quantizers
+from dqnn import run_config
 from dqnn.data import datasets
 from dqnn.export import folding
 from dqnn.export import format as fmt
@@ -33,7 +34,6 @@ from dqnn.quantizers.pact import PACTActivation
 FULL_PRECISION = 32
 # Relative spread of float noise around one level that still counts as that level.
 _NOISE = 1e-5
-_CONFIG_FILE = 'config.json'
 _COLLECTIONS = ('params', 'batch_stats', 'quant_stats')
 
 
@@ -54,10 +54,21 @@ def image_size(config: ml_collections.ConfigDict) -> int:
   return config.image_size or models.model_spec(config.model).image_size
 
 
+class InvalidVariablesError(ValueError):
+  """The variables are not a well-formed model (e.g. DQ levels not increasing)."""
+
+
 def read_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """A training run's config and eval-time variables (params, batch_stats, quant_stats)."""
-  with open(os.path.join(workdir, _CONFIG_FILE)) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  """A training run's config and eval-time variables (params, batch_stats, quant_stats).
+
+  Raises FileNotFoundError if `workdir` is not a training run, `CorruptCheckpointError` if its
+  latest checkpoint differs from what was saved.
+  """
+  saved = run_config.read(workdir) if os.path.isdir(workdir) else None
+  if saved is None:
+    raise FileNotFoundError(f'{workdir!r} is not a training run: it has no '
+                            f'{run_config.CONFIG_FILE}. Pass the --workdir a training run used.')
+  config = ml_collections.ConfigDict(saved)
   state = checkpoint.restore_state_dict(workdir)
   # Closed-form activation quantizers keep their levels in quant_stats, so it is needed too.
   variables = {name: state.get(name) or {} for name in _COLLECTIONS}
@@ -66,7 +77,14 @@ def read_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any
 
 def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *,
                  fold_batch_norm: bool = False) -> fmt.ExportedModel:
-  """The deployable form of `config`'s model with `variables` (eval mode)."""
+  """The deployable form of `config`'s model with `variables` (eval mode).
+
+  Raises `InvalidVariablesError` if a DQ weight's levels or index are malformed.
+  """
+  try:
+    dq_weight.validate(variables['params'])
+  except ValueError as error:
+    raise InvalidVariablesError(f'Refusing to export: {error}') from None
   model = model_from_config(config)
   size = image_size(config)
   # Batch 2, so that the batch axis is not mistaken for another axis of size 1.

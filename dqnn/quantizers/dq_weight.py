@@ -19,6 +19,7 @@ HALF_LEVELS = 'half_levels'
 INDEX = 'index'
 # Levels never come closer than this fraction of their mean gap.
 GAP_RATIO = 0.01
+_INDEX_SLACK = 1e-3
 
 
 @jax.custom_vjp
@@ -135,6 +136,12 @@ def validate(params: Any, path: str = '') -> None:
                        f'{float(jnp.min(gaps)):.3g}); the checkpoint is corrupt or not a DQ model.')
     if not (bool(jnp.all(jnp.isfinite(table))) and bool(jnp.all(jnp.isfinite(index)))):
       raise ValueError(f'DQ parameters at {where} are not finite.')
+    # The domain is [-1/2, L - 1/2]; the slack admits float rounding at its ends, not more.
+    low, high = float(jnp.min(index)), float(jnp.max(index))
+    if low < -0.5 - _INDEX_SLACK or high > table.shape[-1] - 0.5 + _INDEX_SLACK:
+      raise ValueError(f'DQ index at {where} spans [{low:.6g}, {high:.6g}], outside its domain '
+                       f'[-0.5, {table.shape[-1] - 0.5}]; the checkpoint is corrupt or was '
+                       'trained without the DQ optimizer.')
     return
   if isinstance(params, dict):
     for key, value in params.items():

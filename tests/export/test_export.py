@@ -14,6 +14,7 @@ import pytest
 from dqnn import checkpoint
 from dqnn import export
 from dqnn import train
+from dqnn.export import exporter
 from dqnn.export import format as fmt
 
 _IMAGES = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
@@ -93,3 +94,27 @@ def test_cli_writes_a_loadable_file(trained_workdir, tmp_path):
   assert result.returncode == 0, result.stderr
   assert 'folded into stem_conv' in result.stdout
   assert export.load(out, expected_model='_cifar_resnet_tiny').header['folded_batch_norm']
+
+
+@pytest.mark.parametrize('field, corrupt, named', [
+    ('levels', lambda levels: levels[..., ::-1], 'are not strictly increasing'),
+    ('index', lambda index: np.full_like(index, 1e6), 'outside its domain'),
+])
+def test_malformed_dq_parameters_are_refused(trained_workdir, field, corrupt, named):
+  config, variables = exporter.read_workdir(str(trained_workdir))
+  quantizer = variables['params']['stage1']['block0']['conv1']['weight_quantizer']
+  field = next(name for name in quantizer if name.endswith(field))  # levels or half_levels
+  quantizer[field] = corrupt(quantizer[field])
+  with pytest.raises(export.InvalidVariablesError,
+                     match=f'Refusing to export: DQ .* at stage1/block0/conv1/weight_quantizer '
+                           f'.*{named}'):
+    export.export_model(config, variables)
+
+
+def test_cli_errors_are_one_line_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'dqnn.export', f'--workdir={tmp_path / "nowhere"}',
+       f'--out={tmp_path / "x.dqnn"}'], capture_output=True, text=True, check=False,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'nowhere' in result.stderr and 'is not a training run' in result.stderr

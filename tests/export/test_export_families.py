@@ -11,6 +11,7 @@ import pytest
 from dqnn import export
 from dqnn import models
 from dqnn.export import exporter
+from dqnn.export import format as fmt
 from dqnn.export import graph
 
 
@@ -38,6 +39,11 @@ def _random_leaf(path, leaf, rng):
   return rng.standard_normal(shape) * 0.1  # mean, bias
 
 
+def _through_a_file(exported):
+  """`exported` written and read back: the reader accepts every family's header."""
+  return fmt.from_bytes(fmt.to_bytes(exported))
+
+
 def _init(config, seed=0):
   """The model, random variables of its structure, and images."""
   model = exporter.model_from_config(config)
@@ -55,7 +61,7 @@ def _init(config, seed=0):
 def test_every_tiny_family_exports_bitwise(name):
   config = _config(name)
   model, variables, images = _init(config)
-  exported = export.export_model(config, variables)
+  exported = _through_a_file(export.export_model(config, variables))
   np.testing.assert_array_equal(export.infer(exported, images, jit=False),
                                 model.apply(variables, images, train=False))
 
@@ -64,7 +70,7 @@ def test_every_tiny_family_exports_bitwise(name):
 def test_other_bit_widths_export_bitwise(bits):
   config = _config('_cifar_resnet_tiny', w_bits=bits, a_bits=bits)
   model, variables, images = _init(config)
-  exported = export.export_model(config, variables)
+  exported = _through_a_file(export.export_model(config, variables))
   np.testing.assert_array_equal(export.infer(exported, images, jit=False),
                                 model.apply(variables, images, train=False))
 
@@ -74,7 +80,7 @@ def test_other_bit_widths_export_bitwise(bits):
 def test_baselines_export_as_levels_and_indices(weight, act):
   config = _config('_cifar_resnet_tiny', weight_quantizer=weight, act_quantizer=act)
   model, variables, images = _init(config)
-  exported = export.export_model(config, variables)
+  exported = _through_a_file(export.export_model(config, variables))
   for op in exported.header['ops']:
     if 'indices' in op.get('kernel', {}):
       assert exported.tensors[op['kernel']['levels']].shape[-1] == 4
@@ -91,7 +97,7 @@ def test_folding_handles_negative_scales_and_reports_what_it_keeps():
       lambda path, p: p * jnp.where(jnp.arange(p.shape[-1]) % 2, -1.0, 1.0)
       if path[-1].key == 'scale' else p, variables['params'])
   exported = export.export_model(config, variables)
-  folded = export.fold_batch_norm(exported)
+  folded = _through_a_file(export.fold_batch_norm(exported))
   report = folded.header['folded_batch_norm']
   assert report['stage2/block1/bn_preact'].startswith('kept: its input is not a conv/dense')
   assert report['stage1/bn_last'].startswith('kept')

@@ -1,7 +1,4 @@
 """Clear errors that leave checkpoints intact: NaN, checkpoint mismatch, missing dataset."""
-import hashlib
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,20 +7,9 @@ import pytest
 from dqnn import checkpoint
 from dqnn import data
 from dqnn import train
+from faults_testlib import snapshot
 from train_testlib import (checkpoint_steps, patch_train_batches, read_metrics,
                            restore_raw_state, tiny_config)
-
-
-def _snapshot(directory) -> dict[str, tuple[int, str]]:
-  """(mtime, content hash) of every file under `directory`."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        files[os.path.relpath(path, directory)] = (os.stat(path).st_mtime_ns,
-                                                   hashlib.sha256(f.read()).hexdigest())
-  return files
 
 
 def test_nan_stops_with_the_step_and_keeps_the_last_good_checkpoint(cifar_data_dir, tmp_path,
@@ -56,7 +42,7 @@ def test_mismatched_resume_names_the_difference_and_touches_nothing(
     cifar_data_dir, tmp_path, change, named):
   workdir = str(tmp_path)
   train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir), workdir)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   config = tiny_config(data_dir=cifar_data_dir, num_train_steps=8)
   for field, value in change.items():
     section, _, name = field.rpartition('.')
@@ -65,7 +51,7 @@ def test_mismatched_resume_names_the_difference_and_touches_nothing(
     train.train_and_evaluate(config, workdir)
   assert named in str(error.value)
   assert 'Differing arrays' in str(error.value) and 'left untouched' in str(error.value)
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def test_missing_dataset_is_one_clear_error_before_any_write(tmp_path):

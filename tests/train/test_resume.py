@@ -19,8 +19,11 @@ def _without_timing(records):
 def test_sigterm_and_crash_then_resume_equal_a_straight_run(cifar_data_dir, tmp_path,
                                                             monkeypatch, input_on_device):
   # 64 examples at batch 8: the interruptions fall mid-epoch, where the input must continue
-  # with exactly the next batch.
-  config = tiny_config(data_dir=cifar_data_dir, input_on_device=input_on_device)
+  # with exactly the next batch. Records at steps 3 and 4: SIGTERM (step 2) and the crash
+  # (step 3) fall between records, so the first record after the resume must average the steps
+  # before the interruption too.
+  config = tiny_config(data_dir=cifar_data_dir, input_on_device=input_on_device,
+                       log_every_steps=3)
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, straight)
 

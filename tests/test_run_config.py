@@ -1,0 +1,54 @@
+"""Config checks: unusable values listed at once, changed fields named, old configs kept."""
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+
+from dqnn import run_config
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'train'))
+from train_testlib import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_every_unusable_field_is_listed_in_one_error():
+  config = tiny_config(global_batch_size=0, eval_batch_size=-8, dtype='int8',
+                       num_train_steps=-1, num_epochs=0)
+  with pytest.raises(run_config.ConfigError) as error:
+    run_config.validate(config)
+  assert str(error.value).splitlines()[1:] == [
+      '  global_batch_size=0: must be a positive integer.',
+      '  eval_batch_size=-8: must be a positive integer.',
+      "  dtype='int8': the compute dtype is one of float32, bfloat16, float16.",
+      '  num_train_steps and num_epochs are both <= 0: nothing to train.']
+  run_config.validate(tiny_config())
+
+
+def test_changed_fields_skip_the_resumable_ones():
+  saved = run_config.as_json(tiny_config())
+  config = tiny_config(num_train_steps=40, log_every_steps=7, data_dir='/elsewhere', seed=3)
+  config.quant.act_quantizer = 'lsq'
+  config.schedule.decay_epochs = (1, 2)
+  assert run_config.changed_fields(saved, config) == [
+      "quant.act_quantizer: was 'dq', now 'lsq'",
+      'schedule.decay_epochs: was [], now [1, 2]',
+      'seed: was 0, now 3']
+  assert run_config.changed_fields(saved, tiny_config()) == []
+
+
+def test_write_keeps_a_differing_previous_config(tmp_path):
+  workdir = str(tmp_path)
+  run_config.write(tiny_config(), workdir, step=0)
+  run_config.write(tiny_config(), workdir, step=2)
+  assert os.listdir(workdir) == ['config.json']
+  run_config.write(tiny_config(seed=1), workdir, step=2)
+  run_config.write(tiny_config(seed=2), workdir, step=2)
+  kept = {name: json.loads((tmp_path / name).read_text())['seed'] for name in os.listdir(workdir)}
+  assert kept == {'config.json': 2, 'config.2.json': 0, 'config.2.1.json': 1}
+
+
+def test_damaged_config_json_is_a_clear_error(tmp_path):
+  (tmp_path / run_config.CONFIG_FILE).write_text('{"model": ')
+  with pytest.raises(run_config.ConfigError, match='config.json is damaged'):
+    run_config.read(str(tmp_path))
