@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dqnn import checkpoint
 from dqnn import data
+from dqnn import distributed
 from dqnn import metrics
 from dqnn import models
 from dqnn import optim
@@ -213,11 +213,11 @@ def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, 
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
+def evaluate(config, info, state, eval_fn, batch_sharding, batch_size) -> dict[str, float]:
   """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
   totals = None
   for batch in data.eval_iterator(info.name, config.data_dir or None,
-                                  global_batch_size=config.eval_batch_size,
+                                  global_batch_size=batch_size,
                                   image_size=info.image_size):
     sums = eval_fn(state, _global(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -269,15 +269,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   `{'<split>/<name>': value}` from this call's last train and eval records, plus 'step' (short
   of the run's total when SIGTERM stopped it).
   """
-  # Fails here, before anything is written, if the dataset is missing.
-  info = dataset_info(config)
+  distributed.check_train_batch_size(config.global_batch_size, jax.device_count())
+  eval_batch_size = distributed.eval_batch_size(config.eval_batch_size, jax.device_count())
+  # Fails here, before anything is written, if the dataset is missing. Process 0 downloads or
+  # prepares it alone; the others then find it ready.
+  info = distributed.process_zero_first(lambda: dataset_info(config), 'to prepare the dataset')
   if config.image_size:
     info = data.DatasetInfo(**{**info.__dict__, 'image_size': config.image_size})
   models.check_input_size(config.model, info.image_size)
-  num_devices = jax.device_count()
-  for name in ('global_batch_size', 'eval_batch_size'):
-    if config[name] % num_devices:
-      raise ValueError(f'{name}={config[name]} is not divisible by {num_devices} devices.')
 
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated = NamedSharding(mesh, P())
@@ -302,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(functools.partial(initial_state, model, tx), rng, local_images))
 
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  distributed.check_shared_workdir(workdir)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   is_main = jax.process_index() == 0
   if manager.latest_step() is not None:
@@ -318,9 +317,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     first = next(train_iter)
     batches = itertools.chain([first], train_iter)
     # Initialised outside jit: compiling the quantizers' k-means initialisation takes far longer
-    # than running it once. Every process initialises from process 0's first batch, so all
-    # hold the same values.
-    images = multihost_utils.broadcast_one_to_all(first['image'])
+    # than running it once. Every process initialises from the whole global first batch, so
+    # all hold the same values, those of a single-process run.
+    images = distributed.gather_global_batch(first['image'])
     state = initial_state(model, tx, rng, images)
     if config.init_from:
       variables = warm_start.from_float(model, jax.device_get(state.variables()),
@@ -377,7 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           train_sums, train_count, last_time, last_step = None, 0, now, step
         if info.num_eval and (is_last or (config.eval_every_steps
                                           and step % config.eval_every_steps == 0)):
-          record = evaluate(config, info, state, eval_fn, batch_sharding)
+          record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
           log.write(step, 'eval', record)
           if config.weight_images and is_main:
             plots.write_tensorboard_images(log.writer, step, state.variables(), config)
@@ -389,7 +388,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(pending_finite)
           checkpoint.save(manager, step, state, config)
         if preempted:
-          logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
+          logging.warning(distributed.preemption_message(step))
           break
   finally:
     train_iter.close()  # Stops the input pipeline's background work.

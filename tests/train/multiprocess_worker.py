@@ -1,0 +1,116 @@
+"""One process of a test run: `multiprocess_worker.py WORKDIR DATA_DIR SCENARIO...`.
+
+test_multiprocess.py starts it once per process, with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID in the environment (none for a single-process reference)
+and the device count in XLA_FLAGS. Each scenario trains the tiny CIFAR config in
+WORKDIR/<scenario> on batches that depend only on the step, each process taking its slice, so
+any process and device count sees the same global batches. Prints one line per scenario.
+"""
+import os
+import signal
+import sys
+
+import jax
+import numpy as np
+
+from dqnn import distributed
+from dqnn import train
+from train_testlib import tiny_config
+
+GLOBAL_BATCH = 8
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def _global_batches(config, info, *, start_step, steps_per_epoch, on_step=None):
+  """This process's slice of step-determined global batches (step index from 0)."""
+  del steps_per_epoch
+  local = config.global_batch_size // jax.process_count()
+  start = local * jax.process_index()
+  for step in range(start_step, config.num_train_steps):
+    rng = np.random.default_rng(step)
+    images = rng.standard_normal((config.global_batch_size, info.image_size, info.image_size, 3),
+                                 dtype=np.float32)
+    labels = rng.integers(0, info.num_classes, config.global_batch_size, dtype=np.int32)
+    if on_step:
+      on_step(step)
+    yield {'image': images[start:start + local], 'label': labels[start:start + local]}
+
+
+def _with_batches(on_step=None):
+  train.train_batches = lambda *args, **kwargs: _global_batches(*args, **kwargs,
+                                                                on_step=on_step)
+
+
+def _config(data_dir, bits):
+  # Evaluates at the end on the mock CIFAR test split; eval batch 6 is rounded to the devices.
+  return tiny_config(data_dir=data_dir, w_bits=bits, a_bits=bits, eval_batch_size=6,
+                     global_batch_size=GLOBAL_BATCH)
+
+
+def float_run(workdir, data_dir):
+  _with_batches()
+  return train.train_and_evaluate(_config(data_dir, 32), workdir)
+
+
+def quant_run(workdir, data_dir):
+  _with_batches()
+  return train.train_and_evaluate(_config(data_dir, 2), workdir)
+
+
+def quant_interrupted_then_resumed(workdir, data_dir):
+  """Stops every process at step 3's batch (after step 2's checkpoint), then resumes."""
+
+  def stop(step):
+    if step == 2:
+      raise _Interrupted
+
+  _with_batches(stop)
+  try:
+    train.train_and_evaluate(_config(data_dir, 2), workdir)
+    raise AssertionError('not interrupted')
+  except _Interrupted:
+    pass
+  return quant_run(workdir, data_dir)
+
+
+def unshared_workdir(workdir, data_dir):
+  """Every process gets its own workdir: the start-up check must refuse it."""
+  _with_batches()
+  try:
+    train.train_and_evaluate(_config(data_dir, 32), f'{workdir}/{jax.process_index()}')
+  except distributed.SetupError as error:
+    return {'error': str(error)}
+  raise AssertionError('an unshared workdir was accepted')
+
+
+def sigterm_to_last_process(workdir, data_dir):
+  """SIGTERM reaches only the last process, in step 2: all must stop at one step and save."""
+  config = _config(data_dir, 32)
+  config.num_train_steps = 8  # Leaves the processes time to agree on a step to stop at.
+
+  def signal_last_process(step):
+    if step == 1 and jax.process_index() == jax.process_count() - 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  _with_batches(signal_last_process)
+  return train.train_and_evaluate(config, workdir)
+
+
+SCENARIOS = {f.__name__: f for f in (float_run, quant_run, quant_interrupted_then_resumed,
+                                     unshared_workdir, sigterm_to_last_process)}
+
+
+def main():
+  workdir, data_dir, *scenarios = sys.argv[1:]
+  distributed.initialize(distributed.Settings.resolve(), multi_host=False)
+  for scenario in scenarios:
+    result = SCENARIOS[scenario](os.path.join(workdir, scenario), data_dir)
+    print(f'{scenario} process {jax.process_index()}/{jax.process_count()} devices '
+          f'{jax.local_device_count()}/{jax.device_count()}: {result}', flush=True)
+
+
+if __name__ == '__main__':
+  main()
