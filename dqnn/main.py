@@ -15,7 +15,6 @@ JAX_NUM_PROCESSES, JAX_PROCESS_ID), and a --workdir shared by all of them.
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from dqnn import checkpoint
@@ -47,23 +46,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   config = flags.FLAGS.config
-  try:
-    # Before any other JAX call.
-    settings = distributed.Settings.resolve(
-        coordinator_address=_COORDINATOR_ADDRESS.value, num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value)
-    multi_process = distributed.initialize(settings, multi_host=config.multi_host)
-    logging.info(distributed.describe())
-    if multi_process:
-      logging.info(distributed.PEER_FAILURE_HINT)
-    train.train_and_evaluate(config, _WORKDIR.value)
-  except _USER_ERRORS as error:
-    raise SystemExit(f'ERROR: {error}') from None
-  except jax.errors.JaxRuntimeError:
-    if jax.process_count() > 1:
-      logging.error('A JAX operation failed; another process may have died. %s',
-                    distributed.PEER_FAILURE_HINT)
-    raise
+  with distributed.failing_fast():
+    try:
+      # Before any other JAX call.
+      settings = distributed.Settings.resolve(
+          coordinator_address=_COORDINATOR_ADDRESS.value, num_processes=_NUM_PROCESSES.value,
+          process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value)
+      distributed.initialize(settings, multi_host=config.multi_host)
+      logging.info(distributed.describe())
+      train.train_and_evaluate(config, _WORKDIR.value)
+    except _USER_ERRORS as error:
+      # Every process of a run meets these at the same point, so all exit together.
+      raise SystemExit(f'ERROR: {error}') from None
 
 
 if __name__ == '__main__':

@@ -103,17 +103,32 @@ def sigterm_to_last_process(workdir, data_dir):
   return train.train_and_evaluate(config, workdir)
 
 
+PEER_DEATH_EXIT_CODE = 3
+
+
+def peer_dies(workdir, data_dir):
+  """The last process dies in step 2 (no clean-up, as if killed): the others must end fast."""
+
+  def die(step):
+    if step == 1 and jax.process_index() == jax.process_count() - 1:
+      os._exit(PEER_DEATH_EXIT_CODE)  # pylint: disable=protected-access
+
+  _with_batches(die)
+  return train.train_and_evaluate(_config(data_dir, 32), workdir)
+
+
 SCENARIOS = {f.__name__: f for f in (float_run, quant_run, quant_interrupted_then_resumed,
-                                     unshared_workdir, sigterm_to_last_process)}
+                                     unshared_workdir, sigterm_to_last_process, peer_dies)}
 
 
 def main():
   workdir, data_dir, *scenarios = sys.argv[1:]
   distributed.initialize(distributed.Settings.resolve(), multi_host=False)
-  for scenario in scenarios:
-    result = SCENARIOS[scenario](os.path.join(workdir, scenario), data_dir)
-    print(f'{scenario} process {jax.process_index()}/{jax.process_count()} devices '
-          f'{jax.local_device_count()}/{jax.device_count()}: {result}', flush=True)
+  with distributed.failing_fast():
+    for scenario in scenarios:
+      result = SCENARIOS[scenario](os.path.join(workdir, scenario), data_dir)
+      print(f'{scenario} process {jax.process_index()}/{jax.process_count()} devices '
+            f'{jax.local_device_count()}/{jax.device_count()}: {result}', flush=True)
 
 
 if __name__ == '__main__':

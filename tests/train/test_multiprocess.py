@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from dqnn import checkpoint
+from dqnn import distributed
+import multiprocess_worker
 from train_testlib import checkpoint_steps, read_metrics, restore_raw_state
 
 WORKER = pathlib.Path(__file__).with_name('multiprocess_worker.py')
@@ -45,8 +47,8 @@ def _start(num_processes, devices, workdir, data_dir, scenarios, env):
   return processes
 
 
-def _finish(processes) -> list[str]:
-  """Each process's output, once all exited 0."""
+def _finish(processes, returncodes=None) -> list[str]:
+  """Each process's output, once all exited with `returncodes` (default 0)."""
   outputs = []
   try:
     for process, log in processes:
@@ -58,8 +60,9 @@ def _finish(processes) -> list[str]:
     for process, _ in processes:
       if process.poll() is None:
         process.kill()
-  for (process, _), output in zip(processes, outputs):
-    assert process.returncode == 0, output[-4000:]
+  for (process, _), output, expected in zip(processes, outputs,
+                                            returncodes or [0] * len(processes)):
+    assert process.returncode == expected, output[-4000:]
   return outputs
 
 
@@ -68,18 +71,22 @@ def runs(tmp_path_factory, cifar_data_dir, compilation_cache):
   """Output folders and per-process outputs of three runs made side by side.
 
   'one': 1 process of 2 devices, the reference. 'two': 2 processes of 1 device, the same
-  global batches. 'two_by_two': 2 processes of 2 devices.
+  global batches, where the last process finally dies. 'two_by_two': 2 processes of 2
+  devices.
   """
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': compilation_cache,
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
   layouts = {'one': (1, 2, ['float_run', 'quant_run']),
-             'two': (2, 1, ['float_run', 'quant_interrupted_then_resumed']),
+             'two': (2, 1, ['float_run', 'quant_interrupted_then_resumed', 'peer_dies']),
              'two_by_two': (2, 2, ['float_run', 'unshared_workdir', 'sigterm_to_last_process'])}
   workdirs = {name: tmp_path_factory.mktemp(name) for name in layouts}
   started = {name: _start(processes, devices, workdirs[name], cifar_data_dir, scenarios, env)
              for name, (processes, devices, scenarios) in layouts.items()}
-  return {name: (workdirs[name], _finish(processes)) for name, processes in started.items()}
+  # Process 0 of 'two' exits 1 after its peer's death, the peer with its own code.
+  returncodes = {'two': [1, multiprocess_worker.PEER_DEATH_EXIT_CODE]}
+  return {name: (workdirs[name], _finish(processes, returncodes.get(name)))
+          for name, processes in started.items()}
 
 
 def _differing_leaves(a, b, close) -> list[str]:
@@ -169,3 +176,11 @@ def test_sigterm_on_one_process_stops_all_at_one_step(runs):
   # Process 0 was not signalled; its message says another process was.
   assert 'reached one of the 2 processes' in outputs[0]
   assert 'SIGTERM: saved' not in outputs[0]
+
+
+def test_death_of_a_process_ends_the_others_fast_with_a_hint(runs):
+  survivor = runs['two'][1][0]
+  assert 'JaxRuntimeError' in survivor  # The failed collective, with its traceback.
+  assert distributed.PEER_FAILURE_HINT in survivor
+  # It exited at once rather than waiting for the dead process at the shutdown barrier.
+  assert 'Shutdown barrier' not in survivor
