@@ -6,15 +6,20 @@ r"""Trains and evaluates a dqnn model.
 
 Run it from the repository root (config files import `configs.base`). Re-running with the same
 --workdir resumes from its latest checkpoint.
+
+Several processes (TPU pod slices, multi-node GPU; see launch/README.md) run the same command
+with --config.multi_host=True (settings auto-detected on Cloud TPU, SLURM, Open MPI) or with
+--coordinator_address, --num_processes, --process_id (or JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), and a --workdir shared by all of them.
 """
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from dqnn import checkpoint
 from dqnn import data
+from dqnn import distributed
 from dqnn import files
 from dqnn import run_config
 from dqnn import train
@@ -24,26 +29,39 @@ from dqnn import warm_start
 _USER_ERRORS = (data.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                 checkpoint.CorruptCheckpointError, run_config.ConfigError,
                 run_config.ConfigChangedError, files.DiskFullError, train.NonFiniteError,
-                warm_start.WarmStartError)
+                warm_start.WarmStartError, distributed.SetupError)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+# Multi-process settings; each defaults to its environment variable (distributed.ENV_VARS).
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT where process 0 serves the coordinator; the same '
+    'for every process. Setting any of these four starts a multi-process run.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process: 0 .. num_processes - 1.')
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    'local_device_ids', None, "Comma-separated GPU numbers this process drives, or 'all'. "
+    "Default: all, or under SLURM / Open MPI with several processes per node, the one numbered "
+    'by the local rank.')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   config = flags.FLAGS.config
-  if config.multi_host:
-    # Multi-host runs (TPU pods, multi-node GPU) must connect the processes before any JAX use.
-    jax.distributed.initialize()
-  logging.info('JAX process %d/%d, %d local / %d global devices.', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
-  try:
-    train.train_and_evaluate(config, _WORKDIR.value)
-  except _USER_ERRORS as error:
-    raise SystemExit(f'ERROR: {error}') from None
+  with distributed.failing_fast():
+    try:
+      # Before any other JAX call.
+      settings = distributed.Settings.resolve(
+          coordinator_address=_COORDINATOR_ADDRESS.value, num_processes=_NUM_PROCESSES.value,
+          process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value)
+      distributed.initialize(settings, multi_host=config.multi_host)
+      logging.info(distributed.describe())
+      train.train_and_evaluate(config, _WORKDIR.value)
+    except _USER_ERRORS as error:
+      # Every process of a run meets these at the same point, so all exit together.
+      raise SystemExit(f'ERROR: {error}') from None
 
 
 if __name__ == '__main__':

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dqnn import checkpoint
 from dqnn import data
+from dqnn import distributed
 from dqnn import metrics
 from dqnn import models
 from dqnn import optim
@@ -172,11 +172,10 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   return sums
 
 
-def evaluate(config, info, state, eval_fn, batch_sharding) -> dict[str, float]:
+def evaluate(config, info, state, eval_fn, batch_sharding, batch_size) -> dict[str, float]:
   """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
   totals = None
-  for batch in data.eval_batches(info, config.data_dir or None,
-                                 global_batch_size=config.eval_batch_size,
+  for batch in data.eval_batches(info, config.data_dir or None, global_batch_size=batch_size,
                                  image_size=info.image_size):
     sums = eval_fn(state, global_batch(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -225,14 +224,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   # Fails here, before anything is written, if the config is unusable or the dataset missing.
   run_config.validate(config)
-  info = dataset_info(config)
+  distributed.check_train_batch_size(config.global_batch_size, jax.device_count())
+  eval_batch_size = distributed.eval_batch_size(config.eval_batch_size, jax.device_count())
+  # Process 0 downloads or prepares the dataset alone; the others then find it ready.
+  info = distributed.process_zero_first(lambda: dataset_info(config), 'to prepare the dataset')
   if config.image_size:
     info = data.DatasetInfo(**{**info.__dict__, 'image_size': config.image_size})
   models.check_input_size(config.model, info.image_size)
-  num_devices = jax.device_count()
-  for name in ('global_batch_size', 'eval_batch_size'):
-    if config[name] % num_devices:
-      raise ValueError(f'{name}={config[name]} is not divisible by {num_devices} devices.')
 
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated = NamedSharding(mesh, P())
@@ -263,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(functools.partial(initial_state, model, tx), rng, global_images))
 
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  distributed.check_shared_workdir(workdir)
   manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
   is_main = jax.process_index() == 0
   train_metrics = {}
@@ -283,12 +281,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = 0
     # Initialised outside jit: compiling the quantizers' k-means initialisation takes far longer
     # than running it once. Every process initialises from the whole first global batch (the
-    # one step 1 trains on), so all hold the same values whatever the process count.
+    # one step 1 trains on), so all hold the same values, those of a single-process run.
     position = train_input.get_state()
     first = jax.jit(train_input.make_batch)(train_input.next())
     train_input.set_state(position)
-    images = np.asarray(data.normalize(
-        multihost_utils.process_allgather(first['image'], tiled=True), normalization))
+    images = np.asarray(data.normalize(distributed.gather_global_batch(first['image']),
+                                       normalization))
     state = initial_state(model, tx, rng, images)
     if config.init_from:
       variables = warm_start.from_float(model, jax.device_get(state.variables()),
@@ -340,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           train_sums, train_count, last_time, last_step = None, 0, now, step
         if info.num_eval and (is_last or (config.eval_every_steps
                                           and step % config.eval_every_steps == 0)):
-          record = evaluate(config, info, state, eval_fn, batch_sharding)
+          record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
           log.write(step, 'eval', record)
           if config.weight_images and is_main:
             plots.write_tensorboard_images(log.writer, step, state.variables(), config)
@@ -354,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           train_metrics=metrics.pending_sums(train_sums, train_count),
                           input_state=train_input.get_state())
         if preempted:
-          logging.warning('SIGTERM: saved a checkpoint at step %d and stopped.', step)
+          logging.warning(distributed.preemption_message(step))
           break
   finally:
     checkpoint.finish(manager)

@@ -32,3 +32,15 @@ def test_missing_dataset_is_one_error_without_traceback(tmp_path, subprocess_env
   assert 'python -m dqnn.data.prepare --source=npz' in result.stderr
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+def test_train_batch_that_does_not_split_over_the_devices_is_one_error(tmp_path, subprocess_env):
+  workdir = tmp_path / 'workdir'
+  env = {**subprocess_env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  result = _main(['--config=configs/fake_data_throughput.py', f'--workdir={workdir}',
+                  '--config.global_batch_size=7'], env)
+  assert result.returncode != 0
+  assert ('ERROR: global_batch_size=7 does not split evenly over 2 devices; use a multiple of '
+          '2 (e.g. 6 or 8).') in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()

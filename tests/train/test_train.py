@@ -56,5 +56,8 @@ def test_fake_data_needs_no_dataset(tmp_path):
 
 def test_batch_must_divide_over_devices(cifar_data_dir, tmp_path, monkeypatch):
   monkeypatch.setattr(train.jax, 'device_count', lambda: 3)
-  with pytest.raises(ValueError, match='not divisible by 3 devices'):
-    train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir), str(tmp_path))
+  workdir = tmp_path / 'workdir'
+  with pytest.raises(ValueError, match=r'global_batch_size=8 does not split evenly over 3 '
+                                       r'devices; use a multiple of 3 \(e.g. 6 or 9\)'):
+    train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir), str(workdir))
+  assert not workdir.exists()
