@@ -160,6 +160,8 @@ class DQActivation(nn.Module):
   task_grad_weight: float = 0.0
   momentum: float = 0.9
   eps: float = 1e-3
+  # As BatchNorm's: True keeps the stored closed-form levels even when quant_stats is mutable.
+  use_running_average: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -177,7 +179,8 @@ class DQActivation(nn.Module):
     else:
       value = self.variable(STATS, name, init).value
     levels = levels_from(self.parameterisation, value, self.bits, self.signed)
-    if self.update == 'closed_form' and self.is_mutable_collection(STATS) and not self.is_initializing():
+    if (self.update == 'closed_form' and not self.use_running_average
+        and self.is_mutable_collection(STATS) and not self.is_initializing()):
       mass, moment = weighted_level_sums(jax.lax.stop_gradient(xf), levels, self.weighting, self.eps)
       fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits,
                            self.signed)

@@ -141,7 +141,7 @@ def validate(params: Any, path: str = '') -> None:
     if (index.ndim < 2 + len(stacked) or index.shape[:len(stacked)] != stacked
         or rows.shape[-2] not in (1, index.shape[-1])):
       raise ValueError(f'DQ index at {where} has shape {index.shape}, which does not match '
-                       f'levels of shape {rows.shape} ({rows.shape[-2]} level groups).')
+                       f'{rows.shape[-2]} level groups (levels of shape {rows.shape}).')
     if not (bool(jnp.all(jnp.isfinite(rows))) and bool(jnp.all(jnp.isfinite(index)))):
       raise ValueError(f'DQ parameters at {where} are not finite. {_LIKELY_CAUSE}')
     gaps = jnp.diff(rows, axis=-1)
