@@ -185,6 +185,7 @@ class DQActivation(nn.Module):
       fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits,
                            self.signed)
       self.put_variable(STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
+    levels = _varying_like(levels, xf)
     return quantize(xf, levels, self.weighting, self.eps, self.task_grad_weight).astype(x.dtype)
 
   def _initial_value(self, x):
@@ -197,6 +198,14 @@ class DQActivation(nn.Module):
     if self.parameterisation == 'free':
       return top * unit_grid(num_levels, self.signed)
     return top
+
+
+def _varying_like(levels: jax.Array, x: jax.Array) -> jax.Array:
+  """`levels` typed as varying over the `shard_map` axes `x` varies over (no-op elsewhere):
+  `quantize`'s level gradient is computed from `x`, and a custom_vjp must return it with its
+  input's type; JAX then sums it over those axes, as for any replicated parameter."""
+  missing = jax.typeof(x).manual_axis_type.varying - jax.typeof(levels).manual_axis_type.varying
+  return jax.lax.pcast(levels, tuple(sorted(missing)), to='varying') if missing else levels
 
 
 def _check_choice(what, value, choices):
