@@ -17,7 +17,7 @@ DQ_WEIGHT_NAMES = (frozenset({dq_weight.INDEX, dq_weight.LEVELS}),
 
 
 def _name(key) -> str:
-  for attribute in ('key', 'name', 'idx'):
+  for attribute in ('key', 'idx'):
     if hasattr(key, attribute):
       return str(getattr(key, attribute))
   return str(key)
@@ -26,7 +26,9 @@ def _name(key) -> str:
 def leaves_by_module(tree: Any):
   """`(paths, leaves, treedef, modules)`: `modules` maps a parent path to `{name: position}`."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  paths = [tuple(_name(key) for key in path) for path, _ in flat]
+  # Attribute keys are a wrapper's own fields (an `nnx.Variable`'s `value`), not names.
+  paths = [tuple(_name(key) for key in path if not isinstance(key, jax.tree_util.GetAttrKey))
+           for path, _ in flat]
   modules = {}
   for position, path in enumerate(paths):
     modules.setdefault(path[:-1], {})[path[-1] if path else ''] = position
