@@ -38,7 +38,8 @@ from dqnn.quantizers.dq_activation import STATS, per_channel_relative_error
 # Apply with mutable=[..., METRICS] to collect each layer's mean per-channel relative
 # activation quantization error (sown as a tuple under `act_relative_error`).
 METRICS = 'quant_metrics'
-# The fraction of negative inputs above which an unsigned activation quantizer warns.
+# The fraction of negative inputs above which an unsigned activation quantizer warns (read when
+# a step is traced; None turns the check off).
 NEGATIVE_INPUT_WARNING = 0.1
 _TRAIN_COLLECTIONS = (STATS, 'batch_stats')
 
@@ -120,7 +121,8 @@ def _check_stats_mutable(module: nn.Module) -> None:
 
 def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int,
                          options: Mapping[str, Any] | None, signed: bool, name: str) -> jax.Array:
-  if not signed and _training(module) and not module.is_initializing():
+  if (NEGATIVE_INPUT_WARNING is not None and not signed and _training(module)
+      and not module.is_initializing()):
     # A reduction on the device; the host is called only when the layer warns.
     fraction = jnp.mean(jax.lax.stop_gradient(x) < 0)
     jax.lax.cond(fraction > NEGATIVE_INPUT_WARNING,
