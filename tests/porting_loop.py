@@ -57,7 +57,8 @@ def train_step(state, images, labels, l2_in_loss):
                          'batch')
     if l2_in_loss:  # only the float kernels: L2 on a DQ index or on levels breaks DQ
       mask = optim.decay_mask(params)
-      squares = [jnp.sum(p ** 2) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
+      squares = [jnp.sum(p ** 2)
+                 for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
       loss = loss + WEIGHT_DECAY / 2 * sum(squares)
     return loss, new
 

@@ -87,7 +87,8 @@ def test_training_with_immutable_quant_stats_is_an_error_not_a_freeze():
   x = jax.nn.relu(X)
   variables = _BNNet().init(jax.random.PRNGKey(0), x)
   # Training BatchNorm (mutable batch_stats) but not the quantizers: the silent freeze.
-  with pytest.raises(QuantStateError, match="QuantConv_0 is training.*'quant_stats' is not mutable"):
+  with pytest.raises(QuantStateError,
+                     match="QuantConv_0 is training.*'quant_stats' is not mutable"):
     _BNNet().apply(variables, x, mutable=['batch_stats'])
   with pytest.raises(QuantStateError, match='is training'):
     _BNNet(use_running_average=False).apply(variables, x)

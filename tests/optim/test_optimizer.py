@@ -111,7 +111,7 @@ class _ScannedNet(nn.Module):
     x = nn.relu(nn.Conv(4, (3, 3))(x))
     stack = nn.scan(_ScannedBlock, variable_axes={'params': 0, 'quant_stats': 0},
                     split_rngs={'params': True}, length=3)
-    x, _ = stack()(x, None)
+    x, _ = stack(name='blocks')(x, None)
     return nn.Dense(3)(x.mean((1, 2)))
 
 
@@ -120,7 +120,7 @@ def test_scanned_quantized_layers_train_with_the_optimizer():
   labels = jnp.arange(4) % 3
   variables = _ScannedNet().init(jax.random.PRNGKey(0), x)
   params, stats = variables['params'], variables['quant_stats']
-  assert params['ScanCollection_0']['QuantConv_0']['weight_quantizer']['levels'].shape == (3, 4, 4)
+  assert params['blocks']['QuantConv_0']['weight_quantizer']['levels'].shape == (3, 4, 4)
   tx = optim.create_optimizer(0.5, weight_decay_rate=1e-3)
   state = tx.init(params)
 
@@ -141,7 +141,7 @@ def test_scanned_quantized_layers_train_with_the_optimizer():
     dq_weight.validate(params)
   assert float(loss) < first
   # Each stacked layer is its own DQ layer: its weights lie on its own level row.
-  quantizer = params['ScanCollection_0']['QuantConv_0']['weight_quantizer']
+  quantizer = params['blocks']['QuantConv_0']['weight_quantizer']
   for layer in range(3):
     own = jax.tree.map(lambda a: a[layer], quantizer)
     w_q = dq_weight.quantized_weight(own).reshape(-1, 4)
