@@ -16,7 +16,9 @@ uses the stored statistics; `False` refits them, and `quant_stats` must then be 
 Set `a_signed` for a layer whose input can be negative (it is not the output of a ReLU). An
 unsigned quantizer clips negative inputs to its lowest level; when more than
 `NEGATIVE_INPUT_WARNING` of a training batch is negative, the layer warns once, naming itself
-and `a_signed` (checked on the device; the host is called only when it warns).
+and `a_signed`. Likewise a training layer whose DQ weights have left their domain (moved by an
+optimizer without DQ's direct update) warns once, naming `dqnn.optim.wrap_optimizer`. Both are
+checked on the device; the host is called only when there is something to report.
 
 Data parallel with `pmap`/`shard_map` (per-device batches): average the refitted statistics
 as BatchNorm's, `sync_quant_stats(new_state['quant_stats'], axis_name)`, next to
@@ -32,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn import quantizers
-from dqnn.quantizers import FULL_PRECISION, check_bits
+from dqnn.quantizers import FULL_PRECISION, check_bits, dq_weight
 from dqnn.quantizers.dq_activation import STATS, per_channel_relative_error
 
 # Apply with mutable=[..., METRICS] to collect each layer's mean per-channel relative
@@ -58,17 +60,57 @@ def sync_quant_stats(quant_stats: Any, axis_name: str) -> Any:
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name), quant_stats)
 
 
-_warned_layers: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 
 
-def _warn_negative_inputs(path: str, fraction) -> None:
-  if path not in _warned_layers:
-    _warned_layers.add(path)
-    warnings.warn(
-        f'{path}: {float(fraction):.0%} of the inputs of this unsigned activation quantizer are '
+def _warn_once(path: str, kind: str, message: str) -> None:
+  if (path, kind) not in _warned:
+    _warned.add((path, kind))
+    warnings.warn(f'{path}: {message}', stacklevel=2)
+
+
+def _report(path: str, negative_fraction, dq_outside_domain) -> None:
+  if NEGATIVE_INPUT_WARNING is not None and negative_fraction > NEGATIVE_INPUT_WARNING:
+    _warn_once(path, 'negative', (
+        f'{float(negative_fraction):.0%} of the inputs of this unsigned activation quantizer are '
         f'negative and are clipped to its lowest level. If this layer reads inputs that can be '
         f'negative (normalised pixels at the first layer, a linear bottleneck, a residual sum), '
-        f'set a_signed=True; for a first layer, consider keeping it float.', stacklevel=2)
+        f'set a_signed=True; for a first layer, consider keeping it float.'))
+  if dq_outside_domain:
+    _warn_once(path, 'dq', (
+        'its DQ weight parameters left their domain (levels not strictly increasing, or an '
+        'index outside [-1/2, L-1/2]): they were moved by an optimizer without DQ\'s direct '
+        'update. Build the optimizer with dqnn.optim.wrap_optimizer(your_tx) (or '
+        'create_optimizer) and repair the parameters once with '
+        'dqnn.optim.project_dq_params(params).'))
+
+
+def _outside_domain(params: Mapping[str, jax.Array]) -> jax.Array:
+  table = jax.lax.stop_gradient(dq_weight.level_table(params))
+  index = jax.lax.stop_gradient(params[dq_weight.INDEX])
+  return (jnp.any(jnp.diff(table, axis=-1) <= 0) | jnp.any(index < -0.5)
+          | jnp.any(index > table.shape[-1] - 0.5) | ~jnp.all(jnp.isfinite(index)))
+
+
+def _check_while_training(module: nn.Module, unsigned_input: jax.Array | None,
+                          dq_params: Mapping[str, jax.Array] | None) -> None:
+  """Warns once per layer, while training, when more than `NEGATIVE_INPUT_WARNING` of an
+  unsigned quantizer's input is negative, or when DQ weights left their domain. Both are
+  reductions on the device; the host is called only when there is something to report."""
+  if not _training(module) or module.is_initializing():
+    return
+  if NEGATIVE_INPUT_WARNING is None:
+    unsigned_input = None
+  if unsigned_input is None and dq_params is None:
+    return
+  negative, too_negative = jnp.zeros((), jnp.float32), jnp.zeros((), bool)
+  if unsigned_input is not None:
+    negative = jnp.mean(jax.lax.stop_gradient(unsigned_input) < 0)
+    too_negative = negative > NEGATIVE_INPUT_WARNING
+  outside = _outside_domain(dq_params) if dq_params is not None else jnp.zeros((), bool)
+  jax.lax.cond(too_negative | outside,
+               lambda n, o: jax.debug.callback(_report, _layer_name(module), n, o),
+               lambda n, o: None, negative, outside)
 
 
 def _accepts(registry: Mapping[str, Any], method: str, field: str) -> bool:
@@ -121,13 +163,7 @@ def _check_stats_mutable(module: nn.Module) -> None:
 
 def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int,
                          options: Mapping[str, Any] | None, signed: bool, name: str) -> jax.Array:
-  if (NEGATIVE_INPUT_WARNING is not None and not signed and _training(module)
-      and not module.is_initializing()):
-    # A reduction on the device; the host is called only when the layer warns.
-    fraction = jnp.mean(jax.lax.stop_gradient(x) < 0)
-    jax.lax.cond(fraction > NEGATIVE_INPUT_WARNING,
-                 lambda f: jax.debug.callback(_warn_negative_inputs, _layer_name(module), f),
-                 lambda f: None, fraction)
+  """Builds and applies the activation quantizer `method` as the child `name` of `module`."""
   return _run_quantizer(module, quantizers.ACTIVATION_QUANTIZERS, method, lambda extra: (
       quantizers.activation_quantizer(method, bits, options, signed=signed, name=name,
                                       **extra)(x)))
@@ -144,6 +180,10 @@ class _Quantized:
   def _quantized_call(self, inputs: jax.Array) -> jax.Array:
     outputs = super().__call__(self._quantize_input(inputs))
     _check_stats_mutable(self)
+    weight_params = self.variables.get('params', {}).get('weight_quantizer')
+    unsigned = self.a_bits != FULL_PRECISION and not self.a_signed
+    _check_while_training(self, inputs if unsigned else None,
+                          weight_params if dq_weight.is_dq_weight(weight_params) else None)
     return outputs
 
   def _quantize_input(self, inputs: jax.Array) -> jax.Array:
@@ -216,4 +256,5 @@ class QuantizeActivation(nn.Module):
     quantized = _quantize_activation(self, x, self.quantizer, self.bits, self.options,
                                      self.signed, 'quantizer')
     _check_stats_mutable(self)
+    _check_while_training(self, None if self.signed else x, None)
     return quantized

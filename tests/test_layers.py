@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from dqnn.layers import QuantConv, QuantDense, QuantizeActivation, QuantStateError
@@ -133,4 +134,22 @@ def test_unsigned_quantizer_warns_once_about_negative_inputs_under_jit():
     signed = conv.clone(a_signed=True)
     signed.apply(signed.init(jax.random.PRNGKey(0), X), X, mutable=['quant_stats'])
     conv.apply(variables, X)  # evaluation: not checked
+    jax.effects_barrier()
+
+
+def test_training_layer_warns_once_when_a_foreign_optimizer_moved_its_dq_weights():
+  conv = QuantConv(4, (3, 3), w_bits=2, name='block')
+  variables = conv.init(jax.random.PRNGKey(0), X)
+  tx = optax.sgd(1.0)  # no direct update: the index leaves [-1/2, L-1/2] at once
+  grads = jax.tree.map(lambda p: 3.0 * jnp.ones_like(p), variables['params'])
+  updates, _ = tx.update(grads, tx.init(variables['params']))
+  moved = {**variables, 'params': optax.apply_updates(variables['params'], updates)}
+  step = jax.jit(lambda v: conv.apply(v, X, mutable=['quant_stats'])[0])
+  with warnings.catch_warnings():  # parameters in their domain: quiet
+    warnings.simplefilter('error')
+    jax.block_until_ready(step(variables))
+    jax.effects_barrier()
+  with pytest.warns(UserWarning, match='block: its DQ weight parameters left their domain.*'
+                    'wrap_optimizer.*project_dq_params'):
+    jax.block_until_ready(step(moved))
     jax.effects_barrier()
