@@ -4,39 +4,194 @@
 the quantizer names and their options. The input is quantized to `a_bits` (the output of the
 previous BN+ReLU), the kernel to `w_bits`; 32 bits is exactly the float layer, with the same
 parameter names. Trainable quantizer parameters live in `params` under `weight_quantizer` /
-`act_quantizer`; statistics that are not trained by gradient live in `quant_stats` — pass
-`mutable=['batch_stats', 'quant_stats']` when training. Set `a_signed` for a layer whose input
-can be negative (it is not the output of a ReLU).
-"""
-from typing import Any, Mapping
+`act_quantizer`; statistics that are not trained by gradient (closed-form activation levels,
+LQ-Nets bases) live in the `quant_stats` collection, which is state like BatchNorm's
+`batch_stats`: keep it from `init`, pass it to `apply`, and make it mutable when training.
 
+Training vs evaluation, as BatchNorm's `use_running_average`: `use_running_average=True`
+uses the stored statistics; `False` refits them, and `quant_stats` must then be mutable. Left
+`None`, a layer trains when `quant_stats` or `batch_stats` is mutable — so applying with
+`mutable=['batch_stats']` alone is an error, not a silent freeze of the quantizers.
+
+Set `a_signed` for a layer whose input can be negative (it is not the output of a ReLU). An
+unsigned quantizer clips negative inputs to its lowest level; when more than
+`NEGATIVE_INPUT_WARNING` of a training batch is negative, the layer warns once, naming itself
+and `a_signed`. Likewise a training layer whose DQ weights have left their domain (moved by an
+optimizer without DQ's direct update) warns once, naming `dqnn.optim.wrap_optimizer`. Both are
+checked on the device; the host is called only when there is something to report.
+
+Data parallel with `pmap`/`shard_map` (per-device batches): average the refitted statistics
+as BatchNorm's, `sync_quant_stats(new_state['quant_stats'], axis_name)`, next to
+`lax.pmean(batch_stats, axis_name)`. Under `jax.jit` with a sharded batch there is nothing to do.
+"""
+import dataclasses
+from typing import Any, Mapping
+import warnings
+
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dqnn import quantizers
-from dqnn.quantizers import FULL_PRECISION, check_bits
-from dqnn.quantizers.dq_activation import per_channel_relative_error
+from dqnn.quantizers import FULL_PRECISION, check_bits, dq_weight
+from dqnn.quantizers.dq_activation import STATS, per_channel_relative_error
 
 # Apply with mutable=[..., METRICS] to collect each layer's mean per-channel relative
 # activation quantization error (sown as a tuple under `act_relative_error`).
 METRICS = 'quant_metrics'
+# The fraction of negative inputs above which an unsigned activation quantizer warns (read when
+# a step is traced; None turns the check off).
+NEGATIVE_INPUT_WARNING = 0.1
+_TRAIN_COLLECTIONS = (STATS, 'batch_stats')
+
+
+class QuantStateError(ValueError):
+  """The `quant_stats` collection is missing, or not mutable while the quantizers train."""
+
+
+def sync_quant_stats(quant_stats: Any, axis_name: str) -> Any:
+  """The mean of each device's refitted `quant_stats` over `axis_name` (pmap / shard_map).
+
+  Closed-form activation levels and LQ-Nets bases are refitted on each device's batch; average
+  them as BatchNorm's statistics (`lax.pmean(batch_stats, axis_name)`), or each device keeps
+  its own. Not needed under `jax.jit` with a sharded batch, which already sees the whole batch.
+  """
+  return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name), quant_stats)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: str, kind: str, message: str) -> None:
+  if (path, kind) not in _warned:
+    _warned.add((path, kind))
+    warnings.warn(f'{path}: {message}', stacklevel=2)
+
+
+def _report(path: str, negative_fraction, dq_outside_domain) -> None:
+  if NEGATIVE_INPUT_WARNING is not None and negative_fraction > NEGATIVE_INPUT_WARNING:
+    _warn_once(path, 'negative', (
+        f'{float(negative_fraction):.0%} of the inputs of this unsigned activation quantizer are '
+        f'negative and are clipped to its lowest level. If this layer reads inputs that can be '
+        f'negative (normalised pixels at the first layer, a linear bottleneck, a residual sum), '
+        f'set a_signed=True; for a first layer, consider keeping it float.'))
+  if dq_outside_domain:
+    _warn_once(path, 'dq', (
+        'its DQ weight parameters left their domain (levels not strictly increasing, or an '
+        'index outside [-1/2, L-1/2]): they were moved by an optimizer without DQ\'s direct '
+        'update. Build the optimizer with dqnn.optim.wrap_optimizer(your_tx) (or '
+        'create_optimizer) and repair the parameters once with '
+        'dqnn.optim.project_dq_params(params).'))
+
+
+def _outside_domain(params: Mapping[str, jax.Array]) -> jax.Array:
+  table = jax.lax.stop_gradient(dq_weight.level_table(params))
+  index = jax.lax.stop_gradient(params[dq_weight.INDEX])
+  return (jnp.any(jnp.diff(table, axis=-1) <= 0) | jnp.any(index < -0.5)
+          | jnp.any(index > table.shape[-1] - 0.5) | ~jnp.all(jnp.isfinite(index)))
+
+
+def _check_while_training(module: nn.Module, unsigned_input: jax.Array | None,
+                          dq_params: Mapping[str, jax.Array] | None) -> None:
+  """Warns once per layer, while training, when more than `NEGATIVE_INPUT_WARNING` of an
+  unsigned quantizer's input is negative, or when DQ weights left their domain. Both are
+  reductions on the device; the host is called only when there is something to report."""
+  if not _training(module) or module.is_initializing():
+    return
+  if NEGATIVE_INPUT_WARNING is None:
+    unsigned_input = None
+  if unsigned_input is None and dq_params is None:
+    return
+  negative, too_negative = jnp.zeros((), jnp.float32), jnp.zeros((), bool)
+  if unsigned_input is not None:
+    negative = jnp.mean(jax.lax.stop_gradient(unsigned_input) < 0)
+    too_negative = negative > NEGATIVE_INPUT_WARNING
+  outside = _outside_domain(dq_params) if dq_params is not None else jnp.zeros((), bool)
+  jax.lax.cond(too_negative | outside,
+               lambda n, o: jax.debug.callback(_report, _layer_name(module), n, o),
+               lambda n, o: None, negative, outside)
+
+
+def _accepts(registry: Mapping[str, Any], method: str, field: str) -> bool:
+  factory = registry.get(method)
+  module_class = getattr(factory, 'func', factory)  # `functools.partial` presets, e.g. lqnets
+  return dataclasses.is_dataclass(module_class) and field in {
+      f.name for f in dataclasses.fields(module_class)}
+
+
+def _training(module: nn.Module) -> bool:
+  """Whether a layer's stateful quantizers refit (see the module docstring)."""
+  if module.use_running_average is not None:
+    return not module.use_running_average
+  return any(module.is_mutable_collection(c) for c in _TRAIN_COLLECTIONS)
+
+
+def _layer_name(module: nn.Module) -> str:
+  return '/'.join(module.path) or module.name or type(module).__name__
+
+
+def _run_quantizer(module: nn.Module, registry: Mapping[str, Any], method: str, run):
+  """`run(extra_kwargs)` builds and applies a quantizer; a missing `quant_stats` becomes one
+  clear error. Stateful quantizers get the layer's train/eval flag."""
+  extra = ({'use_running_average': not _training(module)}
+           if _accepts(registry, method, 'use_running_average') else {})
+  try:
+    return run(extra)
+  except flax.errors.ScopeCollectionNotFound as error:
+    if STATS not in str(error):
+      raise
+    raise QuantStateError(
+        f'{_layer_name(module)} keeps its quantizer statistics in the {STATS!r} collection, '
+        f'which was not passed to apply. Keep it from init next to batch_stats (a `{STATS}` '
+        f"field in your TrainState), pass it in the variables ({{'params': ..., "
+        f"'batch_stats': ..., '{STATS}': ...}}) and, when training, apply with "
+        f"mutable=['batch_stats', '{STATS}'].") from None
+
+
+def _check_stats_mutable(module: nn.Module) -> None:
+  """A training layer with quantizer statistics needs `quant_stats` mutable."""
+  if (_training(module) and not module.is_initializing()
+      and not module.is_mutable_collection(STATS) and module.variables.get(STATS)):
+    raise QuantStateError(
+        f'{_layer_name(module)} is training (use_running_average={module.use_running_average}; '
+        f'left None, a mutable batch_stats means training) but {STATS!r} is not mutable, so '
+        f"its quantizer statistics would silently stay frozen: apply with mutable=["
+        f"'batch_stats', '{STATS}'] and keep the returned {STATS} (e.g. in your TrainState), "
+        f'or pass use_running_average=True to evaluate.')
+
+
+def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int,
+                         options: Mapping[str, Any] | None, signed: bool, name: str) -> jax.Array:
+  """Builds and applies the activation quantizer `method` as the child `name` of `module`."""
+  return _run_quantizer(module, quantizers.ACTIVATION_QUANTIZERS, method, lambda extra: (
+      quantizers.activation_quantizer(method, bits, options, signed=signed, name=name,
+                                      **extra)(x)))
 
 
 class _Quantized:
   """Mixin: quantizes the input, and answers the float layer's request for its kernel.
 
   Subclasses declare the fields `w_bits`, `a_bits`, `weight_quantizer`, `act_quantizer`,
-  `weight_options` and `act_options` (dataclass fields cannot come from a plain mixin).
+  `weight_options`, `act_options`, `a_signed` and `use_running_average` (dataclass fields
+  cannot come from a plain mixin).
   """
+
+  def _quantized_call(self, inputs: jax.Array) -> jax.Array:
+    outputs = super().__call__(self._quantize_input(inputs))
+    _check_stats_mutable(self)
+    weight_params = self.variables.get('params', {}).get('weight_quantizer')
+    unsigned = self.a_bits != FULL_PRECISION and not self.a_signed
+    _check_while_training(self, inputs if unsigned else None,
+                          weight_params if dq_weight.is_dq_weight(weight_params) else None)
+    return outputs
 
   def _quantize_input(self, inputs: jax.Array) -> jax.Array:
     check_bits(self.w_bits, 'w_bits')
     if check_bits(self.a_bits, 'a_bits') == FULL_PRECISION:
       return inputs
-    quantized = quantizers.activation_quantizer(
-        self.act_quantizer, self.a_bits, self.act_options, signed=self.a_signed,
-        name='act_quantizer')(inputs)
+    quantized = _quantize_activation(self, inputs, self.act_quantizer, self.a_bits,
+                                     self.act_options, self.a_signed, 'act_quantizer')
     if self.is_mutable_collection(METRICS) and not self.is_initializing():
       self.sow(METRICS, 'act_relative_error', jnp.mean(
           per_channel_relative_error(jax.lax.stop_gradient(inputs), jax.lax.stop_gradient(quantized))))
@@ -47,10 +202,11 @@ class _Quantized:
     # hands back the quantizer's kernel instead, so all of the float layer's logic is reused.
     if name != 'kernel' or self.w_bits == FULL_PRECISION:
       return super().param(name, init_fn, *init_args, **init_kwargs)
-    shape = init_args[0]
-    return quantizers.weight_quantizer(
-        self.weight_quantizer, self.w_bits, init_fn, self.weight_options,
-        name='weight_quantizer')(tuple(shape))
+    shape = tuple(init_args[0])
+    return _run_quantizer(self, quantizers.WEIGHT_QUANTIZERS, self.weight_quantizer,
+                          lambda extra: quantizers.weight_quantizer(
+                              self.weight_quantizer, self.w_bits, init_fn, self.weight_options,
+                              name='weight_quantizer', **extra)(shape))
 
 
 class QuantConv(_Quantized, nn.Conv):
@@ -62,10 +218,11 @@ class QuantConv(_Quantized, nn.Conv):
   weight_options: Mapping[str, Any] | None = None
   act_options: Mapping[str, Any] | None = None
   a_signed: bool = False
+  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    return super().__call__(self._quantize_input(inputs))
+    return self._quantized_call(inputs)
 
 
 class QuantDense(_Quantized, nn.Dense):
@@ -77,10 +234,11 @@ class QuantDense(_Quantized, nn.Dense):
   weight_options: Mapping[str, Any] | None = None
   act_options: Mapping[str, Any] | None = None
   a_signed: bool = False
+  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    return super().__call__(self._quantize_input(inputs))
+    return self._quantized_call(inputs)
 
 
 class QuantizeActivation(nn.Module):
@@ -89,10 +247,14 @@ class QuantizeActivation(nn.Module):
   quantizer: str = 'dq'
   options: Mapping[str, Any] | None = None
   signed: bool = False
+  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if check_bits(self.bits, 'bits') == FULL_PRECISION:
       return x
-    return quantizers.activation_quantizer(self.quantizer, self.bits, self.options,
-                                           signed=self.signed, name='quantizer')(x)
+    quantized = _quantize_activation(self, x, self.quantizer, self.bits, self.options,
+                                     self.signed, 'quantizer')
+    _check_stats_mutable(self)
+    _check_while_training(self, None if self.signed else x, None)
+    return quantized

@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dqnn import optim
 from dqnn.quantizers import dq_activation
 from dqnn.quantizers import dq_weight
 
-_QUANTIZERS = ('weight_quantizer', 'act_quantizer')
 _FLOAT_COLLECTIONS = ('params', 'batch_stats')  # What a float model has.
 _COLLECTIONS = _FLOAT_COLLECTIONS + (dq_activation.STATS,)
 
@@ -51,7 +51,7 @@ def _fit_dq(target: dict, kernel: np.ndarray) -> dict:
 
 
 def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
-              problems: list[str]) -> Any:
+              problems: list[str], quantizer_params: set[tuple[str, ...]]) -> Any:
   where = '/'.join(path)
   if dq_weight.is_dq_weight(target) and path[-1:] == ('weight_quantizer',):
     kernel = _get(source, path[:-1] + ('kernel',))
@@ -61,13 +61,13 @@ def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
       return target
     return _fit_dq(target, np.asarray(kernel))
   if isinstance(target, Mapping):
-    children = {key: _transfer(value, source, path + (key,), problems)
+    children = {key: _transfer(value, source, path + (key,), problems, quantizer_params)
                 for key, value in target.items()}
     return {key: value for key, value in children.items() if value is not _UNSET}
   latent = path[-2:] == ('weight_quantizer', 'kernel')
   value = _get(source, path[:-2] + ('kernel',) if latent else path)
   if value is None:
-    if not any(q in path for q in _QUANTIZERS):
+    if path not in quantizer_params:
       problems.append(f'{where}: missing from the float model')
     return _UNSET
   if tuple(value.shape) != tuple(target.shape):
@@ -85,10 +85,14 @@ def transfer(variables: Mapping[str, Any], float_variables: Mapping[str, Any]) -
   """
   problems = []
   result = {}
+  # Quantizer parameters (clips, steps, activation levels), whatever their module is named.
+  groups = flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(optim.parameter_groups(variables.get('params', {}))))
+  quantizer_params = {('params',) + path for path, group in groups.items() if group == 'quantizer'}
   for collection in _FLOAT_COLLECTIONS:
     if collection in variables:
       result[collection] = _transfer(variables[collection], float_variables, (collection,),
-                                     problems)
+                                     problems, quantizer_params)
   if problems:
     raise WarmStartError('The float checkpoint does not fit this model:\n  '
                          + '\n  '.join(problems))

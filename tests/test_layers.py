@@ -1,10 +1,13 @@
+import warnings
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from dqnn.layers import QuantConv, QuantDense, QuantizeActivation
+from dqnn.layers import QuantConv, QuantDense, QuantizeActivation, QuantStateError
 
 X = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
 
@@ -61,3 +64,92 @@ def test_activation_error_is_reported_only_when_asked():
   _, metrics = conv.apply(variables, x, mutable=['quant_metrics'])
   (error,) = metrics['quant_metrics']['act_relative_error']
   assert 0.0 < float(error) < 1.0
+
+
+class _BNNet(nn.Module):
+  use_running_average: bool | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = QuantConv(4, (3, 3), w_bits=2, a_bits=2, use_running_average=self.use_running_average)(x)
+    return nn.BatchNorm(use_running_average=False)(x)
+
+
+def test_missing_quant_stats_names_what_to_add():
+  x = jax.nn.relu(X)
+  variables = _BNNet().init(jax.random.PRNGKey(0), x)
+  without = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  with pytest.raises(QuantStateError, match=r"'quant_stats' collection.*TrainState.*"
+                     r"mutable=\['batch_stats', 'quant_stats'\]"):
+    _BNNet().apply(without, x, mutable=['batch_stats'])
+
+
+def test_training_with_immutable_quant_stats_is_an_error_not_a_freeze():
+  x = jax.nn.relu(X)
+  variables = _BNNet().init(jax.random.PRNGKey(0), x)
+  # Training BatchNorm (mutable batch_stats) but not the quantizers: the issue's silent freeze.
+  with pytest.raises(QuantStateError,
+                     match="QuantConv_0 is training.*'quant_stats' is not mutable"):
+    _BNNet().apply(variables, x, mutable=['batch_stats'])
+  with pytest.raises(QuantStateError, match='is training'):
+    _BNNet(use_running_average=False).apply(variables, x)
+  # Evaluation, explicit or with nothing mutable, keeps the stored statistics.
+  conv = QuantConv(4, (3, 3), w_bits=2, a_bits=2)
+  conv.apply({name: variables[name]['QuantConv_0'] for name in ('params', 'quant_stats')}, x)
+  _, state = _BNNet(use_running_average=True).apply(variables, x,
+                                                     mutable=['batch_stats', 'quant_stats'])
+  assert jax.tree.all(jax.tree.map(
+      lambda a, b: bool(jnp.array_equal(a, b)), state['quant_stats'], variables['quant_stats']))
+  _, state = _BNNet().apply(variables, x, mutable=['batch_stats', 'quant_stats'])
+  assert not jax.tree.all(jax.tree.map(
+      lambda a, b: bool(jnp.array_equal(a, b)), state['quant_stats'], variables['quant_stats']))
+
+
+def test_lqnets_weights_follow_the_train_flag():
+  conv = QuantConv(4, (3, 3), w_bits=2, weight_quantizer='lqnets', use_running_average=True)
+  variables = conv.init(jax.random.PRNGKey(0), X)
+  _, state = conv.apply(variables, X, mutable=['quant_stats'])
+  np.testing.assert_array_equal(state['quant_stats']['weight_quantizer']['basis'],
+                                variables['quant_stats']['weight_quantizer']['basis'])
+  with pytest.raises(QuantStateError, match='is training'):
+    conv.clone(use_running_average=False).apply(variables, X)
+
+
+def test_unsigned_quantizer_warns_once_about_negative_inputs_under_jit():
+  conv = QuantConv(4, (3, 3), w_bits=2, a_bits=2, name='stem')
+  variables = conv.init(jax.random.PRNGKey(0), jax.nn.relu(X))
+
+  @jax.jit
+  def grads(params, x):
+    loss = lambda p: jnp.sum(conv.apply({**variables, 'params': p}, x,
+                                        mutable=['quant_stats'])[0])
+    return jax.grad(loss)(params)
+
+  with pytest.warns(UserWarning, match=r'stem: \d+% of the inputs .* a_signed=True'):
+    jax.block_until_ready(grads(variables['params'], X))
+    jax.effects_barrier()
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    jax.block_until_ready(grads(variables['params'], jax.nn.relu(X)))  # non-negative: quiet
+    signed = conv.clone(a_signed=True)
+    signed.apply(signed.init(jax.random.PRNGKey(0), X), X, mutable=['quant_stats'])
+    conv.apply(variables, X)  # evaluation: not checked
+    jax.effects_barrier()
+
+
+def test_training_layer_warns_once_when_a_foreign_optimizer_moved_its_dq_weights():
+  conv = QuantConv(4, (3, 3), w_bits=2, name='block')
+  variables = conv.init(jax.random.PRNGKey(0), X)
+  tx = optax.sgd(1.0)  # no direct update: the index leaves [-1/2, L-1/2] at once
+  grads = jax.tree.map(lambda p: 3.0 * jnp.ones_like(p), variables['params'])
+  updates, _ = tx.update(grads, tx.init(variables['params']))
+  moved = {**variables, 'params': optax.apply_updates(variables['params'], updates)}
+  step = jax.jit(lambda v: conv.apply(v, X, mutable=['quant_stats'])[0])
+  with warnings.catch_warnings():  # parameters in their domain: quiet
+    warnings.simplefilter('error')
+    jax.block_until_ready(step(variables))
+    jax.effects_barrier()
+  with pytest.warns(UserWarning, match='block: its DQ weight parameters left their domain.*'
+                    'wrap_optimizer.*project_dq_params'):
+    jax.block_until_ready(step(moved))
+    jax.effects_barrier()

@@ -7,28 +7,35 @@ the levels). For every DQ weight quantizer this transformation replaces them by
 3. `index' = s^-1(t, levels')`, rounded when `residual=False`;
 and returns `index' - index`, `levels' - levels`. Other parameters pass through untouched.
 """
-from typing import Any, Callable, Mapping
-
+import jax
 import jax.numpy as jnp
 import optax
 
+from dqnn.optim.tree import map_dq_weights
 from dqnn.quantizers import dq_weight
 from dqnn.quantizers import levels as lv
 
 LEVEL_UPDATES = ('gradient', 'lloyd')
 
 
-def map_dq_weights(fn: Callable[..., dict], tree: Any, params: Any) -> Any:
-  """Replaces each DQ weight quantizer's subtree of `tree` by `fn(subtree, its params)`."""
-  if dq_weight.is_dq_weight(params):
-    return fn(tree, params)
-  if isinstance(params, Mapping):
-    return {key: map_dq_weights(fn, tree[key], params[key]) for key in params}
-  return tree
-
-
 def _symmetrise(table):
   return (table - table[:, ::-1]) / 2
+
+
+def update_within_domain(index: jax.Array, new_index: jax.Array, num_levels: int) -> jax.Array:
+  """`new_index - index`, nudged where `index + update` would round out of `[-1/2, L-1/2]`.
+
+  `optax.apply_updates` computes `index + (new_index - index)`, which float rounding can put one
+  step outside the domain (8 bits: -0.50000006). There the update becomes the distance to the
+  domain's end rounded toward the inside, which lands on or just inside it (float addition is
+  monotone); every other update is exactly `new_index - index`.
+  """
+  update = new_index - index
+  landed = index + update
+  low, high = -0.5, num_levels - 0.5
+  up = jnp.nextafter(low - index, jnp.inf)
+  down = jnp.nextafter(high - index, -jnp.inf)
+  return jnp.where(landed < low, up, jnp.where(landed > high, down, update))
 
 
 def direct_step(steps: dict, params: dict, *, residual: bool, level_update: str) -> dict:
@@ -53,7 +60,8 @@ def direct_step(steps: dict, params: dict, *, residual: bool, level_update: str)
     new_index = lv.round_index(new_index, num_levels).astype(new_index.dtype)
   new_levels = new_table[:, num_levels // 2:] if symmetric else new_table
   return {
-      dq_weight.INDEX: new_index.reshape(params[dq_weight.INDEX].shape) - params[dq_weight.INDEX],
+      dq_weight.INDEX: update_within_domain(
+          params[dq_weight.INDEX], new_index.reshape(params[dq_weight.INDEX].shape), num_levels),
       level_name: new_levels - params[level_name],
   }
 

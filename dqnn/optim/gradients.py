@@ -1,32 +1,25 @@
 """Gradient-side transformations that run before the base optimizer."""
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from dqnn.optim.direct_update import map_dq_weights
+from dqnn.optim.groups import decay_mask
+from dqnn.optim.tree import map_dq_weights
 from dqnn.quantizers import dq_weight
 from dqnn.quantizers import levels as lv
 
 
-def _add_to_kernels(grads: Any, params: Any, weight_decay: float) -> Any:
-  """Adds `weight_decay * kernel` to the gradient of every float leaf named 'kernel'."""
-  if dq_weight.is_dq_weight(params):
-    return grads
-  if isinstance(params, Mapping):
-    return {key: (grads[key] + weight_decay * value if key == 'kernel' and not isinstance(value, Mapping)
-                  else _add_to_kernels(grads[key], value, weight_decay))
-            for key, value in params.items()}
-  return grads
-
-
-def weight_decay(weight_decay: float) -> optax.GradientTransformation:
+def weight_decay(weight_decay: float, *, float_kernels: bool = True
+                 ) -> optax.GradientTransformation:
   """L2 weight decay on the weights the network computes with.
 
-  Float kernels get `wd * kernel`; DQ kernels get `wd * w_q` on their index gradient — decay on
-  the quantized weight, in weight units, never on the index itself (which would drag every
-  weight toward the lowest level). Biases, BatchNorm and quantizer parameters get none.
+  DQ kernels get `wd * w_q` on their index gradient — decay on the quantized weight, in weight
+  units, never on the index itself (which would drag every weight toward the lowest level).
+  Float kernels (`decay_mask`) get `wd * kernel` unless `float_kernels=False` (when the user's
+  loss or base optimizer already decays them). Biases, BatchNorm and quantizer parameters get
+  none.
   """
 
   def update_fn(grads, state, params=None):
@@ -40,7 +33,10 @@ def weight_decay(weight_decay: float) -> optax.GradientTransformation:
       return {**g, dq_weight.INDEX: decayed}
 
     grads = map_dq_weights(decay_dq, grads, params)
-    return _add_to_kernels(grads, params, weight_decay), state
+    if float_kernels:
+      grads = jax.tree.map(lambda g, p, decay: g + weight_decay * p if decay else g,
+                           grads, params, decay_mask(params))
+    return grads, state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 

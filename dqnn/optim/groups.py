@@ -1,93 +1,89 @@
-"""Parameter groups and the optimizer that trains a dqnn model.
+"""Parameter groups: what each parameter of a dqnn model is, whatever its module is named.
 
 Groups (`parameter_groups`):
 - `weights`: float kernels, latent kernels of the baselines and DQ indices (all in weight units);
 - `levels`: DQ weight level tables;
-- `quantizer`: activation-quantizer parameters and baseline quantizer parameters (LSQ steps);
-- `other`: BatchNorm scales/offsets and biases.
+- `quantizer`: activation-quantizer parameters and baseline quantizer parameters (LSQ steps,
+  PACT clips, gradient-trained activation levels);
+- `other`: BatchNorm scales/offsets, biases and anything else.
+
+A quantizer module is recognised by the set of parameter names it creates (its signature,
+registered below for every quantizer in `dqnn.quantizers`), so a quantizer is grouped the same
+inside `QuantConv`, inside `QuantizeActivation` or under any name in a user's model. Outside
+quantizers, a leaf named `kernel` is a weight and everything else is `other`.
 """
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
-import optax
+import jax
 
-from dqnn.optim.direct_update import direct_update
-from dqnn.optim.gradients import normalize_level_gradients, weight_decay
+from dqnn.optim.tree import leaves_by_module
 from dqnn.quantizers import dq_weight
+from dqnn.quantizers.dq_activation import DQActivation
+from dqnn.quantizers.dq_weight import DQWeight
+from dqnn.quantizers.lsq import LSQActivation, LSQWeight
+from dqnn.quantizers.pact import PACTActivation
 
 GROUPS = ('weights', 'levels', 'quantizer', 'other')
-LEVEL_GRADIENTS = ('mean', 'sum')
-QUANTIZER_OPTIMIZERS = ('adam', 'sgd')
+WEIGHTS, LEVELS, QUANTIZER, OTHER = GROUPS
+
+# Parameter-name signature of a quantizer module -> (the quantizer, the group of each name).
+_QUANTIZER_SIGNATURES: dict[frozenset, tuple[type, dict[str, str]]] = {}
+
+
+def register_quantizer_params(quantizer: type, groups: Mapping[str, str]) -> None:
+  """Declares that a module of class `quantizer` creating exactly the parameters `groups` names
+  is a quantizer, and which group each of them belongs to. Call it for your own quantizers."""
+  unknown = set(groups.values()) - set(GROUPS)
+  if unknown:
+    raise ValueError(f'Unknown parameter groups {sorted(unknown)}; use {", ".join(GROUPS)}.')
+  signature = frozenset(groups)
+  if signature in _QUANTIZER_SIGNATURES and _QUANTIZER_SIGNATURES[signature][1] != dict(groups):
+    raise ValueError(f'Parameters {sorted(signature)} are already registered with other groups '
+                     f'by {_QUANTIZER_SIGNATURES[signature][0].__name__}.')
+  _QUANTIZER_SIGNATURES[signature] = (quantizer, dict(groups))
+
+
+register_quantizer_params(DQWeight, {dq_weight.INDEX: WEIGHTS, dq_weight.LEVELS: LEVELS})
+register_quantizer_params(DQWeight, {dq_weight.INDEX: WEIGHTS, dq_weight.HALF_LEVELS: LEVELS})
+register_quantizer_params(LSQWeight, {'kernel': WEIGHTS, 'step': QUANTIZER})
+# DQActivation with update='gradient': one parameter, named by its parameterisation.
+for _name in ('basis', 'levels', 'clip'):
+  register_quantizer_params(DQActivation, {_name: QUANTIZER})
+register_quantizer_params(LSQActivation, {'step': QUANTIZER})
+register_quantizer_params(PACTActivation, {'clip': QUANTIZER})
+# LQ-Nets and DoReFa weights have one latent `kernel`: a weight, as any float kernel.
+
+
+def _leaf_groups(params: Any) -> tuple[list[str], list[bool], Any]:
+  """Each leaf's group, whether it is a DQ index, and the tree's structure."""
+  paths, leaves, treedef, modules = leaves_by_module(params)
+  groups, is_index = [None] * len(leaves), [False] * len(leaves)
+  for names in modules.values():
+    registered = _QUANTIZER_SIGNATURES.get(frozenset(names))
+    for name, position in names.items():
+      if registered:
+        groups[position] = registered[1][name]
+        is_index[position] = registered[0] is DQWeight and name == dq_weight.INDEX
+      else:
+        groups[position] = WEIGHTS if name == 'kernel' else OTHER
+  return groups, is_index, treedef
 
 
 def parameter_groups(params: Any) -> Any:
-  """A tree of group names shaped like `params`."""
-
-  def label(tree, inside_quantizer):
-    if dq_weight.is_dq_weight(tree):
-      return {key: 'weights' if key == dq_weight.INDEX else 'levels' for key in tree}
-    if isinstance(tree, Mapping):
-      return {key: label(value, inside_quantizer or key in ('act_quantizer', 'weight_quantizer'))
-                   if isinstance(value, Mapping) else leaf(key, inside_quantizer)
-              for key, value in tree.items()}
-    raise TypeError(f'Expected a nested dict of parameters; got {type(tree).__name__}.')
-
-  def leaf(key, inside_quantizer):
-    if key == 'kernel':
-      return 'weights'
-    return 'quantizer' if inside_quantizer else 'other'
-
-  return label(params, False)
+  """A tree of group names shaped like `params` (any container of mappings)."""
+  groups, _, treedef = _leaf_groups(params)
+  return jax.tree.unflatten(treedef, groups)
 
 
-def _scaled(learning_rate, scale):
-  if callable(learning_rate):
-    return lambda step: learning_rate(step) * scale
-  return learning_rate * scale
+def decay_mask(params: Any) -> Any:
+  """True for the float kernels (the network's own and the baselines' latent kernels), False
+  for everything else: DQ `index`/`levels`, quantizer parameters, biases, BatchNorm.
 
-
-def create_optimizer(
-    learning_rate: float | Callable[[Any], Any],
-    *,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    weight_decay_rate: float = 0.0,
-    level_lr_scale: float = 1.0,
-    level_gradient: str = 'mean',
-    quantizer_optimizer: str = 'adam',
-    quantizer_lr_scale: float = 0.01,
-    residual: bool = True,
-    level_update: str = 'gradient',
-) -> optax.GradientTransformation:
-  """SGD (momentum) for weights, with the direct update for DQ weights.
-
-  Args:
-    learning_rate: the weights' learning rate, a float or an optax schedule.
-    momentum, nesterov: of the SGD used for weights, levels and `other`.
-    weight_decay_rate: L2 decay on float kernels and on DQ quantized weights `w_q`.
-    level_lr_scale: the DQ levels' learning rate relative to `learning_rate`.
-    level_gradient: 'mean' divides each level's summed gradient by its number of weights
-      (default; scale-free across layer sizes) or 'sum' keeps the exact summed gradient.
-    quantizer_optimizer: 'adam' (default: the activation levels' error gradient has no natural
-      scale) or 'sgd' for activation/baseline quantizer parameters.
-    quantizer_lr_scale: their learning rate relative to `learning_rate`.
-    residual, level_update: options of `direct_update`.
+  Use it for L2 written in the loss or as `optax.adamw(..., mask=decay_mask)`: decay on a DQ
+  `index` would act in index units and drag every weight toward the lowest level, and decay on
+  levels or clips shrinks the quantizer's range. DQ weights are decayed on `w_q` by
+  `wrap_optimizer(..., weight_decay=...)`.
   """
-  if level_gradient not in LEVEL_GRADIENTS:
-    raise ValueError(f'level_gradient must be one of {LEVEL_GRADIENTS}; got {level_gradient!r}.')
-  if quantizer_optimizer not in QUANTIZER_OPTIMIZERS:
-    raise ValueError(
-        f'quantizer_optimizer must be one of {QUANTIZER_OPTIMIZERS}; got {quantizer_optimizer!r}.')
-  sgd = lambda lr: optax.sgd(lr, momentum=momentum or None, nesterov=nesterov)
-  quantizer_lr = _scaled(learning_rate, quantizer_lr_scale)
-  per_group = {
-      'weights': sgd(learning_rate),
-      'levels': sgd(_scaled(learning_rate, level_lr_scale)),
-      'quantizer': optax.adam(quantizer_lr) if quantizer_optimizer == 'adam' else sgd(quantizer_lr),
-      'other': sgd(learning_rate),
-  }
-  return optax.chain(
-      weight_decay(weight_decay_rate),
-      normalize_level_gradients() if level_gradient == 'mean' else optax.identity(),
-      optax.partition(per_group, parameter_groups),
-      direct_update(residual=residual, level_update=level_update),
-  )
+  groups, is_index, treedef = _leaf_groups(params)
+  return jax.tree.unflatten(
+      treedef, [group == WEIGHTS and not index for group, index in zip(groups, is_index)])

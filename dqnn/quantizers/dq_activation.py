@@ -159,6 +159,8 @@ class DQActivation(nn.Module):
   task_grad_weight: float = 0.0
   momentum: float = 0.9
   eps: float = 1e-3
+  # As BatchNorm's: True keeps the stored closed-form levels even when quant_stats is mutable.
+  use_running_average: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -175,14 +177,15 @@ class DQActivation(nn.Module):
     else:
       value = self.variable(STATS, name, init).value
     levels = levels_from(self.parameterisation, value, self.bits, self.signed)
-    if self.update == 'closed_form' and self.is_mutable_collection(STATS) and not self.is_initializing():
+    if (self.update == 'closed_form' and not self.use_running_average
+        and self.is_mutable_collection(STATS) and not self.is_initializing()):
       # x in its own dtype: the sums accumulate in float32 without an upcast copy of x.
       mass, moment = weighted_level_sums(jax.lax.stop_gradient(x), levels, self.weighting,
                                          self.eps)
       fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits,
                            self.signed)
       self.put_variable(STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
-    return quantize(x, levels, self.weighting, self.eps, self.task_grad_weight)
+    return quantize(x, _varying_like(levels, x), self.weighting, self.eps, self.task_grad_weight)
 
   def _initial_value(self, x):
     """Uniform levels up to `initial_top_level` (from its negative when signed)."""
@@ -194,6 +197,14 @@ class DQActivation(nn.Module):
     if self.parameterisation == 'free':
       return top * unit_grid(num_levels, self.signed)
     return top
+
+
+def _varying_like(levels: jax.Array, x: jax.Array) -> jax.Array:
+  """`levels` typed as varying over the `shard_map` axes `x` varies over (no-op elsewhere):
+  `quantize`'s level gradient is computed from `x`, and a custom_vjp must return it with its
+  input's type; JAX then sums it over those axes, as for any replicated parameter."""
+  missing = jax.typeof(x).manual_axis_type.varying - jax.typeof(levels).manual_axis_type.varying
+  return jax.lax.pcast(levels, tuple(sorted(missing)), to='varying') if missing else levels
 
 
 def _check_choice(what, value, choices):

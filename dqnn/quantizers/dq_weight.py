@@ -5,7 +5,7 @@ Parameters (collection `params`): `levels` `(G, L)` strictly increasing — or `
 `[-1/2, L-1/2]`. The network computes with `w_q = levels[g, round(index)]`. The direct update
 (`dqnn.optim.direct_update`) moves these parameters; see docs/method.md.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -19,7 +19,6 @@ HALF_LEVELS = 'half_levels'
 INDEX = 'index'
 # Levels never come closer than this fraction of their mean gap.
 GAP_RATIO = 0.01
-_INDEX_SLACK = 1e-3
 
 
 @jax.custom_vjp
@@ -45,7 +44,7 @@ quantize.defvjp(_quantize_fwd, _quantize_bwd)
 
 def is_dq_weight(tree: Any) -> bool:
   """Whether a params subtree is one DQ weight quantizer's parameters."""
-  return isinstance(tree, dict) and INDEX in tree and (LEVELS in tree or HALF_LEVELS in tree)
+  return isinstance(tree, Mapping) and INDEX in tree and (LEVELS in tree or HALF_LEVELS in tree)
 
 
 def level_table(params: dict) -> jax.Array:
@@ -112,37 +111,53 @@ class DQWeight(nn.Module):
     return quantized_weight({name: self.param(name, init, name) for name in names})
 
 
+# What moves DQ parameters out of their domain, and what to do about it.
+_LIKELY_CAUSE = (
+    'Likely cause: the DQ parameters were trained by an optimizer that does not end with the '
+    'direct update (a plain optax optimizer, or L2 decay applied to every parameter): build '
+    'the optimizer with dqnn.optim.wrap_optimizer(your_tx) (or create_optimizer), mask decay '
+    'with dqnn.optim.decay_mask, and repair these parameters once with '
+    'dqnn.optim.project_dq_params(params). If they were restored from a checkpoint, that '
+    'checkpoint is corrupt or not of a DQ model.')
+
+
 def validate(params: Any, path: str = '') -> None:
   """Raises one clear error if any DQ weight quantizer in `params` is malformed.
 
   Checks what the direct update relies on: strictly increasing levels (positive half levels
-  when symmetric), an index shaped like a kernel whose last axis matches the level groups, and
-  finite values. Call it on restored parameters before training resumes.
+  when symmetric), an index shaped like a kernel whose last axis matches the level groups and
+  lying in `[-1/2, L-1/2]`, and finite values. Stacked layers (`nn.scan`: leading axes on both)
+  are checked layer by layer. Call it on restored parameters before training resumes.
   """
   if is_dq_weight(params):
-    table = level_table(params)
+    half = params.get(HALF_LEVELS)
+    rows = params[LEVELS] if half is None else jnp.concatenate([-half[..., ::-1], half], axis=-1)
     where = path or '<root>'
-    if table.ndim != 2 or table.shape[-1] not in tuple(2 ** b for b in (1, 2, 3, 4, 8)):
-      raise ValueError(f'DQ levels at {where} have shape {table.shape}; expected (G, 2**bits).')
+    stacked = rows.shape[:-2]
+    if rows.ndim < 2 or rows.shape[-1] not in tuple(2 ** b for b in (1, 2, 3, 4, 8)):
+      raise ValueError(f'DQ levels at {where} have shape {rows.shape}; expected '
+                       f'([stacked axes], G, 2**bits).')
     index = params[INDEX]
-    if index.ndim < 2 or table.shape[0] not in (1, index.shape[-1]):
+    if (index.ndim < 2 + len(stacked) or index.shape[:len(stacked)] != stacked
+        or rows.shape[-2] not in (1, index.shape[-1])):
       raise ValueError(f'DQ index at {where} has shape {index.shape}, which does not match '
-                       f'{table.shape[0]} level groups.')
-    gaps = jnp.diff(table, axis=-1)
-    if HALF_LEVELS in params:
-      gaps = jnp.concatenate([gaps, params[HALF_LEVELS][:, :1]], axis=-1)
+                       f'{rows.shape[-2]} level groups (levels of shape {rows.shape}).')
+    if not (bool(jnp.all(jnp.isfinite(rows))) and bool(jnp.all(jnp.isfinite(index)))):
+      raise ValueError(f'DQ parameters at {where} are not finite. {_LIKELY_CAUSE}')
+    gaps = jnp.diff(rows, axis=-1)
+    if half is not None:
+      gaps = jnp.concatenate([gaps, half[..., :1]], axis=-1)
     if not bool(jnp.all(gaps > 0)):
       raise ValueError(f'DQ levels at {where} are not strictly increasing (smallest gap '
-                       f'{float(jnp.min(gaps)):.3g}); the checkpoint is corrupt or not a DQ model.')
-    if not (bool(jnp.all(jnp.isfinite(table))) and bool(jnp.all(jnp.isfinite(index)))):
-      raise ValueError(f'DQ parameters at {where} are not finite.')
-    # The domain is [-1/2, L - 1/2]; the slack admits float rounding at its ends, not more.
+                       f'{float(jnp.min(gaps)):.3g}). {_LIKELY_CAUSE}')
+    num_levels = rows.shape[-1]
     low, high = float(jnp.min(index)), float(jnp.max(index))
-    if low < -0.5 - _INDEX_SLACK or high > table.shape[-1] - 0.5 + _INDEX_SLACK:
-      raise ValueError(f'DQ index at {where} spans [{low:.6g}, {high:.6g}], outside its domain '
-                       f'[-0.5, {table.shape[-1] - 0.5}]; the checkpoint is corrupt or was '
-                       'trained without the DQ optimizer.')
+    if low < -0.5 or high > num_levels - 0.5:
+      outside = int(jnp.sum((index < -0.5) | (index > num_levels - 0.5)))
+      raise ValueError(f'DQ index at {where} leaves its domain [-1/2, {num_levels - 0.5}]: '
+                       f'{outside} entries outside, range [{low:.6g}, {high:.6g}]. '
+                       f'{_LIKELY_CAUSE}')
     return
-  if isinstance(params, dict):
+  if isinstance(params, Mapping):
     for key, value in params.items():
       validate(value, f'{path}/{key}' if path else key)

@@ -50,6 +50,8 @@ class LQNetsWeight(nn.Module):
   per_channel: bool = True
   momentum: float = 0.9
   init_iterations: int = 10
+  # As BatchNorm's: True keeps the stored basis even when quant_stats is mutable.
+  use_running_average: bool = False
 
   @nn.compact
   def __call__(self, shape: tuple[int, ...]) -> jax.Array:
@@ -66,7 +68,8 @@ class LQNetsWeight(nn.Module):
       return basis
 
     basis = self.variable(STATS, 'basis', initial_basis)
-    if self.is_mutable_collection(STATS) and not self.is_initializing():
+    if (not self.use_running_average and self.is_mutable_collection(STATS)
+        and not self.is_initializing()):
       fitted = fit_basis(jax.lax.stop_gradient(groups), basis.value, self.bits)
       basis.value = self.momentum * basis.value + (1 - self.momentum) * fitted
     levels = basis_levels(basis.value, self.bits)

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import pytest
 
 from dqnn import optim
-from dqnn.layers import QuantConv
+from dqnn.layers import QuantConv, QuantizeActivation
+from dqnn.quantizers.pact import PACTActivation
 
 
 class _Net(nn.Module):
@@ -44,3 +45,33 @@ def test_bad_optimizer_options_fail_clearly():
     optim.create_optimizer(0.1, level_gradient='median')
   with pytest.raises(ValueError, match='quantizer_optimizer must be one of'):
     optim.create_optimizer(0.1, quantizer_optimizer='lamb')
+
+
+class _Standalone(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = QuantizeActivation(bits=2, quantizer='pact')(x)
+    x = PACTActivation(bits=2, name='my_clip')(x)
+    x = QuantizeActivation(bits=2, quantizer='lsq', name='anything')(x)
+    return QuantConv(4, (3, 3), w_bits=2, weight_options={'symmetric': True})(x)
+
+
+def test_quantizers_are_grouped_by_what_they_are_not_by_their_name():
+  params = _Standalone().init(jax.random.PRNGKey(0), jnp.ones((2, 6, 6, 3)))['params']
+  groups = optim.parameter_groups(params)
+  assert groups['QuantizeActivation_0'] == {'quantizer': {'clip': 'quantizer'}}
+  assert groups['my_clip'] == {'clip': 'quantizer'}
+  assert groups['anything'] == {'quantizer': {'step': 'quantizer'}}
+  assert groups['QuantConv_0'] == {
+      'weight_quantizer': {'half_levels': 'levels', 'index': 'weights'}, 'bias': 'other'}
+
+
+def test_decay_mask_selects_float_kernels_only():
+  params = _Net().init(jax.random.PRNGKey(0), jnp.ones((2, 6, 6, 3)))['params']
+  mask = optim.decay_mask(params)
+  assert mask['Conv_0'] == {'kernel': True, 'bias': False}
+  assert mask['QuantConv_0'] == {'weight_quantizer': {'levels': False, 'index': False},
+                                 'act_quantizer': {'basis': False}, 'bias': False}
+  assert mask['QuantConv_1']['weight_quantizer'] == {'kernel': True, 'step': False}
+  assert mask['Dense_0'] == {'kernel': True, 'bias': False}
+  assert mask['BatchNorm_0'] == {'scale': False, 'bias': False}

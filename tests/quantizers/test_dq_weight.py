@@ -86,3 +86,21 @@ def test_negative_level_gaps_on_restore_fail_clearly():
   mismatched = {'conv': {'levels': params['levels'], 'index': jnp.zeros((9, 5))}}
   with pytest.raises(ValueError, match='does not match 4 level groups'):
     dq_weight.validate(mismatched)
+
+
+@pytest.mark.parametrize('bad_index', [-0.50001, 3.6, 1e6])
+def test_index_outside_its_domain_fails_naming_the_likely_cause(bad_index):
+  params = dq_weight.params_from_kernel(jax.random.normal(jax.random.PRNGKey(0), (9, 4)), 2)
+  params = {'conv': {**params, 'index': params['index'].at[0, 0].set(bad_index)}}
+  with pytest.raises(ValueError, match=r'conv leaves its domain \[-1/2, 3.5\]: 1 entries outside'
+                     r'.*wrap_optimizer.*project_dq_params.*checkpoint'):
+    dq_weight.validate(params)
+
+
+def test_stacked_layers_are_validated_layer_by_layer():
+  one = dq_weight.params_from_kernel(jax.random.normal(jax.random.PRNGKey(0), (9, 4)), 2)
+  stacked = jax.tree.map(lambda a: jnp.stack([a, a]), one)
+  dq_weight.validate({'scan': stacked})
+  reversed_second = stacked['levels'].at[1].set(stacked['levels'][1, :, ::-1])
+  with pytest.raises(ValueError, match='not strictly increasing'):
+    dq_weight.validate({'scan': {**stacked, 'levels': reversed_second}})

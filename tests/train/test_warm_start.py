@@ -1,4 +1,5 @@
 """Initialising a quantized model from a float run (`config.init_from`)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from dqnn import train
 from dqnn import warm_start
+from dqnn.layers import QuantizeActivation
 from dqnn.quantizers import dq_weight
 from train_testlib import tiny_config
 
@@ -122,3 +124,22 @@ def test_dq_run_starts_from_a_float_run(cifar_data_dir, tmp_path):
   final = train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir, init_from=float_dir),
                                    dq_dir)
   assert final['step'] == 4 and np.isfinite(final['eval/loss'])
+
+
+def test_quantizer_parameters_need_no_float_counterpart_whatever_their_module_name():
+  class Net(nn.Module):
+    bits: int
+
+    @nn.compact
+    def __call__(self, x):
+      x = QuantizeActivation(bits=self.bits, quantizer='pact', name='clip_input')(x)
+      return nn.Dense(3)(x)
+
+  x = jnp.ones((2, 4))
+  quantized = Net(2).init(jax.random.key(0), x)
+  float_variables = Net(32).init(jax.random.key(1), x)
+  transferred = warm_start.transfer(quantized, float_variables)
+  # The PACT clip (under a module named 'quantizer') is left to `calibrate`; the rest is copied.
+  assert not jax.tree.leaves(transferred['params']['clip_input'])
+  np.testing.assert_array_equal(transferred['params']['Dense_0']['kernel'],
+                                float_variables['params']['Dense_0']['kernel'])
