@@ -12,7 +12,8 @@
      processes, on the original JPEGs and on JPEGs stored with `prepare --max_short_side=256`.
 2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
    W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
-   (`input_on_device`), each the median of `--steps` timed steps.
+   (`input_on_device`): median wall time of `--steps` timed steps, and images per CPU-second of
+   the process (pipeline threads included).
 """
 import argparse
 import os
@@ -146,19 +147,24 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
                                 data.normalize(first['image'], 'cifar100'))
     times = []
     for i in range(steps + 2):
+      if i == 2:
+        cpu_start = _cpu_seconds()
       start = time.perf_counter()
       state, step_metrics, _ = step(state, train_input.next())
       jax.block_until_ready(step_metrics)
       if i >= 2:
         times.append(time.perf_counter() - start)
-    results[on_device] = config.global_batch_size / statistics.median(times)
+    images = steps * config.global_batch_size
+    results[on_device] = (config.global_batch_size / statistics.median(times),
+                          images / (_cpu_seconds() - cpu_start))
   print(f'\nCIFAR-100 ({info.name}, {info.num_train} train images), DQ W2A2 cifar_resnet20, '
         f'batch {config.global_batch_size}, {jax.device_count()} {jax.devices()[0].platform} '
         f'device(s), median of {steps} steps')
-  print('| input | img/s | vs host pipeline |')
-  print('| --- | ---: | ---: |')
+  print('| input | img/s (wall) | img per CPU-second | vs host pipeline (wall, CPU) |')
+  print('| --- | ---: | ---: | ---: |')
   for on_device, name in ((False, 'host pipeline (grain)'), (True, 'on device')):
-    print(f'| {name} | {results[on_device]:.0f} | {results[on_device] / results[False]:.2f}x |')
+    (wall, cpu), (host_wall, host_cpu) = results[on_device], results[False]
+    print(f'| {name} | {wall:.0f} | {cpu:.0f} | {wall / host_wall:.2f}x, {cpu / host_cpu:.2f}x |')
 
 
 def main():
