@@ -98,7 +98,7 @@ def test_cli_writes_a_loadable_file(trained_workdir, tmp_path):
 
 @pytest.mark.parametrize('field, corrupt, named', [
     ('levels', lambda levels: levels[..., ::-1], 'are not strictly increasing'),
-    ('index', lambda index: np.full_like(index, 1e6), 'outside its domain'),
+    ('index', lambda index: np.full_like(index, 1e6), 'leaves its domain'),
 ])
 def test_malformed_dq_parameters_are_refused(trained_workdir, field, corrupt, named):
   config, variables = exporter.read_workdir(str(trained_workdir))
