@@ -25,22 +25,22 @@ import matplotlib
 matplotlib.use('Agg')  # Files only: no display, also on headless machines.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
-import ml_collections
 import numpy as np
 
 from dqnn import data
 from dqnn import quantizers
-from dqnn import report
+from dqnn import summaries
+from dqnn import tracing
 from dqnn.export import exporter
 from dqnn.layers import QuantConv, QuantDense
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers.dq_activation import (DQActivation, closed_form, levels_from,
                                            per_channel_relative_error, weighted_level_sums)
+from dqnn.variables import layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PLOTS_DIR = 'plots'
-FULL_PRECISION = 32
 # Closed-form refits per weighting: each one is a weighted Lloyd step, a few suffice.
 _FIT_ITERATIONS = 10
 _DQ_EPS = 1e-3
@@ -60,39 +60,12 @@ def _save(fig, path: str) -> str:
 def _quantized_layers(config, variables):
   """`(module, input shape)` of every conv/dense layer with quantized weights or inputs."""
   size = exporter.image_size(config)
-  calls, _ = report.layer_calls(exporter.model_from_config(config), (size, size, 3), variables)
-  return [(module, in_shape) for module, in_shape, _ in calls
-          if getattr(module, 'w_bits', FULL_PRECISION) != FULL_PRECISION
-          or getattr(module, 'a_bits', FULL_PRECISION) != FULL_PRECISION]
-
-
-def weight_figure(module: nn.Module, variables: dict[str, Any]):
-  """Histogram of one quantized layer's weights with its levels marked (a matplotlib figure)."""
-  name = '/'.join(module.path)
-  quantizer = exporter.layer_variables(variables, (*module.path, 'weight_quantizer'))
-  table, _ = exporter.kernel_levels(module, quantizer)
-  if dq_weight.is_dq_weight(quantizer['params']):
-    weights, what = exporter.quantized_kernel(module, quantizer), 'w_q'
-  else:
-    weights, what = np.asarray(quantizer['params']['kernel']), 'latent kernel'
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.hist(weights.reshape(-1), bins=100, color='tab:blue', alpha=0.8)
-  ax.set_yscale('log')
-  # One tick per (channel, level) below the axis: where the learned levels lie.
-  bottom = ax.get_ylim()[0]
-  ax.plot(table.reshape(-1), np.full(table.size, bottom), '|', color='tab:red', markersize=12,
-          alpha=0.5, label=f'levels ({table.shape[0]} x {table.shape[1]})')
-  ax.set_title(f'{name}: {what}, W{module.w_bits} ({module.weight_quantizer})')
-  ax.set_xlabel('weight')
-  ax.set_ylabel('count')
-  ax.legend(loc='upper right')
-  fig.tight_layout()
-  return fig
+  return tracing.quantized_layers(exporter.model_from_config(config), (size, size, 3), variables)
 
 
 def plot_weights(config, variables, out_dir: str) -> list[str]:
   """One histogram PNG per layer with quantized weights; returns the paths."""
-  return [_save(weight_figure(module, variables),
+  return [_save(summaries.weight_figure(module, variables),
                 os.path.join(out_dir, 'weights', _file_name('/'.join(module.path))))
           for module, _ in _quantized_layers(config, variables)
           if module.w_bits != FULL_PRECISION]
@@ -156,7 +129,7 @@ def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: 
   x = jnp.asarray(x, jnp.float32)
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
-  stored = exporter.layer_variables(variables, (*module.path, 'act_quantizer'))
+  stored = layer_variables(variables, (*module.path, 'act_quantizer'))
   start, _ = exporter.nominal_levels(quantizer, stored)
   # DQ keeps its own parameterisation; the uniform baselines are refit as free levels.
   if isinstance(quantizer, DQActivation) and quantizer.parameterisation != 'uniform':
@@ -227,28 +200,6 @@ def plot_run(workdir: str, compare: Iterable[str] = (), *, batch_size: int = 64)
   return (plot_weights(config, variables, out_dir)
           + plot_activation_errors(config, variables, out_dir, batch_size=batch_size)
           + [plot_curves([workdir, *compare], os.path.join(out_dir, 'curves.png'))])
-
-
-def figure_image(fig) -> np.ndarray:
-  """An RGB uint8 `(H, W, 3)` rendering of a figure (closes it)."""
-  fig.canvas.draw()
-  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-  plt.close(fig)
-  return image
-
-
-def write_tensorboard_images(writer, step: int, variables: dict[str, Any],
-                             config: ml_collections.ConfigDict) -> None:
-  """Writes each quantized layer's weight histogram to TensorBoard (`dqnn.summary_writer`).
-
-  Call it from the training loop at eval time with the state's eval variables.
-  """
-  variables = jax.device_get(variables)
-  images = {f'weights/{"/".join(module.path)}': figure_image(weight_figure(module, variables))[None]
-            for module, _ in _quantized_layers(config, variables)
-            if module.w_bits != FULL_PRECISION}
-  if images:
-    writer.write_images(step, images)
 
 
 def main(argv):

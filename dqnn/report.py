@@ -10,7 +10,6 @@ per image. BatchNorm parameters (float32, foldable) are one extra row; activatio
 (a few floats per layer) are not counted.
 """
 import dataclasses
-import functools
 import json
 import math
 from typing import Any
@@ -19,15 +18,14 @@ from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 from dqnn import checkpoint
 from dqnn import run_config
+from dqnn import tracing
 from dqnn.export import exporter
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import FULL_PRECISION, dq_weight
 
-FULL_PRECISION = 32
 _FLOAT_BYTES = 4
 
 
@@ -48,42 +46,11 @@ class LayerCost:
     return self.float_bytes / self.packed_bytes if self.packed_bytes else 1.0
 
 
-def layer_calls(model: nn.Module, input_shape: tuple[int, ...], variables: Any | None = None):
-  """`(module, input shape, output shape)` of each conv/dense call, for one `input_shape` (HWC)
-  image; traced, not run. `variables` default to the abstract (eval_shape) initialisation.
-
-  Returns (calls, variables).
-  """
-  images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  if variables is None:
-    variables = jax.eval_shape(functools.partial(model.init, train=False),
-                               jax.random.key(0), images)
-  calls, running = [], []
-
-  def record(next_fun, args, kwargs, context):
-    # QuantConv's __call__ calls nn.Conv's on the same module: count the outer call only.
-    if (context.method_name != '__call__' or not isinstance(context.module, (nn.Conv, nn.Dense))
-        or context.module in running):
-      return next_fun(*args, **kwargs)
-    running.append(context.module)
-    out = next_fun(*args, **kwargs)
-    running.pop()
-    calls.append((context.module, args[0].shape, out.shape))
-    return out
-
-  def forward(variables, x):
-    with nn.intercept_methods(record):
-      return model.apply(variables, x, train=False)
-
-  jax.eval_shape(forward, variables, images)
-  return calls, variables
-
-
 def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
                 variables: Any | None = None) -> list[LayerCost]:
   """Costs of every conv/dense layer of `model` for one input of `input_shape` (HWC), plus a
   'batch_norm' row; `variables` default to the model's abstract (eval_shape) initialisation."""
-  calls, variables = layer_calls(model, input_shape, variables)
+  calls, variables = tracing.layer_calls(model, input_shape, variables)
   params = variables['params']
   rows = [_layer_cost(module, in_shape, out_shape, subtree(params, module.path))
           for module, in_shape, out_shape in calls]

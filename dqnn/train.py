@@ -25,9 +25,9 @@ from dqnn import distributed
 from dqnn import metrics
 from dqnn import models
 from dqnn import optim
-from dqnn import plots
 from dqnn import run_config
 from dqnn import schedules
+from dqnn import summaries
 from dqnn import warm_start
 from dqnn.data.train_input import global_batch, training_input
 from dqnn.layers import METRICS as QUANT_METRICS
@@ -341,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
           log.write(step, 'eval', record)
           if config.weight_images and is_main:
-            plots.write_tensorboard_images(log.writer, step, state.variables(), config)
+            summaries.write_weight_images(log.writer, step, model, state.variables(),
+                                          (info.image_size, info.image_size, 3))
           final.update({f'eval/{k}': v for k, v in record.items()})
         preempted = preemption.reached(step)
         if is_last or preempted or (config.checkpoint_every_steps
