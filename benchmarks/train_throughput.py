@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import base
 from dqnn import data as dqnn_data
+from dqnn import runs
 from dqnn import train
 from dqnn.data import train_input
 from dqnn.models import MODELS
@@ -45,7 +46,7 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   config.model = model_name
   config.quant.w_bits = config.quant.a_bits = bits
   size = MODELS[model_name].image_size
-  model = train.create_model(config, num_classes=100)
+  model = runs.model_from_config(config, classes=100)
   tx = train.create_optimizer(config, optax.constant_schedule(0.01))
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))

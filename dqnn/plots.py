@@ -12,9 +12,8 @@ r"""Diagnostic plots of a run, written as PNGs under `<workdir>/plots/`.
 - `curves.png`: training loss and top-1 (train and eval) from metrics.jsonl, for the run and
   every `--compare` run on one figure.
 """
-import json
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
 from absl import app
 from absl import flags
@@ -29,6 +28,7 @@ import numpy as np
 
 from dqnn import data
 from dqnn import quantizers
+from dqnn import runs
 from dqnn import summaries
 from dqnn import tracing
 from dqnn.export import exporter
@@ -59,8 +59,8 @@ def _save(fig, path: str) -> str:
 
 def _quantized_layers(config, variables):
   """`(module, input shape)` of every conv/dense layer with quantized weights or inputs."""
-  size = exporter.image_size(config)
-  return tracing.quantized_layers(exporter.model_from_config(config), (size, size, 3), variables)
+  size = runs.image_size(config)
+  return tracing.quantized_layers(runs.model_from_config(config), (size, size, 3), variables)
 
 
 def plot_weights(config, variables, out_dir: str) -> list[str]:
@@ -73,7 +73,7 @@ def plot_weights(config, variables, out_dir: str) -> list[str]:
 
 def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
   """Images from the dataset's eval split if it is prepared, else fake ones; and which."""
-  size = exporter.image_size(config)
+  size = runs.image_size(config)
   if config.dataset in data.SUPPORTED_DATASETS:
     try:
       info = data.get_dataset_info(config.dataset, config.data_dir or None)
@@ -90,7 +90,7 @@ def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
 
 def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
   """The input of every layer with quantized activations, by layer path, on `images`."""
-  model = exporter.model_from_config(config)
+  model = runs.model_from_config(config)
 
   def capture(variables, images):
     inputs, running = {}, []
@@ -167,16 +167,11 @@ def plot_activation_errors(config, variables, out_dir: str, *, batch_size: int =
           if module.a_bits != FULL_PRECISION]
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_curves(workdirs: Iterable[str], path: str) -> str:
   """Loss and top-1 against step, train and eval, one colour per run."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for color, workdir in zip(plt.rcParams['axes.prop_cycle'].by_key()['color'] * 10, workdirs):
-    records = read_metrics(workdir)
+    records = runs.read_metrics(workdir)
     run = os.path.basename(os.path.normpath(workdir))
     for split, style in (('train', '-'), ('eval', 'o--')):
       for ax, metric in zip(axes, ('loss', 'top1')):
@@ -195,7 +190,7 @@ def plot_curves(workdirs: Iterable[str], path: str) -> str:
 
 def plot_run(workdir: str, compare: Iterable[str] = (), *, batch_size: int = 64) -> list[str]:
   """Every plot of a run (curves with the `compare` runs); returns the PNG paths."""
-  config, variables = exporter.read_workdir(workdir)
+  config, variables = runs.read_workdir(workdir)
   out_dir = os.path.join(workdir, PLOTS_DIR)
   return (plot_weights(config, variables, out_dir)
           + plot_activation_errors(config, variables, out_dir, batch_size=batch_size)

@@ -22,8 +22,8 @@ from ml_collections import config_flags
 
 from dqnn import checkpoint
 from dqnn import run_config
+from dqnn import runs
 from dqnn import tracing
-from dqnn.export import exporter
 from dqnn.quantizers import FULL_PRECISION, dq_weight
 
 _FLOAT_BYTES = 4
@@ -102,8 +102,8 @@ def total(rows: list[LayerCost]) -> LayerCost:
 
 def config_costs(config, variables: Any | None = None) -> list[LayerCost]:
   """`layer_costs` of a training config's model (abstract, or with a run's `variables`)."""
-  size = exporter.image_size(config)
-  return layer_costs(exporter.model_from_config(config), (size, size, 3), variables)
+  size = runs.image_size(config)
+  return layer_costs(runs.model_from_config(config), (size, size, 3), variables)
 
 
 def as_json(rows: list[LayerCost]) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def _costs(config, workdir: str | None) -> list[LayerCost]:
   """Rows for `config`, or for `workdir`'s config and variables (`config` must then agree)."""
   variables = None
   if workdir:
-    saved, variables = exporter.read_workdir(workdir)
+    saved, variables = runs.read_workdir(workdir)
     differences = checkpoint.structural_differences(saved.to_dict(), config) if config else []
     if differences:
       raise checkpoint.CheckpointMismatchError('\n  '.join([

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ from dqnn import metrics
 from dqnn import models
 from dqnn import optim
 from dqnn import run_config
+from dqnn import runs
 from dqnn import schedules
 from dqnn import summaries
 from dqnn import warm_start
@@ -95,12 +95,6 @@ def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
                             num_eval=0)
   return data.get_dataset_info(config.dataset, config.data_dir or None,
                                download=config.download)
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  return models.create_model(config.model, num_classes=num_classes,
-                             policy=models.QuantPolicy.from_config(config.quant),
-                             dtype=jnp.dtype(config.dtype))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
@@ -245,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  else int(config.num_epochs * steps_per_epoch))
   schedule = learning_rate_schedule(config, steps_per_epoch=steps_per_epoch,
                                     total_steps=total_steps)
-  model = create_model(config, info.num_classes)
+  model = runs.model_from_config(config, classes=info.num_classes)
   tx = create_optimizer(config, schedule)
   rng = jax.random.key(config.seed)
   normalization = data.normalization(info.name)

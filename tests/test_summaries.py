@@ -4,8 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+from dqnn import runs
 from dqnn import summaries
-from dqnn.export import exporter
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
 from run_testlib import trained_run  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -24,7 +24,7 @@ def test_training_imports_neither_plots_report_nor_export():
 
 def test_weight_images_are_rgb_arrays(tmp_path_factory):
   workdir, _ = trained_run(tmp_path_factory)
-  config, variables = exporter.read_workdir(str(workdir))
+  config, variables = runs.read_workdir(str(workdir))
 
   class _Writer:
     images = {}
@@ -33,7 +33,7 @@ def test_weight_images_are_rgb_arrays(tmp_path_factory):
       self.images.update({(step, k): v for k, v in images.items()})
 
   writer = _Writer()
-  summaries.write_weight_images(writer, 7, exporter.model_from_config(config), variables,
+  summaries.write_weight_images(writer, 7, runs.model_from_config(config), variables,
                                 (32, 32, 3))
   assert {k for _, k in writer.images} == {
       f'weights/stage{s}/block0/conv{c}' for s in (1, 2) for c in (1, 2)}

@@ -6,7 +6,6 @@ distinct values of their `w_q` per output channel. Each activation quantizer bec
 threshold vector and the values it outputs. Float kernels, biases and BatchNorm stay float32.
 """
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -15,11 +14,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dqnn import checkpoint
-from dqnn import models
 from dqnn import quantizers
-from dqnn import run_config
-from dqnn.data import datasets
+from dqnn import runs
 from dqnn.export import folding
 from dqnn.export import format as fmt
 from dqnn.export import graph
@@ -30,47 +26,13 @@ from dqnn.quantizers.dq_activation import DQActivation, levels_from, unit_grid
 from dqnn.quantizers.lsq import LSQActivation, signed_range
 from dqnn.quantizers.pact import PACTActivation
 from dqnn.quantizers.readout import kernel_levels
-from dqnn.variables import COLLECTIONS, layer_variables
+from dqnn.variables import layer_variables
 
 FULL_PRECISION = 32
 
 
-def num_classes(config: ml_collections.ConfigDict) -> int:
-  """The class count a config's model was built with (known without reading the dataset)."""
-  if config.dataset in datasets.SUPPORTED_DATASETS:
-    return datasets.spec(config.dataset).num_classes
-  return config.num_classes
-
-
-def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
-  return models.create_model(config.model, num_classes=num_classes(config),
-                             policy=models.QuantPolicy.from_config(config.quant),
-                             dtype=jnp.dtype(config.dtype))
-
-
-def image_size(config: ml_collections.ConfigDict) -> int:
-  return config.image_size or models.model_spec(config.model).image_size
-
-
 class InvalidVariablesError(ValueError):
   """The variables are not a well-formed model (e.g. DQ levels not increasing)."""
-
-
-def read_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """A training run's config and eval-time variables (params, batch_stats, quant_stats).
-
-  Raises FileNotFoundError if `workdir` is not a training run, `CorruptCheckpointError` if its
-  latest checkpoint differs from what was saved.
-  """
-  saved = run_config.read(workdir) if os.path.isdir(workdir) else None
-  if saved is None:
-    raise FileNotFoundError(f'{workdir!r} is not a training run: it has no '
-                            f'{run_config.CONFIG_FILE}. Pass the --workdir a training run used.')
-  config = ml_collections.ConfigDict(saved)
-  state = checkpoint.restore_state_dict(workdir)
-  # Closed-form activation quantizers keep their levels in quant_stats, so it is needed too.
-  variables = {name: state.get(name) or {} for name in COLLECTIONS}
-  return config, variables
 
 
 def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *,
@@ -83,8 +45,8 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
     dq_weight.validate(variables['params'])
   except ValueError as error:
     raise InvalidVariablesError(f'Refusing to export: {error}') from None
-  model = model_from_config(config)
-  size = image_size(config)
+  model = runs.model_from_config(config)
+  size = runs.image_size(config)
   # Batch 2, so that the batch axis is not mistaken for another axis of size 1.
   traced = graph.trace(model, variables, (2, size, size, 3))
   builder = _Builder(variables, first_free_value=1 + max(op['output'] for op in traced.ops))
@@ -95,7 +57,7 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
     else:
       ops.append(op)
   header = {'model': config.model, 'config': config.to_dict(),
-            'num_classes': num_classes(config), 'input_shape': [size, size, 3],
+            'num_classes': runs.num_classes(config), 'input_shape': [size, size, 3],
             'output': traced.output, 'ops': ops, 'folded_batch_norm': {}}
   exported = fmt.ExportedModel(json.loads(json.dumps(header, default=_jsonable)),
                                builder.tensors)
@@ -103,7 +65,7 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
 
 
 def export_workdir(workdir: str, *, fold_batch_norm: bool = False) -> fmt.ExportedModel:
-  config, variables = read_workdir(workdir)
+  config, variables = runs.read_workdir(workdir)
   return export_model(config, variables, fold_batch_norm=fold_batch_norm)
 
 

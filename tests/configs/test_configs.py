@@ -11,8 +11,8 @@ import ml_collections
 import pytest
 
 from dqnn import models
+from dqnn import runs
 from dqnn.data import datasets
-from dqnn import train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Config files import `configs.base`, as they do when run from the repository root.
@@ -80,7 +80,7 @@ def test_config_loads_and_builds_its_model(path):
   # runlocal's model is the full model or a tiny variant of its family: build both.
   for cfg in (config, local) if local.model != config.model else (config,):
     num_classes, image_size = _sizes(cfg)
-    model = train.create_model(cfg, num_classes)
+    model = runs.model_from_config(cfg, classes=num_classes)
     logits, variables = jax.eval_shape(
         functools.partial(model.init_with_output, train=False), jax.random.key(0),
         jnp.zeros((2, image_size, image_size, 3), jnp.float32))
