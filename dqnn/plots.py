@@ -37,7 +37,7 @@ from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers.dq_activation import (DQActivation, closed_form, levels_from,
                                            per_channel_relative_error, weighted_level_sums)
-from dqnn.variables import layer_variables
+from dqnn.variables import ACT_QUANTIZER, QUANT_STATS, layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PLOTS_DIR = 'plots'
@@ -129,13 +129,13 @@ def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: 
   x = jnp.asarray(x, jnp.float32)
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
-  stored = layer_variables(variables, (*module.path, 'act_quantizer'))
+  stored = layer_variables(variables, (*module.path, ACT_QUANTIZER))
   start, _ = exporter.nominal_levels(quantizer, stored)
   # DQ keeps its own parameterisation; the uniform baselines are refit as free levels.
   if isinstance(quantizer, DQActivation) and quantizer.parameterisation != 'uniform':
     parameterisation = quantizer.parameterisation
     field = {'basis': 'basis', 'free': 'levels'}[parameterisation]
-    value = stored['params'].get(field, stored['quant_stats'].get(field))
+    value = stored['params'].get(field, stored[QUANT_STATS].get(field))
   else:
     parameterisation, value = 'free', start
   energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))

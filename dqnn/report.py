@@ -25,6 +25,7 @@ from dqnn import run_config
 from dqnn import runs
 from dqnn import tracing
 from dqnn.quantizers import FULL_PRECISION, dq_weight
+from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER
 
 _FLOAT_BYTES = 4
 
@@ -55,7 +56,7 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
   rows = [_layer_cost(module, in_shape, out_shape, subtree(params, module.path))
           for module, in_shape, out_shape in calls]
   bn_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(
-      variables.get('batch_stats', {})))
+      variables.get(BATCH_STATS, {})))
   # Stored BN: scale and bias (parameters) plus mean and var (statistics), all float32.
   bn_bytes = 2 * bn_params * _FLOAT_BYTES
   rows.append(LayerCost('batch_norm', 'bn', bn_params, FULL_PRECISION, FULL_PRECISION, 0, 0,
@@ -85,7 +86,7 @@ def _layer_cost(module, in_shape, out_shape, params) -> LayerCost:
   float_bytes = (weights + bias) * _FLOAT_BYTES
   packed = float_bytes
   if w_bits != FULL_PRECISION:
-    quantizer = params['weight_quantizer']
+    quantizer = params[WEIGHT_QUANTIZER]
     groups = (dq_weight.level_table(quantizer).shape[0] if dq_weight.is_dq_weight(quantizer)
               else module.features)
     packed = (math.ceil(weights * w_bits / 8) + groups * 2 ** w_bits * _FLOAT_BYTES

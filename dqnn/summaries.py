@@ -16,14 +16,14 @@ import numpy as np
 from dqnn import tracing
 from dqnn.quantizers import FULL_PRECISION, dq_weight
 from dqnn.quantizers.readout import kernel_levels, quantized_kernel
-from dqnn.variables import layer_variables
+from dqnn.variables import WEIGHT_QUANTIZER, layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def weight_figure(module: nn.Module, variables: dict[str, Any]):
   """Histogram of one quantized layer's weights with its levels marked (a matplotlib figure)."""
   name = '/'.join(module.path)
-  quantizer = layer_variables(variables, (*module.path, 'weight_quantizer'))
+  quantizer = layer_variables(variables, (*module.path, WEIGHT_QUANTIZER))
   table, _ = kernel_levels(module, quantizer)
   if dq_weight.is_dq_weight(quantizer['params']):
     weights, what = quantized_kernel(module, quantizer), 'w_q'

@@ -30,9 +30,10 @@ from dqnn import schedules
 from dqnn import summaries
 from dqnn import warm_start
 from dqnn.data.train_input import global_batch, training_input
-from dqnn.layers import METRICS as QUANT_METRICS
+from dqnn.variables import BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS
 
-MODEL_STATE = ('batch_stats', 'quant_stats')
+# The model state a training step updates besides the parameters.
+MODEL_STATE = (BATCH_STATS, QUANT_STATS)
 
 
 class NonFiniteError(FloatingPointError):
@@ -49,8 +50,7 @@ class TrainState:
   quant_stats: Any
 
   def variables(self) -> dict[str, Any]:
-    return {'params': self.params, 'batch_stats': self.batch_stats,
-            'quant_stats': self.quant_stats}
+    return {PARAMS: self.params, BATCH_STATS: self.batch_stats, QUANT_STATS: self.quant_stats}
 
 
 class _Preemption:

@@ -20,15 +20,15 @@ from dqnn.export import folding
 from dqnn.export import format as fmt
 from dqnn.export import graph
 from dqnn.layers import QuantizeActivation
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import FULL_PRECISION, dq_weight
 from dqnn.quantizers.dorefa import DoReFaActivation
 from dqnn.quantizers.dq_activation import DQActivation, levels_from, unit_grid
 from dqnn.quantizers.lsq import LSQActivation, signed_range
 from dqnn.quantizers.pact import PACTActivation
 from dqnn.quantizers.readout import kernel_levels
-from dqnn.variables import layer_variables
+from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, QUANT_STATS, QUANTIZER,
+                            WEIGHT_QUANTIZER, layer_variables)
 
-FULL_PRECISION = 32
 
 
 class InvalidVariablesError(ValueError):
@@ -99,7 +99,7 @@ class _Builder:
       return [self._batch_norm(module, name, source, output)]
     if isinstance(module, QuantizeActivation):
       return [self._act_quantize(module.quantizer, module.bits, module.options, module.signed,
-                                 self._vars(module, 'quantizer'), f'{name}/quantizer',
+                                 self._vars(module, QUANTIZER), f'{name}/{QUANTIZER}',
                                  source, output)]
     ops = []
     a_bits = getattr(module, 'a_bits', FULL_PRECISION)
@@ -107,8 +107,8 @@ class _Builder:
       quantized = self._next_value
       self._next_value += 1
       ops.append(self._act_quantize(module.act_quantizer, a_bits, module.act_options,
-                                    module.a_signed, self._vars(module, 'act_quantizer'),
-                                    f'{name}/act_quantizer', source, quantized))
+                                    module.a_signed, self._vars(module, ACT_QUANTIZER),
+                                    f'{name}/{ACT_QUANTIZER}', source, quantized))
       source = quantized
     ops.append(self._linear(module, name, source, output))
     return ops
@@ -119,8 +119,8 @@ class _Builder:
     variables = self._vars(module)
     op = {'op': 'batch_norm', 'name': name, 'inputs': [source], 'output': output,
           'epsilon': float(module.epsilon), 'dtype': _dtype_name(module.dtype),
-          'mean': self._add(f'{name}/mean', variables['batch_stats']['mean']),
-          'var': self._add(f'{name}/var', variables['batch_stats']['var'])}
+          'mean': self._add(f'{name}/mean', variables[BATCH_STATS]['mean']),
+          'var': self._add(f'{name}/var', variables[BATCH_STATS]['var'])}
     for field in ('scale', 'bias'):
       op[field] = (self._add(f'{name}/{field}', variables['params'][field])
                    if field in variables['params'] else None)
@@ -141,7 +141,7 @@ class _Builder:
       op['kernel'] = {'float': self._add(f'{name}/kernel', params['kernel']),
                       'shape': list(np.shape(params['kernel']))}
     else:
-      table, indices = kernel_levels(module, self._vars(module, 'weight_quantizer'))
+      table, indices = kernel_levels(module, self._vars(module, WEIGHT_QUANTIZER))
       op['kernel'] = {'bits': w_bits, 'shape': list(indices.shape),
                       'levels': self._add(f'{name}/levels', table),
                       'indices': self._add(f'{name}/indices', fmt.pack_indices(indices, w_bits),
@@ -166,7 +166,7 @@ def nominal_levels(quantizer: nn.Module, variables: dict) -> tuple[jax.Array, bo
   """The sorted `(2**bits,)` levels an activation quantizer rounds to, and whether nearest-level
   rounding with midpoint thresholds reproduces it bit for bit (DQ) or up to ties (the others).
   """
-  params, stats = variables.get('params', {}), variables.get('quant_stats', {})
+  params, stats = variables.get('params', {}), variables.get(QUANT_STATS, {})
   bits, num_levels = quantizer.bits, 2 ** quantizer.bits
   if isinstance(quantizer, DQActivation):
     field = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[quantizer.parameterisation]
