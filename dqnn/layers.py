@@ -170,13 +170,17 @@ def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int
                                       **extra)(x)))
 
 
-class _Quantized:
-  """Mixin: quantizes the input, and answers the float layer's request for its kernel.
-
-  Subclasses declare the fields `w_bits`, `a_bits`, `weight_quantizer`, `act_quantizer`,
-  `weight_options`, `act_options`, `a_signed` and `use_running_average` (dataclass fields
-  cannot come from a plain mixin).
-  """
+class _Quantized(nn.Module):
+  """Mixin: the quantization fields; quantizes the input, and answers the float layer's request
+  for its kernel. Listed before the float layer, whose fields then come first."""
+  w_bits: int = FULL_PRECISION
+  a_bits: int = FULL_PRECISION
+  weight_quantizer: str = 'dq'
+  act_quantizer: str = 'dq'
+  weight_options: Mapping[str, Any] | None = None
+  act_options: Mapping[str, Any] | None = None
+  a_signed: bool = False
+  use_running_average: bool | None = None
 
   def _quantized_call(self, inputs: jax.Array) -> jax.Array:
     outputs = super().__call__(self._quantize_input(inputs))
@@ -212,14 +216,6 @@ class _Quantized:
 
 class QuantConv(_Quantized, nn.Conv):
   """`nn.Conv` with `w_bits`-bit weights and `a_bits`-bit inputs."""
-  w_bits: int = FULL_PRECISION
-  a_bits: int = FULL_PRECISION
-  weight_quantizer: str = 'dq'
-  act_quantizer: str = 'dq'
-  weight_options: Mapping[str, Any] | None = None
-  act_options: Mapping[str, Any] | None = None
-  a_signed: bool = False
-  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -228,14 +224,6 @@ class QuantConv(_Quantized, nn.Conv):
 
 class QuantDense(_Quantized, nn.Dense):
   """`nn.Dense` with `w_bits`-bit weights and `a_bits`-bit inputs."""
-  w_bits: int = FULL_PRECISION
-  a_bits: int = FULL_PRECISION
-  weight_quantizer: str = 'dq'
-  act_quantizer: str = 'dq'
-  weight_options: Mapping[str, Any] | None = None
-  act_options: Mapping[str, Any] | None = None
-  a_signed: bool = False
-  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
