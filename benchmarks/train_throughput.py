@@ -28,10 +28,10 @@ from dqnn import data as dqnn_data
 from dqnn import runs
 from dqnn import train
 from dqnn.data import train_input
-from dqnn.models import MODELS
+from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS, MODELS
 
-CIFAR = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
-IMAGENET = ('resnet18', 'resnet34', 'resnet50', 'preact_resnet18', 'alexnet', 'mobilenet_v2')
+# The experiments' ImageNet models and the pre-activation ResNet-18.
+IMAGENET = (*IMAGENET_MODELS, 'preact_resnet18')
 QUICK = ('_cifar_resnet_tiny', '_mobilenet_v2_tiny')
 POLICIES = {'FP': 32, 'DQ W2A2': 2}
 
@@ -112,7 +112,7 @@ def measure(models, batch_for, steps: int, warmup: int) -> list[dict]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default=','.join(CIFAR + IMAGENET))
+  parser.add_argument('--models', default=','.join(CIFAR_MODELS + IMAGENET))
   parser.add_argument('--cifar_batch', type=int, default=128)
   parser.add_argument('--imagenet_batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=5)

@@ -21,11 +21,17 @@ if str(REPO) not in sys.path:
 
 CONFIG_FILES = sorted(path for path in (REPO / 'configs').glob('*.py')
                       if path.name not in ('__init__.py', 'base.py'))
+
+
+def _file_stem(model: str) -> str:
+  """A model's name in config file names: 'cifar_mobilenet_v2' -> 'mobilenetv2'."""
+  return model.removeprefix('cifar_').replace('_', '')
+
+
 EXPECTED_EXPERIMENTS = (
-    [f'cifar100_{m}_{b}' for m in ('resnet20', 'resnet18', 'alexnet', 'mobilenetv2')
+    [f'cifar100_{_file_stem(m)}_{b}' for m in models.CIFAR_MODELS
      for b in ('fp', 'w2a2', 'w3a3', 'w4a4')]
-    + [f'imagenet_{m}_{b}' for m in ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenetv2')
-       for b in ('fp', 'w2a2')]
+    + [f'imagenet_{_file_stem(m)}_{b}' for m in models.IMAGENET_MODELS for b in ('fp', 'w2a2')]
     + ['imagenet_resnet18_w3a3', 'imagenet_resnet18_w4a4', 'fake_data_throughput'])
 
 
