@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
 from dqnn import data
+from dqnn import runs
 from dqnn import train
 from dqnn.data import pipeline
 from dqnn.data import prepare
@@ -133,7 +134,7 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
     config.dataset = data.SAMPLE
   info = data.get_dataset_info(config.dataset, data_dir)
   mesh = Mesh(np.array(jax.devices()), ('data',))
-  model = train.create_model(config, info.num_classes)
+  model = runs.model_from_config(config, classes=info.num_classes)
   tx = train.create_optimizer(config, lambda step: 0.01)
   results = {}
   for on_device in (False, True):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from configs import base
+from dqnn import runs
 from dqnn import train
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.models import MODELS
@@ -82,7 +83,7 @@ class Step:
     config = _config(model_name, variant, dtype, act_options)
     self.size = MODELS[model_name].image_size
     self.num_classes = _num_classes(model_name)
-    self.model = train.create_model(config, num_classes=self.num_classes)
+    self.model = runs.model_from_config(config, classes=self.num_classes)
     self.tx = train.create_optimizer(config, optax.constant_schedule(0.01))
     self.images = jax.ShapeDtypeStruct((batch, self.size, self.size, 3), jnp.float32)
     self.init = jax.jit(functools.partial(train.initial_state, self.model, self.tx))
@@ -117,16 +118,16 @@ class Step:
 
 def time_steps(steps_by_variant: dict, rounds: int, steps: int, warmup: int) -> dict:
   """Median seconds per step of every variant, timed round-robin."""
-  runs = {name: step.timer() for name, step in steps_by_variant.items()}
-  for run in runs.values():
+  timers = {name: step.timer() for name, step in steps_by_variant.items()}
+  for timer in timers.values():
     if warmup:
-      run(warmup)
-  samples = {name: [] for name in runs}
-  names = list(runs)
+      timer(warmup)
+  samples = {name: [] for name in timers}
+  names = list(timers)
   for round_index in range(rounds):
     shift = round_index % len(names)
     for name in names[shift:] + names[:shift]:
-      samples[name].append(runs[name](steps))
+      samples[name].append(timers[name](steps))
   return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -134,8 +135,8 @@ def time_steps(steps_by_variant: dict, rounds: int, steps: int, warmup: int) -> 
 
 def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
   """Every quantized layer's path, input activation shape/dtype and kernel shape at W2A2."""
-  model = train.create_model(_config(model_name, 'dq', dtype, {}),
-                             num_classes=_num_classes(model_name))
+  model = runs.model_from_config(_config(model_name, 'dq', dtype, {}),
+                                 classes=_num_classes(model_name))
   layers = []
 
   def record(next_fun, args, kwargs, context):

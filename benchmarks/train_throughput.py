@@ -25,12 +25,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs import base
 from dqnn import data as dqnn_data
+from dqnn import runs
 from dqnn import train
 from dqnn.data import train_input
-from dqnn.models import MODELS
+from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS, MODELS
 
-CIFAR = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
-IMAGENET = ('resnet18', 'resnet34', 'resnet50', 'preact_resnet18', 'alexnet', 'mobilenet_v2')
+# The experiments' ImageNet models and the pre-activation ResNet-18.
+IMAGENET = (*IMAGENET_MODELS, 'preact_resnet18')
 QUICK = ('_cifar_resnet_tiny', '_mobilenet_v2_tiny')
 POLICIES = {'FP': 32, 'DQ W2A2': 2}
 
@@ -45,7 +46,7 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   config.model = model_name
   config.quant.w_bits = config.quant.a_bits = bits
   size = MODELS[model_name].image_size
-  model = train.create_model(config, num_classes=100)
+  model = runs.model_from_config(config, classes=100)
   tx = train.create_optimizer(config, optax.constant_schedule(0.01))
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
@@ -111,7 +112,7 @@ def measure(models, batch_for, steps: int, warmup: int) -> list[dict]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--models', default=','.join(CIFAR + IMAGENET))
+  parser.add_argument('--models', default=','.join(CIFAR_MODELS + IMAGENET))
   parser.add_argument('--cifar_batch', type=int, default=128)
   parser.add_argument('--imagenet_batch', type=int, default=8)
   parser.add_argument('--steps', type=int, default=5)

@@ -6,9 +6,9 @@ tiny batch for a quick CPU run. Fields are primitives or ConfigDicts only.
 """
 import ml_collections
 
+from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS
+
 RUNLOCAL = 'runlocal'
-CIFAR_MODELS = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
-IMAGENET_MODELS = ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenet_v2')
 # runlocal swaps in the registry's tiny variant of a family where one takes the same input size.
 RUNLOCAL_MODELS = {
     'cifar_resnet20': '_cifar_resnet_tiny',

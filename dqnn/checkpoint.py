@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 
 from dqnn import files
 from dqnn.quantizers import dq_weight
+from dqnn.variables import COLLECTIONS
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
@@ -336,4 +337,4 @@ def restore_state_dict(workdir: str, step: int | None = None) -> dict[str, Any]:
 def restore_variables(workdir: str) -> dict[str, Any]:
   """`{'params', 'batch_stats', 'quant_stats'}` (host arrays) of another run's latest checkpoint."""
   state = restore_state_dict(workdir)
-  return {name: state.get(name, {}) for name in ('params', 'batch_stats', 'quant_stats')}
+  return {name: state.get(name, {}) for name in COLLECTIONS}

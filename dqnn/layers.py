@@ -35,15 +35,16 @@ import jax.numpy as jnp
 
 from dqnn import quantizers
 from dqnn.quantizers import FULL_PRECISION, check_bits, dq_weight
-from dqnn.quantizers.dq_activation import STATS, per_channel_relative_error
+from dqnn.quantizers.dq_activation import per_channel_relative_error
+from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS,
+                            QUANTIZER, WEIGHT_QUANTIZER)
 
-# Apply with mutable=[..., METRICS] to collect each layer's mean per-channel relative
+# Apply with mutable=[..., QUANT_METRICS] to collect each layer's mean per-channel relative
 # activation quantization error (sown as a tuple under `act_relative_error`).
-METRICS = 'quant_metrics'
 # The fraction of negative inputs above which an unsigned activation quantizer warns (read when
 # a step is traced; None turns the check off).
 NEGATIVE_INPUT_WARNING = 0.1
-_TRAIN_COLLECTIONS = (STATS, 'batch_stats')
+_TRAIN_COLLECTIONS = (QUANT_STATS, BATCH_STATS)
 
 
 class QuantStateError(ValueError):
@@ -139,26 +140,26 @@ def _run_quantizer(module: nn.Module, registry: Mapping[str, Any], method: str, 
   try:
     return run(extra)
   except flax.errors.ScopeCollectionNotFound as error:
-    if STATS not in str(error):
+    if QUANT_STATS not in str(error):
       raise
     raise QuantStateError(
-        f'{_layer_name(module)} keeps its quantizer statistics in the {STATS!r} collection, '
-        f'which was not passed to apply. Keep it from init next to batch_stats (a `{STATS}` '
-        f"field in your TrainState), pass it in the variables ({{'params': ..., "
-        f"'batch_stats': ..., '{STATS}': ...}}) and, when training, apply with "
-        f"mutable=['batch_stats', '{STATS}'].") from None
+        f'{_layer_name(module)} keeps its quantizer statistics in the {QUANT_STATS!r} '
+        f'collection, which was not passed to apply. Keep it from init next to batch_stats (a '
+        f"`{QUANT_STATS}` field in your TrainState), pass it in the variables ({{'params': ..., "
+        f"'batch_stats': ..., '{QUANT_STATS}': ...}}) and, when training, apply with "
+        f"mutable=['batch_stats', '{QUANT_STATS}'].") from None
 
 
 def _check_stats_mutable(module: nn.Module) -> None:
   """A training layer with quantizer statistics needs `quant_stats` mutable."""
   if (_training(module) and not module.is_initializing()
-      and not module.is_mutable_collection(STATS) and module.variables.get(STATS)):
+      and not module.is_mutable_collection(QUANT_STATS) and module.variables.get(QUANT_STATS)):
     raise QuantStateError(
         f'{_layer_name(module)} is training (use_running_average={module.use_running_average}; '
-        f'left None, a mutable batch_stats means training) but {STATS!r} is not mutable, so '
-        f"its quantizer statistics would silently stay frozen: apply with mutable=["
-        f"'batch_stats', '{STATS}'] and keep the returned {STATS} (e.g. in your TrainState), "
-        f'or pass use_running_average=True to evaluate.')
+        f'left None, a mutable batch_stats means training) but {QUANT_STATS!r} is not mutable, '
+        f"so its quantizer statistics would silently stay frozen: apply with mutable=["
+        f"'batch_stats', '{QUANT_STATS}'] and keep the returned {QUANT_STATS} (e.g. in your "
+        f'TrainState), or pass use_running_average=True to evaluate.')
 
 
 def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int,
@@ -169,18 +170,22 @@ def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int
                                       **extra)(x)))
 
 
-class _Quantized:
-  """Mixin: quantizes the input, and answers the float layer's request for its kernel.
-
-  Subclasses declare the fields `w_bits`, `a_bits`, `weight_quantizer`, `act_quantizer`,
-  `weight_options`, `act_options`, `a_signed` and `use_running_average` (dataclass fields
-  cannot come from a plain mixin).
-  """
+class _Quantized(nn.Module):
+  """Mixin: the quantization fields; quantizes the input, and answers the float layer's request
+  for its kernel. Listed before the float layer, whose fields then come first."""
+  w_bits: int = FULL_PRECISION
+  a_bits: int = FULL_PRECISION
+  weight_quantizer: str = 'dq'
+  act_quantizer: str = 'dq'
+  weight_options: Mapping[str, Any] | None = None
+  act_options: Mapping[str, Any] | None = None
+  a_signed: bool = False
+  use_running_average: bool | None = None
 
   def _quantized_call(self, inputs: jax.Array) -> jax.Array:
     outputs = super().__call__(self._quantize_input(inputs))
     _check_stats_mutable(self)
-    weight_params = self.variables.get('params', {}).get('weight_quantizer')
+    weight_params = self.variables.get(PARAMS, {}).get(WEIGHT_QUANTIZER)
     unsigned = self.a_bits != FULL_PRECISION and not self.a_signed
     _check_while_training(self, inputs if unsigned else None,
                           weight_params if dq_weight.is_dq_weight(weight_params) else None)
@@ -191,9 +196,9 @@ class _Quantized:
     if check_bits(self.a_bits, 'a_bits') == FULL_PRECISION:
       return inputs
     quantized = _quantize_activation(self, inputs, self.act_quantizer, self.a_bits,
-                                     self.act_options, self.a_signed, 'act_quantizer')
-    if self.is_mutable_collection(METRICS) and not self.is_initializing():
-      self.sow(METRICS, 'act_relative_error', jnp.mean(
+                                     self.act_options, self.a_signed, ACT_QUANTIZER)
+    if self.is_mutable_collection(QUANT_METRICS) and not self.is_initializing():
+      self.sow(QUANT_METRICS, 'act_relative_error', jnp.mean(
           per_channel_relative_error(jax.lax.stop_gradient(inputs), jax.lax.stop_gradient(quantized))))
     return quantized
 
@@ -206,19 +211,11 @@ class _Quantized:
     return _run_quantizer(self, quantizers.WEIGHT_QUANTIZERS, self.weight_quantizer,
                           lambda extra: quantizers.weight_quantizer(
                               self.weight_quantizer, self.w_bits, init_fn, self.weight_options,
-                              name='weight_quantizer', **extra)(shape))
+                              name=WEIGHT_QUANTIZER, **extra)(shape))
 
 
 class QuantConv(_Quantized, nn.Conv):
   """`nn.Conv` with `w_bits`-bit weights and `a_bits`-bit inputs."""
-  w_bits: int = FULL_PRECISION
-  a_bits: int = FULL_PRECISION
-  weight_quantizer: str = 'dq'
-  act_quantizer: str = 'dq'
-  weight_options: Mapping[str, Any] | None = None
-  act_options: Mapping[str, Any] | None = None
-  a_signed: bool = False
-  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -227,14 +224,6 @@ class QuantConv(_Quantized, nn.Conv):
 
 class QuantDense(_Quantized, nn.Dense):
   """`nn.Dense` with `w_bits`-bit weights and `a_bits`-bit inputs."""
-  w_bits: int = FULL_PRECISION
-  a_bits: int = FULL_PRECISION
-  weight_quantizer: str = 'dq'
-  act_quantizer: str = 'dq'
-  weight_options: Mapping[str, Any] | None = None
-  act_options: Mapping[str, Any] | None = None
-  a_signed: bool = False
-  use_running_average: bool | None = None
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -254,7 +243,7 @@ class QuantizeActivation(nn.Module):
     if check_bits(self.bits, 'bits') == FULL_PRECISION:
       return x
     quantized = _quantize_activation(self, x, self.quantizer, self.bits, self.options,
-                                     self.signed, 'quantizer')
+                                     self.signed, QUANTIZER)
     _check_stats_mutable(self)
     _check_while_training(self, None if self.signed else x, None)
     return quantized

@@ -12,9 +12,8 @@ r"""Diagnostic plots of a run, written as PNGs under `<workdir>/plots/`.
 - `curves.png`: training loss and top-1 (train and eval) from metrics.jsonl, for the run and
   every `--compare` run on one figure.
 """
-import json
 import os
-from typing import Any, Iterable
+from typing import Iterable
 
 from absl import app
 from absl import flags
@@ -25,22 +24,23 @@ import matplotlib
 matplotlib.use('Agg')  # Files only: no display, also on headless machines.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
-import ml_collections
 import numpy as np
 
 from dqnn import data
 from dqnn import quantizers
-from dqnn import report
+from dqnn import runs
+from dqnn import summaries
+from dqnn import tracing
 from dqnn.export import exporter
 from dqnn.layers import QuantConv, QuantDense
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers.dq_activation import (DQActivation, closed_form, levels_from,
                                            per_channel_relative_error, weighted_level_sums)
+from dqnn.variables import ACT_QUANTIZER, QUANT_STATS, layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PLOTS_DIR = 'plots'
-FULL_PRECISION = 32
 # Closed-form refits per weighting: each one is a weighted Lloyd step, a few suffice.
 _FIT_ITERATIONS = 10
 _DQ_EPS = 1e-3
@@ -59,40 +59,13 @@ def _save(fig, path: str) -> str:
 
 def _quantized_layers(config, variables):
   """`(module, input shape)` of every conv/dense layer with quantized weights or inputs."""
-  size = exporter.image_size(config)
-  calls, _ = report.layer_calls(exporter.model_from_config(config), (size, size, 3), variables)
-  return [(module, in_shape) for module, in_shape, _ in calls
-          if getattr(module, 'w_bits', FULL_PRECISION) != FULL_PRECISION
-          or getattr(module, 'a_bits', FULL_PRECISION) != FULL_PRECISION]
-
-
-def weight_figure(module: nn.Module, variables: dict[str, Any]):
-  """Histogram of one quantized layer's weights with its levels marked (a matplotlib figure)."""
-  name = '/'.join(module.path)
-  quantizer = exporter.layer_variables(variables, (*module.path, 'weight_quantizer'))
-  table, _ = exporter.kernel_levels(module, quantizer)
-  if dq_weight.is_dq_weight(quantizer['params']):
-    weights, what = exporter.quantized_kernel(module, quantizer), 'w_q'
-  else:
-    weights, what = np.asarray(quantizer['params']['kernel']), 'latent kernel'
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.hist(weights.reshape(-1), bins=100, color='tab:blue', alpha=0.8)
-  ax.set_yscale('log')
-  # One tick per (channel, level) below the axis: where the learned levels lie.
-  bottom = ax.get_ylim()[0]
-  ax.plot(table.reshape(-1), np.full(table.size, bottom), '|', color='tab:red', markersize=12,
-          alpha=0.5, label=f'levels ({table.shape[0]} x {table.shape[1]})')
-  ax.set_title(f'{name}: {what}, W{module.w_bits} ({module.weight_quantizer})')
-  ax.set_xlabel('weight')
-  ax.set_ylabel('count')
-  ax.legend(loc='upper right')
-  fig.tight_layout()
-  return fig
+  size = runs.image_size(config)
+  return tracing.quantized_layers(runs.model_from_config(config), (size, size, 3), variables)
 
 
 def plot_weights(config, variables, out_dir: str) -> list[str]:
   """One histogram PNG per layer with quantized weights; returns the paths."""
-  return [_save(weight_figure(module, variables),
+  return [_save(summaries.weight_figure(module, variables),
                 os.path.join(out_dir, 'weights', _file_name('/'.join(module.path))))
           for module, _ in _quantized_layers(config, variables)
           if module.w_bits != FULL_PRECISION]
@@ -100,7 +73,7 @@ def plot_weights(config, variables, out_dir: str) -> list[str]:
 
 def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
   """Images from the dataset's eval split if it is prepared, else fake ones; and which."""
-  size = exporter.image_size(config)
+  size = runs.image_size(config)
   if config.dataset in data.SUPPORTED_DATASETS:
     try:
       info = data.get_dataset_info(config.dataset, config.data_dir or None)
@@ -117,7 +90,7 @@ def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
 
 def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
   """The input of every layer with quantized activations, by layer path, on `images`."""
-  model = exporter.model_from_config(config)
+  model = runs.model_from_config(config)
 
   def capture(variables, images):
     inputs, running = {}, []
@@ -156,13 +129,13 @@ def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: 
   x = jnp.asarray(x, jnp.float32)
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
-  stored = exporter.layer_variables(variables, (*module.path, 'act_quantizer'))
+  stored = layer_variables(variables, (*module.path, ACT_QUANTIZER))
   start, _ = exporter.nominal_levels(quantizer, stored)
   # DQ keeps its own parameterisation; the uniform baselines are refit as free levels.
   if isinstance(quantizer, DQActivation) and quantizer.parameterisation != 'uniform':
     parameterisation = quantizer.parameterisation
     field = {'basis': 'basis', 'free': 'levels'}[parameterisation]
-    value = stored['params'].get(field, stored['quant_stats'].get(field))
+    value = stored['params'].get(field, stored[QUANT_STATS].get(field))
   else:
     parameterisation, value = 'free', start
   energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
@@ -194,16 +167,11 @@ def plot_activation_errors(config, variables, out_dir: str, *, batch_size: int =
           if module.a_bits != FULL_PRECISION]
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_curves(workdirs: Iterable[str], path: str) -> str:
   """Loss and top-1 against step, train and eval, one colour per run."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for color, workdir in zip(plt.rcParams['axes.prop_cycle'].by_key()['color'] * 10, workdirs):
-    records = read_metrics(workdir)
+    records = runs.read_metrics(workdir)
     run = os.path.basename(os.path.normpath(workdir))
     for split, style in (('train', '-'), ('eval', 'o--')):
       for ax, metric in zip(axes, ('loss', 'top1')):
@@ -222,33 +190,11 @@ def plot_curves(workdirs: Iterable[str], path: str) -> str:
 
 def plot_run(workdir: str, compare: Iterable[str] = (), *, batch_size: int = 64) -> list[str]:
   """Every plot of a run (curves with the `compare` runs); returns the PNG paths."""
-  config, variables = exporter.read_workdir(workdir)
+  config, variables = runs.read_workdir(workdir)
   out_dir = os.path.join(workdir, PLOTS_DIR)
   return (plot_weights(config, variables, out_dir)
           + plot_activation_errors(config, variables, out_dir, batch_size=batch_size)
           + [plot_curves([workdir, *compare], os.path.join(out_dir, 'curves.png'))])
-
-
-def figure_image(fig) -> np.ndarray:
-  """An RGB uint8 `(H, W, 3)` rendering of a figure (closes it)."""
-  fig.canvas.draw()
-  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-  plt.close(fig)
-  return image
-
-
-def write_tensorboard_images(writer, step: int, variables: dict[str, Any],
-                             config: ml_collections.ConfigDict) -> None:
-  """Writes each quantized layer's weight histogram to TensorBoard (`dqnn.summary_writer`).
-
-  Call it from the training loop at eval time with the state's eval variables.
-  """
-  variables = jax.device_get(variables)
-  images = {f'weights/{"/".join(module.path)}': figure_image(weight_figure(module, variables))[None]
-            for module, _ in _quantized_layers(config, variables)
-            if module.w_bits != FULL_PRECISION}
-  if images:
-    writer.write_images(step, images)
 
 
 def main(argv):

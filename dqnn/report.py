@@ -10,7 +10,6 @@ per image. BatchNorm parameters (float32, foldable) are one extra row; activatio
 (a few floats per layer) are not counted.
 """
 import dataclasses
-import functools
 import json
 import math
 from typing import Any
@@ -19,15 +18,15 @@ from absl import app
 from absl import flags
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 from dqnn import checkpoint
 from dqnn import run_config
-from dqnn.export import exporter
-from dqnn.quantizers import dq_weight
+from dqnn import runs
+from dqnn import tracing
+from dqnn.quantizers import FULL_PRECISION, dq_weight
+from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER
 
-FULL_PRECISION = 32
 _FLOAT_BYTES = 4
 
 
@@ -48,47 +47,16 @@ class LayerCost:
     return self.float_bytes / self.packed_bytes if self.packed_bytes else 1.0
 
 
-def layer_calls(model: nn.Module, input_shape: tuple[int, ...], variables: Any | None = None):
-  """`(module, input shape, output shape)` of each conv/dense call, for one `input_shape` (HWC)
-  image; traced, not run. `variables` default to the abstract (eval_shape) initialisation.
-
-  Returns (calls, variables).
-  """
-  images = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  if variables is None:
-    variables = jax.eval_shape(functools.partial(model.init, train=False),
-                               jax.random.key(0), images)
-  calls, running = [], []
-
-  def record(next_fun, args, kwargs, context):
-    # QuantConv's __call__ calls nn.Conv's on the same module: count the outer call only.
-    if (context.method_name != '__call__' or not isinstance(context.module, (nn.Conv, nn.Dense))
-        or context.module in running):
-      return next_fun(*args, **kwargs)
-    running.append(context.module)
-    out = next_fun(*args, **kwargs)
-    running.pop()
-    calls.append((context.module, args[0].shape, out.shape))
-    return out
-
-  def forward(variables, x):
-    with nn.intercept_methods(record):
-      return model.apply(variables, x, train=False)
-
-  jax.eval_shape(forward, variables, images)
-  return calls, variables
-
-
 def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
                 variables: Any | None = None) -> list[LayerCost]:
   """Costs of every conv/dense layer of `model` for one input of `input_shape` (HWC), plus a
   'batch_norm' row; `variables` default to the model's abstract (eval_shape) initialisation."""
-  calls, variables = layer_calls(model, input_shape, variables)
+  calls, variables = tracing.layer_calls(model, input_shape, variables)
   params = variables['params']
   rows = [_layer_cost(module, in_shape, out_shape, subtree(params, module.path))
           for module, in_shape, out_shape in calls]
   bn_params = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(
-      variables.get('batch_stats', {})))
+      variables.get(BATCH_STATS, {})))
   # Stored BN: scale and bias (parameters) plus mean and var (statistics), all float32.
   bn_bytes = 2 * bn_params * _FLOAT_BYTES
   rows.append(LayerCost('batch_norm', 'bn', bn_params, FULL_PRECISION, FULL_PRECISION, 0, 0,
@@ -118,7 +86,7 @@ def _layer_cost(module, in_shape, out_shape, params) -> LayerCost:
   float_bytes = (weights + bias) * _FLOAT_BYTES
   packed = float_bytes
   if w_bits != FULL_PRECISION:
-    quantizer = params['weight_quantizer']
+    quantizer = params[WEIGHT_QUANTIZER]
     groups = (dq_weight.level_table(quantizer).shape[0] if dq_weight.is_dq_weight(quantizer)
               else module.features)
     packed = (math.ceil(weights * w_bits / 8) + groups * 2 ** w_bits * _FLOAT_BYTES
@@ -135,8 +103,8 @@ def total(rows: list[LayerCost]) -> LayerCost:
 
 def config_costs(config, variables: Any | None = None) -> list[LayerCost]:
   """`layer_costs` of a training config's model (abstract, or with a run's `variables`)."""
-  size = exporter.image_size(config)
-  return layer_costs(exporter.model_from_config(config), (size, size, 3), variables)
+  size = runs.image_size(config)
+  return layer_costs(runs.model_from_config(config), (size, size, 3), variables)
 
 
 def as_json(rows: list[LayerCost]) -> dict[str, Any]:
@@ -177,7 +145,7 @@ def _costs(config, workdir: str | None) -> list[LayerCost]:
   """Rows for `config`, or for `workdir`'s config and variables (`config` must then agree)."""
   variables = None
   if workdir:
-    saved, variables = exporter.read_workdir(workdir)
+    saved, variables = runs.read_workdir(workdir)
     differences = checkpoint.structural_differences(saved.to_dict(), config) if config else []
     if differences:
       raise checkpoint.CheckpointMismatchError('\n  '.join([

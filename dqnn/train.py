@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from absl import logging
-from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -25,14 +24,16 @@ from dqnn import distributed
 from dqnn import metrics
 from dqnn import models
 from dqnn import optim
-from dqnn import plots
 from dqnn import run_config
+from dqnn import runs
 from dqnn import schedules
+from dqnn import summaries
 from dqnn import warm_start
 from dqnn.data.train_input import global_batch, training_input
-from dqnn.layers import METRICS as QUANT_METRICS
+from dqnn.variables import BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS
 
-MODEL_STATE = ('batch_stats', 'quant_stats')
+# The model state a training step updates besides the parameters.
+MODEL_STATE = (BATCH_STATS, QUANT_STATS)
 
 
 class NonFiniteError(FloatingPointError):
@@ -49,8 +50,7 @@ class TrainState:
   quant_stats: Any
 
   def variables(self) -> dict[str, Any]:
-    return {'params': self.params, 'batch_stats': self.batch_stats,
-            'quant_stats': self.quant_stats}
+    return {PARAMS: self.params, BATCH_STATS: self.batch_stats, QUANT_STATS: self.quant_stats}
 
 
 class _Preemption:
@@ -95,12 +95,6 @@ def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
                             num_eval=0)
   return data.get_dataset_info(config.dataset, config.data_dir or None,
                                download=config.download)
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  return models.create_model(config.model, num_classes=num_classes,
-                             policy=models.QuantPolicy.from_config(config.quant),
-                             dtype=jnp.dtype(config.dtype))
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
@@ -245,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  else int(config.num_epochs * steps_per_epoch))
   schedule = learning_rate_schedule(config, steps_per_epoch=steps_per_epoch,
                                     total_steps=total_steps)
-  model = create_model(config, info.num_classes)
+  model = runs.model_from_config(config, classes=info.num_classes)
   tx = create_optimizer(config, schedule)
   rng = jax.random.key(config.seed)
   normalization = data.normalization(info.name)
@@ -341,7 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
           log.write(step, 'eval', record)
           if config.weight_images and is_main:
-            plots.write_tensorboard_images(log.writer, step, state.variables(), config)
+            summaries.write_weight_images(log.writer, step, model, state.variables(),
+                                          (info.image_size, info.image_size, 3))
           final.update({f'eval/{k}': v for k, v in record.items()})
         preempted = preemption.reached(step)
         if is_last or preempted or (config.checkpoint_every_steps

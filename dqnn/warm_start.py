@@ -19,11 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnn import optim
-from dqnn.quantizers import dq_activation
 from dqnn.quantizers import dq_weight
+from dqnn.variables import BATCH_STATS, COLLECTIONS, PARAMS, WEIGHT_QUANTIZER
 
-_FLOAT_COLLECTIONS = ('params', 'batch_stats')  # What a float model has.
-_COLLECTIONS = _FLOAT_COLLECTIONS + (dq_activation.STATS,)
+_FLOAT_COLLECTIONS = (PARAMS, BATCH_STATS)  # What a float model has.
 
 
 class WarmStartError(ValueError):
@@ -53,7 +52,7 @@ def _fit_dq(target: dict, kernel: np.ndarray) -> dict:
 def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
               problems: list[str], quantizer_params: set[tuple[str, ...]]) -> Any:
   where = '/'.join(path)
-  if dq_weight.is_dq_weight(target) and path[-1:] == ('weight_quantizer',):
+  if dq_weight.is_dq_weight(target) and path[-1:] == (WEIGHT_QUANTIZER,):
     kernel = _get(source, path[:-1] + ('kernel',))
     if kernel is None or tuple(kernel.shape) != tuple(target[dq_weight.INDEX].shape):
       problems.append(f'{where}: needs a float kernel shaped '
@@ -64,7 +63,7 @@ def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
     children = {key: _transfer(value, source, path + (key,), problems, quantizer_params)
                 for key, value in target.items()}
     return {key: value for key, value in children.items() if value is not _UNSET}
-  latent = path[-2:] == ('weight_quantizer', 'kernel')
+  latent = path[-2:] == (WEIGHT_QUANTIZER, 'kernel')
   value = _get(source, path[:-2] + ('kernel',) if latent else path)
   if value is None:
     if path not in quantizer_params:
@@ -105,12 +104,12 @@ def calibrate(model, variables: Mapping[str, Any], images: jax.Array, rng: jax.A
   The model runs as in training (BatchNorm on batch statistics); only the missing entries are
   taken from that run, so BatchNorm statistics and given parameters come back unchanged.
   """
-  _, fresh = model.apply(variables, images, train=True, mutable=list(_COLLECTIONS),
+  _, fresh = model.apply(variables, images, train=True, mutable=list(COLLECTIONS),
                          rngs={'params': rng, 'dropout': rng})
   merged = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
   merged.update(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables)))
   merged = flax.traverse_util.unflatten_dict(merged)
-  return {collection: merged.get(collection, {}) for collection in _COLLECTIONS}
+  return {collection: merged.get(collection, {}) for collection in COLLECTIONS}
 
 
 def from_float(model, variables: Mapping[str, Any], float_variables: Mapping[str, Any],

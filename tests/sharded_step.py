@@ -20,7 +20,10 @@ class Net(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = nn.relu(nn.BatchNorm(use_running_average=False)(nn.Conv(8, (3, 3), use_bias=False)(x)))
-    x = QuantConv(8, (3, 3), w_bits=2, a_bits=2, use_bias=False)(x)  # DQ levels by gradient
+    # The first conv's DQ activation levels are trained by gradient (params), the second's are
+    # refit in closed form (quant_stats): the device-count check covers both.
+    x = QuantConv(8, (3, 3), w_bits=2, a_bits=2, use_bias=False,
+                  act_options={'update': 'gradient'})(x)
     x = nn.relu(nn.BatchNorm(use_running_average=False)(x))
     x = QuantConv(8, (3, 3), w_bits=2, a_bits=2, act_options={'update': 'closed_form'})(x)
     return nn.Dense(10)(nn.relu(x).mean((1, 2)))
@@ -59,6 +62,8 @@ def main():
   labels = jnp.arange(16) % 10
   one = run(jax.devices()[:1], images, labels)
   four = run(jax.devices(), images, labels)
+  assert 'act_quantizer' in one['params']['QuantConv_0'], 'no gradient-trained levels'
+  assert 'act_quantizer' in one['quant_stats']['QuantConv_1'], 'no closed-form levels'
   # Largest |a - b| in units of the tolerance 1e-6 + 1e-4 |a|: <= 1 means equal to float precision.
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b) / (1e-6 + 1e-4 * np.abs(a)))),
                        one, four)

@@ -7,6 +7,7 @@ from PIL import Image
 import pytest
 
 from dqnn import plots
+from dqnn import runs
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
 from run_testlib import trained_run  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -47,23 +48,7 @@ def test_plot_run_writes_weight_activation_and_curve_plots(run, tmp_path):
 
 
 def test_activation_error_falls_back_to_fake_images(run):
-  config, _ = plots.exporter.read_workdir(str(run[0]))
+  config, _ = runs.read_workdir(str(run[0]))
   config.data_dir = '/nonexistent'
   images, source = plots.sample_batch(config, 4)
   assert images.shape == (4, 32, 32, 3) and source.startswith('fake')
-
-
-def test_tensorboard_images_are_rgb_arrays(run):
-  config, variables = plots.exporter.read_workdir(str(run[0]))
-
-  class _Writer:
-    images = {}
-
-    def write_images(self, step, images):
-      self.images.update({(step, k): v for k, v in images.items()})
-
-  writer = _Writer()
-  plots.write_tensorboard_images(writer, 7, variables, config)
-  assert {k for _, k in writer.images} == {
-      'weights/' + layer.replace('.', '/') for layer in _LAYERS}
-  assert all(v.shape == (1, 400, 600, 3) and v.dtype == 'uint8' for v in writer.images.values())

@@ -6,13 +6,13 @@
 
 See docs/export_format.md.
 """
-from dqnn.export.exporter import (InvalidVariablesError, export_model, export_workdir,
-                                  per_channel_levels)
+from dqnn.export.exporter import InvalidVariablesError, export_model, export_workdir
 from dqnn.export.folding import fold_batch_norm
 from dqnn.export.format import (ExportedModel, ExportFormatError, load, pack_indices,
                                 packed_nbytes, save, unpack_indices)
 from dqnn.export.graph import UnsupportedModelError
 from dqnn.export.inference import infer, make_infer
+from dqnn.quantizers.readout import per_channel_levels
 
 __all__ = [
     'ExportedModel', 'ExportFormatError', 'InvalidVariablesError', 'UnsupportedModelError', 'export_model',

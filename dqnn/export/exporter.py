@@ -6,7 +6,6 @@ distinct values of their `w_q` per output channel. Each activation quantizer bec
 threshold vector and the values it outputs. Float kernels, biases and BatchNorm stay float32.
 """
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -15,64 +14,25 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dqnn import checkpoint
-from dqnn import models
 from dqnn import quantizers
-from dqnn import run_config
-from dqnn.data import datasets
+from dqnn import runs
 from dqnn.export import folding
 from dqnn.export import format as fmt
 from dqnn.export import graph
 from dqnn.layers import QuantizeActivation
-from dqnn.quantizers import dq_weight
-from dqnn.quantizers import levels as lv
+from dqnn.quantizers import FULL_PRECISION, dq_weight
 from dqnn.quantizers.dorefa import DoReFaActivation
 from dqnn.quantizers.dq_activation import DQActivation, levels_from, unit_grid
 from dqnn.quantizers.lsq import LSQActivation, signed_range
 from dqnn.quantizers.pact import PACTActivation
+from dqnn.quantizers.readout import kernel_levels
+from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, QUANT_STATS, QUANTIZER,
+                            WEIGHT_QUANTIZER, layer_variables)
 
-FULL_PRECISION = 32
-# Relative spread of float noise around one level that still counts as that level.
-_NOISE = 1e-5
-_COLLECTIONS = ('params', 'batch_stats', 'quant_stats')
-
-
-def num_classes(config: ml_collections.ConfigDict) -> int:
-  """The class count a config's model was built with (known without reading the dataset)."""
-  if config.dataset in datasets.SUPPORTED_DATASETS:
-    return datasets.spec(config.dataset).num_classes
-  return config.num_classes
-
-
-def model_from_config(config: ml_collections.ConfigDict) -> nn.Module:
-  return models.create_model(config.model, num_classes=num_classes(config),
-                             policy=models.QuantPolicy.from_config(config.quant),
-                             dtype=jnp.dtype(config.dtype))
-
-
-def image_size(config: ml_collections.ConfigDict) -> int:
-  return config.image_size or models.model_spec(config.model).image_size
 
 
 class InvalidVariablesError(ValueError):
   """The variables are not a well-formed model (e.g. DQ levels not increasing)."""
-
-
-def read_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """A training run's config and eval-time variables (params, batch_stats, quant_stats).
-
-  Raises FileNotFoundError if `workdir` is not a training run, `CorruptCheckpointError` if its
-  latest checkpoint differs from what was saved.
-  """
-  saved = run_config.read(workdir) if os.path.isdir(workdir) else None
-  if saved is None:
-    raise FileNotFoundError(f'{workdir!r} is not a training run: it has no '
-                            f'{run_config.CONFIG_FILE}. Pass the --workdir a training run used.')
-  config = ml_collections.ConfigDict(saved)
-  state = checkpoint.restore_state_dict(workdir)
-  # Closed-form activation quantizers keep their levels in quant_stats, so it is needed too.
-  variables = {name: state.get(name) or {} for name in _COLLECTIONS}
-  return config, variables
 
 
 def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *,
@@ -85,8 +45,8 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
     dq_weight.validate(variables['params'])
   except ValueError as error:
     raise InvalidVariablesError(f'Refusing to export: {error}') from None
-  model = model_from_config(config)
-  size = image_size(config)
+  model = runs.model_from_config(config)
+  size = runs.image_size(config)
   # Batch 2, so that the batch axis is not mistaken for another axis of size 1.
   traced = graph.trace(model, variables, (2, size, size, 3))
   builder = _Builder(variables, first_free_value=1 + max(op['output'] for op in traced.ops))
@@ -97,7 +57,7 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
     else:
       ops.append(op)
   header = {'model': config.model, 'config': config.to_dict(),
-            'num_classes': num_classes(config), 'input_shape': [size, size, 3],
+            'num_classes': runs.num_classes(config), 'input_shape': [size, size, 3],
             'output': traced.output, 'ops': ops, 'folded_batch_norm': {}}
   exported = fmt.ExportedModel(json.loads(json.dumps(header, default=_jsonable)),
                                builder.tensors)
@@ -105,7 +65,7 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
 
 
 def export_workdir(workdir: str, *, fold_batch_norm: bool = False) -> fmt.ExportedModel:
-  config, variables = read_workdir(workdir)
+  config, variables = runs.read_workdir(workdir)
   return export_model(config, variables, fold_batch_norm=fold_batch_norm)
 
 
@@ -115,15 +75,6 @@ def _jsonable(value):
   if isinstance(value, tuple):
     return list(value)
   return str(value)
-
-
-def layer_variables(variables: dict[str, Any], path: tuple[str, ...]) -> dict[str, dict]:
-  """The subtree at module `path` of each collection (empty where a collection has none)."""
-  def subtree(tree):
-    for key in path:
-      tree = (tree or {}).get(key, {})
-    return tree or {}
-  return {name: subtree(variables.get(name, {})) for name in _COLLECTIONS}
 
 
 class _Builder:
@@ -148,7 +99,7 @@ class _Builder:
       return [self._batch_norm(module, name, source, output)]
     if isinstance(module, QuantizeActivation):
       return [self._act_quantize(module.quantizer, module.bits, module.options, module.signed,
-                                 self._vars(module, 'quantizer'), f'{name}/quantizer',
+                                 self._vars(module, QUANTIZER), f'{name}/{QUANTIZER}',
                                  source, output)]
     ops = []
     a_bits = getattr(module, 'a_bits', FULL_PRECISION)
@@ -156,8 +107,8 @@ class _Builder:
       quantized = self._next_value
       self._next_value += 1
       ops.append(self._act_quantize(module.act_quantizer, a_bits, module.act_options,
-                                    module.a_signed, self._vars(module, 'act_quantizer'),
-                                    f'{name}/act_quantizer', source, quantized))
+                                    module.a_signed, self._vars(module, ACT_QUANTIZER),
+                                    f'{name}/{ACT_QUANTIZER}', source, quantized))
       source = quantized
     ops.append(self._linear(module, name, source, output))
     return ops
@@ -168,8 +119,8 @@ class _Builder:
     variables = self._vars(module)
     op = {'op': 'batch_norm', 'name': name, 'inputs': [source], 'output': output,
           'epsilon': float(module.epsilon), 'dtype': _dtype_name(module.dtype),
-          'mean': self._add(f'{name}/mean', variables['batch_stats']['mean']),
-          'var': self._add(f'{name}/var', variables['batch_stats']['var'])}
+          'mean': self._add(f'{name}/mean', variables[BATCH_STATS]['mean']),
+          'var': self._add(f'{name}/var', variables[BATCH_STATS]['var'])}
     for field in ('scale', 'bias'):
       op[field] = (self._add(f'{name}/{field}', variables['params'][field])
                    if field in variables['params'] else None)
@@ -190,7 +141,7 @@ class _Builder:
       op['kernel'] = {'float': self._add(f'{name}/kernel', params['kernel']),
                       'shape': list(np.shape(params['kernel']))}
     else:
-      table, indices = kernel_levels(module, self._vars(module, 'weight_quantizer'))
+      table, indices = kernel_levels(module, self._vars(module, WEIGHT_QUANTIZER))
       op['kernel'] = {'bits': w_bits, 'shape': list(indices.shape),
                       'levels': self._add(f'{name}/levels', table),
                       'indices': self._add(f'{name}/indices', fmt.pack_indices(indices, w_bits),
@@ -211,63 +162,11 @@ class _Builder:
             'values': self._add(f'{name}/values', values)}
 
 
-def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  """`(G, 2**bits)` levels and kernel-shaped level indices of a quantized layer's kernel.
-
-  `variables`: the layer's `weight_quantizer` subtree of each collection (`params`, ...).
-  """
-  params = variables['params']
-  if dq_weight.is_dq_weight(params):
-    table = dq_weight.level_table(params)
-    return (np.asarray(table),
-            np.asarray(lv.round_index(params[dq_weight.INDEX], table.shape[-1])))
-  # Latent-weight baselines: w_q as the quantizer computes it, then its values per channel.
-  return per_channel_levels(quantized_kernel(module, variables), module.w_bits,
-                            '/'.join(module.path))
-
-
-def quantized_kernel(module: nn.Module, variables: dict[str, Any]) -> np.ndarray:
-  """`w_q` of a quantized layer, computed by its own weight quantizer."""
-  if dq_weight.is_dq_weight(variables['params']):
-    return np.asarray(dq_weight.quantized_weight(variables['params']))
-  shape = tuple(variables['params']['kernel'].shape)
-  quantizer = quantizers.weight_quantizer(module.weight_quantizer, module.w_bits,
-                                          module.kernel_init, module.weight_options)
-  return np.asarray(quantizer.apply({k: v for k, v in variables.items() if v}, shape))
-
-
-def per_channel_levels(w_q: np.ndarray, bits: int, name: str = '') -> tuple[np.ndarray, np.ndarray]:
-  """Level table `(out, 2**bits)` and indices of a kernel `w_q` with few values per channel.
-
-  Rows with fewer than `2**bits` distinct values repeat their largest one (never indexed). A
-  straight-through `w + (q - w)` (LQ-Nets) leaves rounding noise around each level: values
-  are then grouped at the `2**bits - 1` widest gaps, each group stored as its mean.
-  """
-  groups = w_q.reshape(-1, w_q.shape[-1])
-  num_levels = 2 ** bits
-  table = np.empty((groups.shape[1], num_levels), np.float32)
-  indices = np.empty(groups.shape, np.int32)
-  for channel in range(groups.shape[1]):
-    distinct, index = np.unique(groups[:, channel], return_inverse=True)
-    if distinct.size > num_levels:
-      cuts = np.sort(np.argsort(np.diff(distinct))[-(num_levels - 1):]) + 1
-      clusters = np.split(distinct, cuts)
-      spread = max(float(c[-1] - c[0]) for c in clusters)
-      if spread > _NOISE * np.abs(distinct).max():
-        raise ValueError(f'{name}: output channel {channel} has {distinct.size} distinct '
-                         f'quantized weights, more than 2**{bits}.')
-      index = np.searchsorted(cuts, index, side='right')
-      distinct = np.array([c.mean() for c in clusters], np.float32)
-    table[channel] = np.pad(distinct, (0, num_levels - distinct.size), mode='edge')
-    indices[:, channel] = index.reshape(-1)
-  return table, indices.reshape(w_q.shape)
-
-
 def nominal_levels(quantizer: nn.Module, variables: dict) -> tuple[jax.Array, bool]:
   """The sorted `(2**bits,)` levels an activation quantizer rounds to, and whether nearest-level
   rounding with midpoint thresholds reproduces it bit for bit (DQ) or up to ties (the others).
   """
-  params, stats = variables.get('params', {}), variables.get('quant_stats', {})
+  params, stats = variables.get('params', {}), variables.get(QUANT_STATS, {})
   bits, num_levels = quantizer.bits, 2 ** quantizer.bits
   if isinstance(quantizer, DQActivation):
     field = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[quantizer.parameterisation]

@@ -56,6 +56,9 @@ MODELS = {
            last_features=8), 32),
 }
 del _p
+# The models the experiment configs (configs/) train, per dataset.
+CIFAR_MODELS = ('cifar_resnet20', 'cifar_resnet18', 'cifar_alexnet', 'cifar_mobilenet_v2')
+IMAGENET_MODELS = ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenet_v2')
 
 
 def model_spec(name: str) -> ModelSpec:

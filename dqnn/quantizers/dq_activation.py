@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers.bits import check_bits
+from dqnn.variables import QUANT_STATS
 
-STATS = 'quant_stats'
 PARAMETERISATIONS = ('basis', 'free', 'uniform')
 WEIGHTINGS = ('channel', 'pooled')
 UPDATES = ('gradient', 'closed_form')
@@ -175,16 +175,16 @@ class DQActivation(nn.Module):
     if self.update == 'gradient':
       value = self.param(name, lambda _: init())
     else:
-      value = self.variable(STATS, name, init).value
+      value = self.variable(QUANT_STATS, name, init).value
     levels = levels_from(self.parameterisation, value, self.bits, self.signed)
     if (self.update == 'closed_form' and not self.use_running_average
-        and self.is_mutable_collection(STATS) and not self.is_initializing()):
+        and self.is_mutable_collection(QUANT_STATS) and not self.is_initializing()):
       # x in its own dtype: the sums accumulate in float32 without an upcast copy of x.
       mass, moment = weighted_level_sums(jax.lax.stop_gradient(x), levels, self.weighting,
                                          self.eps)
       fitted = closed_form(self.parameterisation, mass, moment, levels, value, self.bits,
                            self.signed)
-      self.put_variable(STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
+      self.put_variable(QUANT_STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
     return quantize(x, _varying_like(levels, x), self.weighting, self.eps, self.task_grad_weight)
 
   def _initial_value(self, x):

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers.bits import check_bits
-from dqnn.quantizers.dq_activation import STATS, binary_codes
+from dqnn.quantizers.dq_activation import binary_codes
+from dqnn.variables import QUANT_STATS
 from dqnn.quantizers.ste import replace_ste
 
 
@@ -67,8 +68,8 @@ class LQNetsWeight(nn.Module):
         basis = fit_basis(groups, basis, self.bits)
       return basis
 
-    basis = self.variable(STATS, 'basis', initial_basis)
-    if (not self.use_running_average and self.is_mutable_collection(STATS)
+    basis = self.variable(QUANT_STATS, 'basis', initial_basis)
+    if (not self.use_running_average and self.is_mutable_collection(QUANT_STATS)
         and not self.is_initializing()):
       fitted = fit_basis(jax.lax.stop_gradient(groups), basis.value, self.bits)
       basis.value = self.momentum * basis.value + (1 - self.momentum) * fitted

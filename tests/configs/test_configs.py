@@ -11,8 +11,8 @@ import ml_collections
 import pytest
 
 from dqnn import models
+from dqnn import runs
 from dqnn.data import datasets
-from dqnn import train
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # Config files import `configs.base`, as they do when run from the repository root.
@@ -21,11 +21,17 @@ if str(REPO) not in sys.path:
 
 CONFIG_FILES = sorted(path for path in (REPO / 'configs').glob('*.py')
                       if path.name not in ('__init__.py', 'base.py'))
+
+
+def _file_stem(model: str) -> str:
+  """A model's name in config file names: 'cifar_mobilenet_v2' -> 'mobilenetv2'."""
+  return model.removeprefix('cifar_').replace('_', '')
+
+
 EXPECTED_EXPERIMENTS = (
-    [f'cifar100_{m}_{b}' for m in ('resnet20', 'resnet18', 'alexnet', 'mobilenetv2')
+    [f'cifar100_{_file_stem(m)}_{b}' for m in models.CIFAR_MODELS
      for b in ('fp', 'w2a2', 'w3a3', 'w4a4')]
-    + [f'imagenet_{m}_{b}' for m in ('resnet18', 'resnet34', 'resnet50', 'alexnet', 'mobilenetv2')
-       for b in ('fp', 'w2a2')]
+    + [f'imagenet_{_file_stem(m)}_{b}' for m in models.IMAGENET_MODELS for b in ('fp', 'w2a2')]
     + ['imagenet_resnet18_w3a3', 'imagenet_resnet18_w4a4', 'fake_data_throughput'])
 
 
@@ -80,7 +86,7 @@ def test_config_loads_and_builds_its_model(path):
   # runlocal's model is the full model or a tiny variant of its family: build both.
   for cfg in (config, local) if local.model != config.model else (config,):
     num_classes, image_size = _sizes(cfg)
-    model = train.create_model(cfg, num_classes)
+    model = runs.model_from_config(cfg, classes=num_classes)
     logits, variables = jax.eval_shape(
         functools.partial(model.init_with_output, train=False), jax.random.key(0),
         jnp.zeros((2, image_size, image_size, 3), jnp.float32))

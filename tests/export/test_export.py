@@ -13,8 +13,7 @@ import pytest
 
 from dqnn import checkpoint
 from dqnn import export
-from dqnn import train
-from dqnn.export import exporter
+from dqnn import runs
 from dqnn.export import format as fmt
 
 _IMAGES = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
@@ -25,7 +24,7 @@ def _trained_logits(workdir):
   with open(workdir / 'config.json') as f:
     config = ml_collections.ConfigDict(json.load(f))
   state = checkpoint.restore_state_dict(str(workdir))
-  model = train.create_model(config, num_classes=100)
+  model = runs.model_from_config(config, classes=100)
   variables = {name: state[name] for name in ('params', 'batch_stats', 'quant_stats')}
   return model.apply(variables, jnp.asarray(_IMAGES), train=False), model, variables
 
@@ -101,7 +100,7 @@ def test_cli_writes_a_loadable_file(trained_workdir, tmp_path):
     ('index', lambda index: np.full_like(index, 1e6), 'leaves its domain'),
 ])
 def test_malformed_dq_parameters_are_refused(trained_workdir, field, corrupt, named):
-  config, variables = exporter.read_workdir(str(trained_workdir))
+  config, variables = runs.read_workdir(str(trained_workdir))
   quantizer = variables['params']['stage1']['block0']['conv1']['weight_quantizer']
   field = next(name for name in quantizer if name.endswith(field))  # levels or half_levels
   quantizer[field] = corrupt(quantizer[field])

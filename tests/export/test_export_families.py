@@ -10,7 +10,7 @@ import pytest
 
 from dqnn import export
 from dqnn import models
-from dqnn.export import exporter
+from dqnn import runs
 from dqnn.export import format as fmt
 from dqnn.export import graph
 
@@ -46,7 +46,7 @@ def _through_a_file(exported):
 
 def _init(config, seed=0):
   """The model, random variables of its structure, and images."""
-  model = exporter.model_from_config(config)
+  model = runs.model_from_config(config)
   size = models.model_spec(config.model).image_size
   images = jax.random.normal(jax.random.key(seed), (2, size, size, 3))
   abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from dqnn import runs
 from dqnn import train
 from dqnn import warm_start
 from dqnn.layers import QuantizeActivation
@@ -14,7 +15,7 @@ from train_testlib import tiny_config
 
 
 def _initial_state(config, num_classes, images, seed=0):
-  model = train.create_model(config, num_classes=num_classes)
+  model = runs.model_from_config(config, classes=num_classes)
   tx = train.create_optimizer(config, optax.constant_schedule(0.01))
   return model, train.initial_state(model, tx, jax.random.key(seed), images)
 

@@ -1,0 +1,29 @@
+"""The names in a dqnn model's variables, and reading one layer's share of them.
+
+Collections hold a model's state; the submodule names say where a quantized layer's quantizers
+keep theirs (`<layer path>/WEIGHT_QUANTIZER/...` in each collection).
+"""
+from typing import Any
+
+PARAMS = 'params'
+BATCH_STATS = 'batch_stats'
+# Quantizer state that is not trained by gradient (closed-form levels, moving averages).
+QUANT_STATS = 'quant_stats'
+# What a trained model holds: everything evaluation, export and reports read.
+COLLECTIONS = (PARAMS, BATCH_STATS, QUANT_STATS)
+# Sown at eval time only: each quantized activation's relative error.
+QUANT_METRICS = 'quant_metrics'
+
+# The quantizer submodules of QuantConv / QuantDense, and of QuantizeActivation.
+WEIGHT_QUANTIZER = 'weight_quantizer'
+ACT_QUANTIZER = 'act_quantizer'
+QUANTIZER = 'quantizer'
+
+
+def layer_variables(variables: dict[str, Any], path: tuple[str, ...]) -> dict[str, dict]:
+  """The subtree at module `path` of each collection (empty where a collection has none)."""
+  def subtree(tree):
+    for key in path:
+      tree = (tree or {}).get(key, {})
+    return tree or {}
+  return {name: subtree(variables.get(name, {})) for name in COLLECTIONS}
