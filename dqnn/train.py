@@ -170,7 +170,7 @@ def evaluate(config, info, state, eval_fn, batch_sharding, batch_size) -> dict[s
   """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
   totals = None
   for batch in data.eval_batches(info, config.data_dir or None, global_batch_size=batch_size,
-                                 image_size=info.image_size):
+                                 image_size=info.image_size, num_workers=config.input_workers):
     sums = eval_fn(state, global_batch(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)

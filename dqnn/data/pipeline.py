@@ -62,10 +62,6 @@ def _host_seed(seed: int, process_index: int) -> int:
   return int(np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1)[0])
 
 
-def _split_size(info: datasets.DatasetInfo, split: str) -> int:
-  return info.num_train if split == info.train_split else info.num_eval
-
-
 def _read_options() -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=PREFETCH)
 
@@ -110,6 +106,11 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
     ds = (grain.MapDataset.source(source).seed(host_seed).shuffle().repeat()
           .random_map(functools.partial(_imagenet_train_example, image_size=image_size))
           .batch(batch, drop_remainder=True))
+  return _prefetched(ds, num_workers)
+
+
+def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
+  """`ds` read ahead by threads, and by `num_workers` processes when > 0."""
   ds = ds.to_iter_dataset(_read_options())
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none.
@@ -132,7 +133,8 @@ def _eval_example(index: int, *, source, name: str, image_size: int) -> dict[str
 
 def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
                  image_size: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int | None = None,
+                 num_workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Finite eval batches; each eval example appears exactly once over all hosts.
 
   Yields {'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': bool [B]} with
@@ -149,9 +151,8 @@ def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_bat
   ds = (grain.MapDataset.range(num_batches * batch)
         .map(functools.partial(_eval_example, source=source, name=info.name,
                                image_size=image_size))
-        .batch(batch)
-        .to_iter_dataset(_read_options()))
-  return iter(ds)
+        .batch(batch))
+  return iter(_prefetched(ds, num_workers))
 
 
 def fake_batches(*, global_batch_size: int, image_size: int, num_classes: int, seed: int = 0,

@@ -325,3 +325,8 @@ def test_imagenet_train_with_worker_processes_matches_threads(imagenet):
   workers = _take(data.train_dataset(info, d, num_workers=2, **kwargs), 3)
   for a, b in zip(threads, workers):
     np.testing.assert_array_equal(a['image'], b['image'])
+  eval_kwargs = dict(global_batch_size=2, image_size=32, process_index=0, process_count=1)
+  for a, b in zip(data.eval_batches(info, d, **eval_kwargs),
+                  data.eval_batches(info, d, num_workers=2, **eval_kwargs), strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['mask'], b['mask'])
