@@ -91,20 +91,14 @@ def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
   model = runs.model_from_config(config)
 
   def capture(variables, images):
-    inputs, running = {}, []
+    inputs = {}
 
-    def record(next_fun, args, kwargs, context):
-      module = context.module
-      if (context.method_name != '__call__' or not isinstance(module, (QuantConv, QuantDense))
-          or module in running or module.a_bits == FULL_PRECISION):
-        return next_fun(*args, **kwargs)
-      running.append(module)
-      inputs['/'.join(module.path)] = args[0]
-      out = next_fun(*args, **kwargs)
-      running.pop()
-      return out
+    def record(module, x, run):
+      if module.a_bits != FULL_PRECISION:
+        inputs['/'.join(module.path)] = x
+      return run()
 
-    with nn.intercept_methods(record):
+    with tracing.intercept_layers((QuantConv, QuantDense), record):
       model.apply(variables, images, train=False)
     return inputs
 
