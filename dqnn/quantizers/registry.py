@@ -49,6 +49,11 @@ def register_act_quantizer(name: str, cls: type, *, presets: Mapping[str, Any] |
 def register_param_groups(cls: type, groups: Mapping[str, str]) -> None:
   """Declares that a module of class `cls` creating exactly the parameters `groups` names is a
   quantizer, and which optimizer group each of them belongs to."""
+  _check_groups(cls, groups)
+  _param_signatures[frozenset(groups)] = (cls, dict(groups))
+
+
+def _check_groups(cls, groups):
   unknown = set(groups.values()) - set(PARAM_GROUPS)
   if unknown:
     raise ValueError(f'Unknown parameter groups {sorted(unknown)} for {cls.__name__}; use '
@@ -57,7 +62,6 @@ def register_param_groups(cls: type, groups: Mapping[str, str]) -> None:
   if signature in _param_signatures and _param_signatures[signature][1] != dict(groups):
     raise ValueError(f'Parameters {sorted(signature)} are already registered with other groups '
                      f'by {_param_signatures[signature][0].__name__}.')
-  _param_signatures[signature] = (cls, dict(groups))
 
 
 def param_signature(names) -> tuple[type, dict[str, str]] | None:
@@ -79,6 +83,9 @@ def _register(kind, name, cls, presets, param_groups):
   if registered is not None and _signature(registered) != _signature(factory):
     raise ValueError(f'{kind.capitalize()} quantizer {name!r} is already registered as '
                      f'{_describe(registered)}; choose another name.')
+  # Everything checked before anything is registered.
+  for groups in param_groups:
+    _check_groups(cls, groups)
   for groups in param_groups:
     register_param_groups(cls, groups)
   _registries[kind][name] = factory
