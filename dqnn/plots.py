@@ -31,19 +31,17 @@ from dqnn import quantizers
 from dqnn import runs
 from dqnn import summaries
 from dqnn import tracing
-from dqnn.export import exporter
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
-from dqnn.quantizers.dq_activation import (DQActivation, closed_form, levels_from,
-                                           per_channel_relative_error, weighted_level_sums)
-from dqnn.variables import ACT_QUANTIZER, QUANT_STATS, layer_variables
+from dqnn.quantizers import readout
+from dqnn.quantizers.dq_activation import fit_levels, per_channel_relative_error
+from dqnn.variables import ACT_QUANTIZER, layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PLOTS_DIR = 'plots'
 # Closed-form refits per weighting: each one is a weighted Lloyd step, a few suffice.
 _FIT_ITERATIONS = 10
-_DQ_EPS = 1e-3
 
 
 def _file_name(layer: str) -> str:
@@ -93,34 +91,18 @@ def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
   model = runs.model_from_config(config)
 
   def capture(variables, images):
-    inputs, running = {}, []
+    inputs = {}
 
-    def record(next_fun, args, kwargs, context):
-      module = context.module
-      if (context.method_name != '__call__' or not isinstance(module, (QuantConv, QuantDense))
-          or module in running or module.a_bits == FULL_PRECISION):
-        return next_fun(*args, **kwargs)
-      running.append(module)
-      inputs['/'.join(module.path)] = args[0]
-      out = next_fun(*args, **kwargs)
-      running.pop()
-      return out
+    def record(module, x, run):
+      if module.a_bits != FULL_PRECISION:
+        inputs['/'.join(module.path)] = x
+      return run()
 
-    with nn.intercept_methods(record):
+    with tracing.intercept_layers((QuantConv, QuantDense), record):
       model.apply(variables, images, train=False)
     return inputs
 
   return jax.jit(capture)(variables, images)
-
-
-def fit_levels(x: jax.Array, parameterisation: str, value: jax.Array, bits: int, signed: bool,
-               weighting: str) -> jax.Array:
-  """Levels refit in closed form on `x` under `weighting`, from the parameter `value`."""
-  for _ in range(_FIT_ITERATIONS):
-    levels = levels_from(parameterisation, value, bits, signed)
-    mass, moment = weighted_level_sums(x, levels, weighting, _DQ_EPS)
-    value = closed_form(parameterisation, mass, moment, levels, value, bits, signed)
-  return levels_from(parameterisation, value, bits, signed)
 
 
 def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: str):
@@ -130,20 +112,18 @@ def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: 
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
   stored = layer_variables(variables, (*module.path, ACT_QUANTIZER))
-  start, _ = exporter.nominal_levels(quantizer, stored)
-  # DQ keeps its own parameterisation; the uniform baselines are refit as free levels.
-  if isinstance(quantizer, DQActivation) and quantizer.parameterisation != 'uniform':
-    parameterisation = quantizer.parameterisation
-    field = {'basis': 'basis', 'free': 'levels'}[parameterisation]
-    value = stored['params'].get(field, stored[QUANT_STATS].get(field))
-  else:
-    parameterisation, value = 'free', start
+  # DQ keeps its basis or free parameterisation; uniform grids (DQ's and the baselines') are
+  # refit as free levels.
+  parameterisation, value = readout.level_parameter(quantizer, stored)
+  if parameterisation == 'uniform':
+    parameterisation, value = 'free', readout.activation_levels(quantizer, stored)[0]
   energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
   order = np.argsort(energy)
   fig, ax = plt.subplots(figsize=(6, 4))
   for weighting, label, color in (('channel', 'DQ channel weighting', 'tab:blue'),
                                   ('pooled', 'pooled weighting (LQ-Nets)', 'tab:orange')):
-    levels = fit_levels(x, parameterisation, value, module.a_bits, module.a_signed, weighting)
+    levels = fit_levels(x, parameterisation, value, module.a_bits, module.a_signed, weighting,
+                        _FIT_ITERATIONS)
     error = np.asarray(per_channel_relative_error(x, lv.nearest_value_1d(x, levels)))
     ax.plot(np.arange(error.size), error[order], '.-', color=color,
             label=f'{label} (mean {error.mean():.3g})')

@@ -14,6 +14,10 @@ COLLECTIONS = (PARAMS, BATCH_STATS, QUANT_STATS)
 # Sown at eval time only: each quantized activation's relative error.
 QUANT_METRICS = 'quant_metrics'
 
+# Optimizer groups of parameters (`dqnn.optim.groups`): kernels in weight units, DQ weight level
+# tables, quantizer parameters (steps, clips, gradient-trained levels), and everything else.
+PARAM_GROUPS = ('weights', 'levels', 'quantizer', 'other')
+
 # The quantizer submodules of QuantConv / QuantDense, and of QuantizeActivation.
 WEIGHT_QUANTIZER = 'weight_quantizer'
 ACT_QUANTIZER = 'act_quantizer'

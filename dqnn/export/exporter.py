@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -21,13 +20,8 @@ from dqnn.export import format as fmt
 from dqnn.export import graph
 from dqnn.layers import QuantizeActivation
 from dqnn.quantizers import FULL_PRECISION, dq_weight
-from dqnn.quantizers.dorefa import DoReFaActivation
-from dqnn.quantizers.dq_activation import DQActivation, levels_from, unit_grid
-from dqnn.quantizers.lsq import LSQActivation, signed_range
-from dqnn.quantizers.pact import PACTActivation
-from dqnn.quantizers.readout import kernel_levels
-from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, QUANT_STATS, QUANTIZER,
-                            WEIGHT_QUANTIZER, layer_variables)
+from dqnn.quantizers import readout
+from dqnn.variables import ACT_QUANTIZER, BATCH_STATS, QUANTIZER, WEIGHT_QUANTIZER, layer_variables
 
 
 
@@ -141,7 +135,7 @@ class _Builder:
       op['kernel'] = {'float': self._add(f'{name}/kernel', params['kernel']),
                       'shape': list(np.shape(params['kernel']))}
     else:
-      table, indices = kernel_levels(module, self._vars(module, WEIGHT_QUANTIZER))
+      table, indices = readout.kernel_levels(module, self._vars(module, WEIGHT_QUANTIZER))
       op['kernel'] = {'bits': w_bits, 'shape': list(indices.shape),
                       'levels': self._add(f'{name}/levels', table),
                       'indices': self._add(f'{name}/indices', fmt.pack_indices(indices, w_bits),
@@ -151,7 +145,10 @@ class _Builder:
   def _act_quantize(self, method, bits, options, signed, variables, name, source,
                     output) -> dict:
     quantizer = quantizers.activation_quantizer(method, bits, options, signed=signed)
-    nominal, exact = nominal_levels(quantizer, variables)
+    try:
+      nominal, exact = readout.activation_levels(quantizer, variables)
+    except readout.NoReadoutError as error:
+      raise graph.UnsupportedModelError(f'{name}: {error}') from None
     # Each cell's output is whatever the quantizer makes of a point inside it: for DQ exactly the
     # value training computes (the levels summed up gap by gap), for the others their grid.
     values = quantizer.apply({k: v for k, v in variables.items() if v}, nominal)
@@ -160,28 +157,6 @@ class _Builder:
             'bits': bits, 'exact': exact,
             'thresholds': self._add(f'{name}/thresholds', thresholds),
             'values': self._add(f'{name}/values', values)}
-
-
-def nominal_levels(quantizer: nn.Module, variables: dict) -> tuple[jax.Array, bool]:
-  """The sorted `(2**bits,)` levels an activation quantizer rounds to, and whether nearest-level
-  rounding with midpoint thresholds reproduces it bit for bit (DQ) or up to ties (the others).
-  """
-  params, stats = variables.get('params', {}), variables.get(QUANT_STATS, {})
-  bits, num_levels = quantizer.bits, 2 ** quantizer.bits
-  if isinstance(quantizer, DQActivation):
-    field = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[quantizer.parameterisation]
-    value = params.get(field, stats.get(field))
-    return levels_from(quantizer.parameterisation, value, bits, quantizer.signed), True
-  if isinstance(quantizer, LSQActivation):
-    low, high = signed_range(bits) if quantizer.signed else (0, num_levels - 1)
-    return jnp.arange(-low, high + 1, dtype=jnp.float32) * params['step'], False
-  if isinstance(quantizer, PACTActivation):
-    alpha = params['clip']
-    low = -alpha if quantizer.signed else 0.0
-    return low + unit_grid(num_levels, False) * (alpha - low), False
-  if isinstance(quantizer, DoReFaActivation):
-    return unit_grid(num_levels, quantizer.signed).astype(jnp.float32), False
-  raise graph.UnsupportedModelError(f'No export for activation quantizer {type(quantizer)}.')
 
 
 def _dtype_name(dtype) -> str:

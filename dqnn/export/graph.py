@@ -16,6 +16,7 @@ import jax
 from jax.extend import core as jex_core
 import numpy as np
 
+from dqnn import tracing
 from dqnn.layers import QuantizeActivation
 
 LAYER_TYPES = (nn.Conv, nn.Dense, nn.BatchNorm, QuantizeActivation)
@@ -53,23 +54,19 @@ class Trace:
 
 def trace(model: nn.Module, variables: Any, input_shape: tuple[int, ...]) -> Trace:
   """Traces `model.apply(variables, x, train=False)` for `x` of `input_shape` (batch first)."""
-  layers, running = [], []
+  layers = []
 
-  def intercept(next_fun, args, kwargs, context):
-    # QuantConv's __call__ calls nn.Conv's on the same module: the outer call is the layer. A
-    # 32-bit QuantizeActivation passes its input through: no op.
-    if (context.method_name != '__call__' or not isinstance(context.module, LAYER_TYPES)
-        or context.module in running or getattr(context.module, 'bits', None) == 32):
-      return next_fun(*args, **kwargs)
+  def intercept(module, x, run):
+    out = run()
+    # A 32-bit QuantizeActivation passes its input through: no op.
+    if getattr(module, 'bits', None) == 32:
+      return out
     # The real output only gives the shape; its equations are dead code in the jaxpr.
-    running.append(context.module)
-    out = next_fun(*args, **kwargs)
-    running.pop()
-    layers.append(context.module)
-    return _layer_p.bind(args[0], index=len(layers) - 1, shape=out.shape, dtype=out.dtype)
+    layers.append(module)
+    return _layer_p.bind(x, index=len(layers) - 1, shape=out.shape, dtype=out.dtype)
 
   def forward(x):
-    with nn.intercept_methods(intercept):
+    with tracing.intercept_layers(LAYER_TYPES, intercept):
       return model.apply(variables, x, train=False)
 
   closed = jax.make_jaxpr(forward)(jax.ShapeDtypeStruct(input_shape, np.float32))

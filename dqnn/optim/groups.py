@@ -8,8 +8,9 @@ Groups (`parameter_groups`):
 - `other`: BatchNorm scales/offsets, biases and anything else.
 
 A quantizer module is recognised by the set of parameter names it creates (its signature,
-registered below for every quantizer in `dqnn.quantizers`), so a quantizer is grouped the same
-inside `QuantConv`, inside `QuantizeActivation` or under any name in a user's model. Outside
+declared with `dqnn.quantizers.register_*_quantizer(..., param_groups=...)`), so a quantizer is
+grouped the same inside `QuantConv`, inside `QuantizeActivation` or under any name in a user's
+model. Outside
 quantizers, a leaf named `kernel` is a weight and everything else is `other`.
 """
 from typing import Any, Mapping
@@ -17,41 +18,19 @@ from typing import Any, Mapping
 import jax
 
 from dqnn.optim.tree import leaves_by_module
-from dqnn.quantizers import dq_weight
-from dqnn.quantizers.dq_activation import DQActivation
+from dqnn.quantizers import dq_weight, registry
 from dqnn.quantizers.dq_weight import DQWeight
-from dqnn.quantizers.lsq import LSQActivation, LSQWeight
-from dqnn.quantizers.pact import PACTActivation
+from dqnn.variables import PARAM_GROUPS
 
-GROUPS = ('weights', 'levels', 'quantizer', 'other')
+GROUPS = PARAM_GROUPS
 WEIGHTS, LEVELS, QUANTIZER, OTHER = GROUPS
-
-# Parameter-name signature of a quantizer module -> (the quantizer, the group of each name).
-_QUANTIZER_SIGNATURES: dict[frozenset, tuple[type, dict[str, str]]] = {}
 
 
 def register_quantizer_params(quantizer: type, groups: Mapping[str, str]) -> None:
   """Declares that a module of class `quantizer` creating exactly the parameters `groups` names
-  is a quantizer, and which group each of them belongs to. Call it for your own quantizers."""
-  unknown = set(groups.values()) - set(GROUPS)
-  if unknown:
-    raise ValueError(f'Unknown parameter groups {sorted(unknown)}; use {", ".join(GROUPS)}.')
-  signature = frozenset(groups)
-  if signature in _QUANTIZER_SIGNATURES and _QUANTIZER_SIGNATURES[signature][1] != dict(groups):
-    raise ValueError(f'Parameters {sorted(signature)} are already registered with other groups '
-                     f'by {_QUANTIZER_SIGNATURES[signature][0].__name__}.')
-  _QUANTIZER_SIGNATURES[signature] = (quantizer, dict(groups))
-
-
-register_quantizer_params(DQWeight, {dq_weight.INDEX: WEIGHTS, dq_weight.LEVELS: LEVELS})
-register_quantizer_params(DQWeight, {dq_weight.INDEX: WEIGHTS, dq_weight.HALF_LEVELS: LEVELS})
-register_quantizer_params(LSQWeight, {'kernel': WEIGHTS, 'step': QUANTIZER})
-# DQActivation with update='gradient': one parameter, named by its parameterisation.
-for _name in ('basis', 'levels', 'clip'):
-  register_quantizer_params(DQActivation, {_name: QUANTIZER})
-register_quantizer_params(LSQActivation, {'step': QUANTIZER})
-register_quantizer_params(PACTActivation, {'clip': QUANTIZER})
-# LQ-Nets and DoReFa weights have one latent `kernel`: a weight, as any float kernel.
+  is a quantizer, and which group each of them belongs to. `dqnn.quantizers.register_*_quantizer`
+  does this through its `param_groups`; call it for a quantizer used outside the registries."""
+  registry.register_param_groups(quantizer, groups)
 
 
 def _leaf_groups(params: Any) -> tuple[list[str], list[bool], Any]:
@@ -59,7 +38,7 @@ def _leaf_groups(params: Any) -> tuple[list[str], list[bool], Any]:
   paths, leaves, treedef, modules = leaves_by_module(params)
   groups, is_index = [None] * len(leaves), [False] * len(leaves)
   for names in modules.values():
-    registered = _QUANTIZER_SIGNATURES.get(frozenset(names))
+    registered = registry.param_signature(names)
     for name, position in names.items():
       if registered:
         groups[position] = registered[1][name]

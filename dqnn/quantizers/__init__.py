@@ -1,52 +1,49 @@
 """Weight and activation quantizers, by name.
 
 Weight quantizers are modules `Q(bits=..., kernel_init=..., **options)(shape) -> kernel`;
-activation quantizers are modules `Q(bits=..., **options)(x) -> x_q`.
+activation quantizers are modules `Q(bits=..., **options)(x) -> x_q`. Add your own with
+`register_weight_quantizer` / `register_act_quantizer` (`registry.py`).
 """
-import functools
-
 from dqnn.quantizers.bits import FULL_PRECISION, SUPPORTED_BITS, check_bits
 from dqnn.quantizers.dorefa import DoReFaActivation, DoReFaWeight
-from dqnn.quantizers.dq_activation import DQActivation
+from dqnn.quantizers import dq_weight
+from dqnn.quantizers.dq_activation import DQActivation, PARAMETER_NAMES
 from dqnn.quantizers.dq_weight import DQWeight
 from dqnn.quantizers.lqnets import LQNetsWeight
 from dqnn.quantizers.lsq import LSQActivation, LSQWeight
 from dqnn.quantizers.pact import PACTActivation
+from dqnn.quantizers.registry import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS,
+                                      register_act_quantizer, register_param_groups,
+                                      register_weight_quantizer)
+from dqnn.quantizers import registry as _registry
 
-WEIGHT_QUANTIZERS = {
-    'dq': DQWeight,
-    'lqnets': LQNetsWeight,
-    'lsq': LSQWeight,
-    'dorefa': DoReFaWeight,
-}
-ACTIVATION_QUANTIZERS = {
-    'dq': DQActivation,
-    # LQ-Nets: pooled error, bit-op basis, closed-form refit with a moving average.
-    'lqnets': functools.partial(DQActivation, weighting='pooled', parameterisation='basis',
-                                update='closed_form'),
-    'lsq': LSQActivation,
-    'dorefa': DoReFaActivation,
-    'pact': PACTActivation,
-}
+register_weight_quantizer('dq', DQWeight, param_groups=[
+    {dq_weight.INDEX: 'weights', dq_weight.LEVELS: 'levels'},
+    {dq_weight.INDEX: 'weights', dq_weight.HALF_LEVELS: 'levels'}])
+# LQ-Nets and DoReFa weights have one latent `kernel`: a weight, as any float kernel.
+register_weight_quantizer('lqnets', LQNetsWeight)
+register_weight_quantizer('lsq', LSQWeight,
+                          param_groups=[{'kernel': 'weights', 'step': 'quantizer'}])
+register_weight_quantizer('dorefa', DoReFaWeight)
 
-
-def _make(registry, kind, method, options, **kwargs):
-  if method not in registry:
-    raise ValueError(f'Unknown {kind} quantizer {method!r}; choose one of {", ".join(registry)}.')
-  try:
-    return registry[method](**kwargs, **dict(options or {}))
-  except TypeError as error:
-    raise ValueError(
-        f'Bad options {dict(options or {})} for {kind} quantizer {method!r}: {error}') from None
+# DQActivation with update='gradient': one parameter, named by its parameterisation.
+register_act_quantizer('dq', DQActivation,
+                       param_groups=[{name: 'quantizer'} for name in PARAMETER_NAMES.values()])
+# LQ-Nets: pooled error, bit-op basis, closed-form refit with a moving average.
+register_act_quantizer('lqnets', DQActivation, presets={
+    'weighting': 'pooled', 'parameterisation': 'basis', 'update': 'closed_form'})
+register_act_quantizer('lsq', LSQActivation, param_groups=[{'step': 'quantizer'}])
+register_act_quantizer('dorefa', DoReFaActivation)
+register_act_quantizer('pact', PACTActivation, param_groups=[{'clip': 'quantizer'}])
 
 
 def weight_quantizer(method: str, bits: int, kernel_init, options=None, **module_kwargs):
   """The weight quantizer module `method` for `bits` (1, 2, 3, 4 or 8)."""
-  return _make(WEIGHT_QUANTIZERS, 'weight', method, options, bits=check_bits(bits, 'w_bits'),
-               kernel_init=kernel_init, **module_kwargs)
+  return _registry.build('weight', method, options, bits=check_bits(bits, 'w_bits'),
+                         kernel_init=kernel_init, **module_kwargs)
 
 
 def activation_quantizer(method: str, bits: int, options=None, **module_kwargs):
   """The activation quantizer module `method` for `bits` (1, 2, 3, 4 or 8)."""
-  return _make(ACTIVATION_QUANTIZERS, 'activation', method, options,
-               bits=check_bits(bits, 'a_bits'), **module_kwargs)
+  return _registry.build('activation', method, options, bits=check_bits(bits, 'a_bits'),
+                         **module_kwargs)

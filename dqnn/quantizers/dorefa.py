@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.dq_activation import unit_grid
 from dqnn.quantizers.ste import replace_ste, round_ste
 
 
@@ -45,3 +46,8 @@ class DoReFaActivation(nn.Module):
     if self.signed:
       return (2 * quantize_unit((jnp.clip(xf, -1, 1) + 1) / 2, self.bits) - 1).astype(x.dtype)
     return quantize_unit(jnp.clip(xf, 0, 1), self.bits).astype(x.dtype)
+
+  def nominal_levels(self, variables: dict) -> tuple[jax.Array, bool]:
+    """The fixed uniform grid; midpoint thresholds match it up to ties."""
+    del variables  # No learned state.
+    return unit_grid(2 ** self.bits, self.signed).astype(jnp.float32), False

@@ -27,6 +27,10 @@ from dqnn.variables import QUANT_STATS
 PARAMETERISATIONS = ('basis', 'free', 'uniform')
 WEIGHTINGS = ('channel', 'pooled')
 UPDATES = ('gradient', 'closed_form')
+# The name of the one stored value behind each parameterisation's levels.
+PARAMETER_NAMES = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}
+# Relative floor of the channel weighting: `DQActivation.eps`'s default.
+EPS = 1e-3
 
 
 def _weighted_sums(x, levels, weighting, eps):
@@ -149,6 +153,17 @@ def closed_form(parameterisation: str, mass: jax.Array, moment: jax.Array, level
   return current + step
 
 
+def fit_levels(x: jax.Array, parameterisation: str, value: jax.Array, bits: int, signed: bool,
+               weighting: str, iterations: int, eps: float = EPS) -> jax.Array:
+  """Sorted levels refit `iterations` times in closed form on `x` under `weighting`, from the
+  parameter `value` (each refit is one weighted Lloyd step)."""
+  for _ in range(iterations):
+    levels = levels_from(parameterisation, value, bits, signed)
+    mass, moment = weighted_level_sums(x, levels, weighting, eps)
+    value = closed_form(parameterisation, mass, moment, levels, value, bits, signed)
+  return levels_from(parameterisation, value, bits, signed)
+
+
 class DQActivation(nn.Module):
   """Quantizes activations (channels last; non-negative unless `signed`) to learned levels."""
   bits: int
@@ -158,7 +173,7 @@ class DQActivation(nn.Module):
   update: str = 'closed_form'
   task_grad_weight: float = 0.0
   momentum: float = 0.9
-  eps: float = 1e-3
+  eps: float = EPS
   # As BatchNorm's: True keeps the stored closed-form levels even when quant_stats is mutable.
   use_running_average: bool = False
 
@@ -170,7 +185,7 @@ class DQActivation(nn.Module):
     _check_choice('update', self.update, UPDATES)
     if self.bits == 32:
       return x
-    name = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[self.parameterisation]
+    name = PARAMETER_NAMES[self.parameterisation]
     init = functools.partial(self._initial_value, x)
     if self.update == 'gradient':
       value = self.param(name, lambda _: init())
@@ -186,6 +201,18 @@ class DQActivation(nn.Module):
                            self.signed)
       self.put_variable(QUANT_STATS, name, self.momentum * value + (1 - self.momentum) * fitted)
     return quantize(x, _varying_like(levels, x), self.weighting, self.eps, self.task_grad_weight)
+
+  def level_parameter(self, variables: dict) -> tuple[str, jax.Array]:
+    """`(parameterisation, stored value)` of trained `variables` (this quantizer's subtree of
+    each collection): `params` when trained by gradient, else `quant_stats`."""
+    name = PARAMETER_NAMES[self.parameterisation]
+    params, stats = variables.get('params', {}), variables.get(QUANT_STATS, {})
+    return self.parameterisation, params.get(name, stats.get(name))
+
+  def nominal_levels(self, variables: dict) -> tuple[jax.Array, bool]:
+    """The sorted levels of trained `variables`; midpoint thresholds reproduce DQ exactly."""
+    parameterisation, value = self.level_parameter(variables)
+    return levels_from(parameterisation, value, self.bits, self.signed), True
 
   def _initial_value(self, x):
     """Uniform levels up to `initial_top_level` (from its negative when signed)."""

@@ -56,3 +56,8 @@ class LSQActivation(nn.Module):
     per_example = xf.size // xf.shape[0]
     return lsq_quantize(xf, step, -q_neg, q_pos,
                         1.0 / jnp.sqrt(per_example * q_pos)).astype(x.dtype)
+
+  def nominal_levels(self, variables: dict) -> tuple[jax.Array, bool]:
+    """The grid `k * step` of trained `variables`; midpoint thresholds match it up to ties."""
+    q_neg, q_pos = signed_range(self.bits) if self.signed else (0, 2 ** self.bits - 1)
+    return jnp.arange(-q_neg, q_pos + 1, dtype=jnp.float32) * variables['params']['step'], False

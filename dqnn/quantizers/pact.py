@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn.quantizers.bits import check_bits
-from dqnn.quantizers.dq_activation import initial_top_level
+from dqnn.quantizers.dq_activation import initial_top_level, unit_grid
 from dqnn.quantizers.ste import replace_ste
 
 
@@ -30,3 +30,9 @@ class PACTActivation(nn.Module):
     steps = 2 ** self.bits - 1
     quantized = low + jnp.round((clipped - low) * steps / (alpha - low)) * (alpha - low) / steps
     return replace_ste(clipped, quantized).astype(x.dtype)
+
+  def nominal_levels(self, variables: dict) -> tuple[jax.Array, bool]:
+    """The uniform grid up to the trained `alpha`; midpoint thresholds match it up to ties."""
+    alpha = variables['params']['clip']
+    low = -alpha if self.signed else 0.0
+    return low + unit_grid(2 ** self.bits, False) * (alpha - low), False

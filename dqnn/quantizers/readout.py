@@ -1,11 +1,16 @@
-"""A trained weight quantizer read out: its quantized kernel `w_q` and per-channel level table.
+"""Trained quantizers read out for export, reports and plots.
 
-DQ kernels store their own tables; latent-weight baselines (LQ-Nets, LSQ, DoReFa) are run to get
-`w_q`, whose distinct values per output channel are their levels.
+Weight quantizers: the quantized kernel `w_q` and its per-channel level table. DQ kernels store
+their own tables; latent-weight baselines (LQ-Nets, LSQ, DoReFa) are run to get `w_q`, whose
+distinct values per output channel are their levels.
+
+Activation quantizers: the sorted levels they round to, from the quantizer's own
+`nominal_levels(variables) -> (levels, exact)` method.
 """
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
 
 from dqnn import quantizers
@@ -14,6 +19,33 @@ from dqnn.quantizers import levels as lv
 
 # Relative spread of float noise around one level that still counts as that level.
 _NOISE = 1e-5
+
+
+class NoReadoutError(NotImplementedError):
+  """An activation quantizer that does not say which levels it rounds to."""
+
+
+def activation_levels(quantizer: nn.Module, variables: dict[str, Any]) -> tuple[jax.Array, bool]:
+  """The sorted `(2**bits,)` levels an activation quantizer rounds to, and whether nearest-level
+  rounding with midpoint thresholds reproduces it bit for bit (DQ) or up to ties (the others).
+
+  `variables`: the quantizer's subtree of each collection (`params`, `quant_stats`, ...).
+  """
+  read = getattr(quantizer, 'nominal_levels', None)
+  if read is None:
+    raise NoReadoutError(
+        f'Activation quantizer {type(quantizer).__name__} has no read-out: give it a method '
+        '`nominal_levels(self, variables) -> (sorted levels of shape (2**bits,), exact)` '
+        '(see dqnn/quantizers/lsq.py) to export it and plot its error.')
+  return read(variables)
+
+
+def level_parameter(quantizer: nn.Module, variables: dict[str, Any]) -> tuple[str, jax.Array]:
+  """`(parameterisation, value)` to refit an activation quantizer's levels from (see
+  `dq_activation.fit_levels`): its own when it has one (DQ), else its levels as free levels."""
+  if hasattr(quantizer, 'level_parameter'):
+    return quantizer.level_parameter(variables)
+  return 'free', activation_levels(quantizer, variables)[0]
 
 
 def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -75,5 +75,12 @@ def test_lqnets_basis_is_state_updated_in_training_only():
 def test_unknown_quantizer_names_and_options_fail_clearly():
   with pytest.raises(ValueError, match="Unknown weight quantizer 'xnor'; choose one of dq, "):
     quantizers.weight_quantizer('xnor', 2, None)
-  with pytest.raises(ValueError, match="Bad options .* for activation quantizer 'pact'"):
+  with pytest.raises(ValueError, match=r"Unknown options \['residual'\] for activation quantizer "
+                     r"'pact' \(PACTActivation\); it takes no options"):
     quantizers.activation_quantizer('pact', 2, {'residual': True})
+  # LQ-Nets' presets are not options of its own.
+  with pytest.raises(ValueError, match="Unknown options .'weighting'. .*it takes eps, "):
+    quantizers.activation_quantizer('lqnets', 2, {'weighting': 'channel'})
+  with pytest.raises(ValueError, match="Option 'momentum' of activation quantizer 'dq' must be "
+                                       "float; got 'high'"):
+    quantizers.activation_quantizer('dq', 2, {'momentum': 'high'})
