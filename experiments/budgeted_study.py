@@ -103,6 +103,15 @@ SCALES = {
 }
 
 
+GROUPS = {
+    'float': 'the float runs',
+    'fine_tune': 'each method fine-tuned from the float run',
+    'scratch': 'each method from scratch, for the float and fine-tune epochs together',
+    'recipes': 'fine-tune variants (learning rate, warm-up, weight decay)',
+    'claims': "DQ's per-channel activation error vs pooled, at 2 and 1 activation bits",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One run: a config file plus overrides (dotted config paths), for one seed."""
@@ -111,7 +120,7 @@ class Row:
   config_file: str
   overrides: dict
   seed: int
-  group: str  # 'core', 'recipes' or 'claims' (select with --groups).
+  group: str  # One of GROUPS (select with --groups).
   init_from: str = ''  # Name of the float row this one fine-tunes ('' = from scratch).
 
   @property
@@ -129,7 +138,7 @@ class Comparison:
 
 def _float_row(scale: Scale, seed: int) -> Row:
   return Row('fp', 'Float ResNet-20 (start of every fine-tune with the same seed)', FLOAT_CONFIG,
-             {'num_epochs': scale.float_epochs}, seed, 'core')
+             {'num_epochs': scale.float_epochs}, seed, 'float')
 
 
 def _fine_tune(cell, description, epochs, seed, group, overrides,
@@ -177,11 +186,11 @@ def rows(scale: Scale) -> list[Row]:
   out = [_float_row(scale, seed) for seed in scale.seeds]
   for epochs in scale.fine_tune_epochs:
     out += [_fine_tune(f'w2a2_{key}_ft{epochs}', f'W2A2 {label}, fine-tuned {epochs} epochs '
-                       f'from the float run', epochs, seed, 'core', overrides)
+                       f'from the float run', epochs, seed, 'fine_tune', overrides)
             for seed in scale.seeds for key, label, overrides in METHODS]
   out += [Row(f'w2a2_{key}_scratch{scale.scratch_epochs}',
               f'W2A2 {label}, from scratch {scale.scratch_epochs} epochs', W2A2_CONFIG,
-              {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'core')
+              {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'scratch')
           for seed in scale.seeds for key, label, overrides in METHODS]
   for make in (_recipes, _claims):
     out += [row for seed in scale.seeds for row in make(scale, seed)]
@@ -258,7 +267,8 @@ def data_dir_for(scale: Scale, runs_dir: Path) -> Path:
 
 def prepare_data(scale: Scale, npz: str, runs_dir: Path) -> Path:
   """The scale's class-balanced CIFAR-100 subset (prepared once from `npz`); its TFDS dir."""
-  from dqnn.data import prepare  # Imported here: the parent process needs it only once.
+  import tensorflow_datasets as tfds  # Imported here: the parent needs them only once.
+  from dqnn.data import prepare
   data_dir = data_dir_for(scale, runs_dir)
   marker = data_dir / 'subset.json'
   if marker.exists():
@@ -266,6 +276,7 @@ def prepare_data(scale: Scale, npz: str, runs_dir: Path) -> Path:
   if not npz:
     raise SystemExit(f'{data_dir} is not prepared yet: pass --npz=<CIFAR-100 train.npz> '
                      '(e.g. ../shared/data/cifar100/train.npz).')
+  tfds.disable_progress_bar()
   result = prepare.prepare_cifar100_npz(
       npz, str(data_dir), holdout_per_class=HOLDOUT_PER_CLASS,
       limit_per_class=HOLDOUT_PER_CLASS + scale.train_per_class, overwrite=True)
@@ -332,6 +343,8 @@ def _spawn(row: Row, scale: Scale, args, cores: set[int] | None) -> subprocess.P
              f'--seeds={",".join(map(str, scale.seeds))}', f'--run_one={row.name}']
   command += ['--runlocal'] if args.runlocal else []
   env = dict(os.environ)
+  # Programs that rows share (evaluation, a resumed run's step) are compiled once.
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', str(Path(args.runs_dir) / 'jax_cache'))
   if cores is None and args.workers > 1:  # Sharing one accelerator.
     env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / args.workers:.2f}'
   pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
@@ -474,19 +487,25 @@ def _check_record_dir(scale: Scale, record_dir: Path) -> None:
 
 
 def _select(scale: Scale, args) -> list[Row]:
+  """The rows to run, in order: `--only`'s, or those of `--groups` group by group; each after
+  the float run it fine-tunes from."""
   every = rows(scale)
-  names = {row.name for row in every}
   if args.only:
     wanted = args.only.split(',')
-    unknown = [n for n in wanted if n not in names and n not in {r.cell for r in every}]
+    known = {row.name for row in every} | {row.cell for row in every}
+    unknown = [name for name in wanted if name not in known]
     if unknown:
-      raise SystemExit(f'Unknown rows or cells {unknown}; choose from {sorted(names)}.')
-    return [row for row in every if row.name in wanted or row.cell in wanted]
-  groups = args.groups.split(',')
-  unknown = sorted(set(groups) - {row.group for row in every})
-  if unknown:
-    raise SystemExit(f'Unknown groups {unknown}; choose from core, recipes, claims.')
-  return [row for row in every if row.group in groups]
+      raise SystemExit(f'Unknown rows or cells {unknown}; choose from '
+                       f'{sorted(r.name for r in every)}.')
+    chosen = [row for row in every if row.name in wanted or row.cell in wanted]
+  else:
+    groups = args.groups.split(',')
+    unknown = [group for group in groups if group not in GROUPS]
+    if unknown:
+      raise SystemExit(f'Unknown groups {unknown}; choose from {", ".join(GROUPS)}.')
+    chosen = [row for group in groups for row in every if row.group == group]
+  floats = {row.init_from for row in chosen}
+  return [row for row in every if row.name in floats and row not in chosen] + chosen
 
 
 def main():
@@ -499,9 +518,10 @@ def main():
   parser.add_argument('--record_dir', default='',
                       help="Rows' config, metrics, summary and results.md "
                            '(default experiments/budgeted_study/<scale>).')
-  parser.add_argument('--groups', default='core,recipes,claims',
-                      help='Row groups to run: core (float, methods x scratch/fine-tuned), '
-                           'recipes (fine-tune variants), claims (per-channel vs pooled).')
+  parser.add_argument('--groups', default=','.join(GROUPS),
+                      help='Row groups to run, in this order (the float runs their fine-tunes '
+                           'need first): ' + '; '.join(f'{g}: {text}' for g, text in
+                                                       GROUPS.items()))
   parser.add_argument('--only', default='', help='Comma-separated rows or cells instead.')
   parser.add_argument('--workers', type=int, default=min(2, len(os.sched_getaffinity(0))))
   parser.add_argument('--time_budget_min', type=float, default=0.0,

@@ -1,4 +1,5 @@
 """The budgeted study: its rows per scale, its table and verdicts, and a runlocal pass."""
+import argparse
 import json
 import os
 import pathlib
@@ -172,5 +173,21 @@ def test_runlocal_study_runs_records_and_resumes(tmp_path):
 def test_bad_selection_is_one_clear_error(tmp_path):
   unknown = _study(tmp_path, '--only=w9a9_dq_ft2_s0')
   assert unknown.returncode != 0 and "Unknown rows or cells ['w9a9_dq_ft2_s0']" in unknown.stderr
-  group = _study(tmp_path, '--groups=core,extras')
+  group = _study(tmp_path, '--groups=scratch,extras')
   assert group.returncode != 0 and "Unknown groups ['extras']" in group.stderr
+
+
+def _selection(**flags):
+  args = argparse.Namespace(**{'only': '', 'groups': ','.join(study.GROUPS), **flags})
+  return [row.name for row in study._select(CPU, args)]
+
+
+def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
+  assert _selection(only='w2a2_dq_ft2_s1') == ['fp_s1', 'w2a2_dq_ft2_s1']
+  assert _selection(only='w2a2_lsq_scratch6') == ['w2a2_lsq_scratch6_s0', 'w2a2_lsq_scratch6_s1']
+  chosen = _selection(groups='claims,fine_tune')
+  assert chosen[:2] == ['fp_s0', 'fp_s1']
+  groups = [_rows(CPU)[name].group for name in chosen[2:]]
+  assert groups == ['claims'] * 6 + ['fine_tune'] * 6
+  everything = _selection()
+  assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']
