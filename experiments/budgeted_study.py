@@ -92,10 +92,11 @@ class Scale:
 
 
 SCALES = {
-    # A 2-core CPU in about an hour (measured: see docs/results.md). From scratch gets the float
-    # run's epochs plus the fine-tune's, so both reach a quantized model with the same epochs.
-    'cpu': Scale('cpu', train_per_class=100, batch_size=128, float_epochs=4,
-                 fine_tune_epochs=(2,), scratch_epochs=6, seeds=(0, 1)),
+    # What a shared 2-core CPU trains in under an hour (measured: see docs/results.md). From
+    # scratch gets the float run's epochs plus the fine-tune's, so both reach a quantized model
+    # with the same epochs.
+    'cpu': Scale('cpu', train_per_class=50, batch_size=64, float_epochs=3,
+                 fine_tune_epochs=(1,), scratch_epochs=4, seeds=(0, 1)),
     # The scale of the study in issue 15 (one H200): 28,000 images, float 40 epochs, fine-tunes
     # 15 and 30, from scratch 70 (= 40 + 30).
     'gpu': Scale('gpu', train_per_class=280, batch_size=256, float_epochs=40,

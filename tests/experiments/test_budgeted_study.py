@@ -62,23 +62,23 @@ def test_gpu_scale_is_the_issue_scale():
 
 
 def test_rows_differ_from_their_baseline_in_the_named_setting_only():
-  baseline = _config(CPU, 'w2a2_dq_ft2_s0').to_dict()
+  baseline = _config(CPU, 'w2a2_dq_ft1_s0').to_dict()
 
   def changes(name):
     config = _config(CPU, name).to_dict()
     return {key for key in config if config[key] != baseline[key]}
 
-  assert changes('w2a2_dq_ft2_s1') == {'seed', 'init_from'}
-  assert changes('w2a2_dq_ft2_no_wd_s0') == {'optimizer'}
-  assert _config(CPU, 'w2a2_dq_ft2_no_wd_s0').optimizer.weight_decay == 0.0
-  warm = _config(CPU, 'w2a2_dq_ft2_lr0.1_warmup_s0')
-  assert (warm.optimizer.learning_rate, warm.schedule.warmup_epochs) == (0.1, 0.2)
-  assert changes('w2a2_dq_pooled_ft2_s0') == {'quant'}
-  assert dict(_config(CPU, 'w2a2_dq_pooled_ft2_s0').quant.act_options) == {
+  assert changes('w2a2_dq_ft1_s1') == {'seed', 'init_from'}
+  assert changes('w2a2_dq_ft1_no_wd_s0') == {'optimizer'}
+  assert _config(CPU, 'w2a2_dq_ft1_no_wd_s0').optimizer.weight_decay == 0.0
+  warm = _config(CPU, 'w2a2_dq_ft1_lr0.1_warmup_s0')
+  assert (warm.optimizer.learning_rate, warm.schedule.warmup_epochs) == (0.1, 0.1)
+  assert changes('w2a2_dq_pooled_ft1_s0') == {'quant'}
+  assert dict(_config(CPU, 'w2a2_dq_pooled_ft1_s0').quant.act_options) == {
       'weighting': 'pooled'}
-  one_bit = _config(CPU, 'w2a1_dq_pooled_ft2_s1').quant
+  one_bit = _config(CPU, 'w2a1_dq_pooled_ft1_s1').quant
   assert (one_bit.w_bits, one_bit.a_bits, one_bit.act_options['weighting']) == (2, 1, 'pooled')
-  assert dict(_config(CPU, 'w2a2_dq_ft2_s0').quant.act_options) == {}  # DQ's defaults.
+  assert dict(_config(CPU, 'w2a2_dq_ft1_s0').quant.act_options) == {}  # DQ's defaults.
 
 
 def test_every_comparison_names_two_cells_of_the_scale():
@@ -105,23 +105,23 @@ def _record(record_dir, name, top1, wall_s=120.0):
 
 
 def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_path):
-  _record(tmp_path, 'w2a2_dq_ft2_s0', 0.30)
-  _record(tmp_path, 'w2a2_dq_ft2_s1', 0.32, wall_s=240.0)
-  _record(tmp_path, 'w2a2_lqnets_ft2_s0', 0.25)
-  _record(tmp_path, 'w2a2_lqnets_ft2_s1', 0.27)
-  _record(tmp_path, 'w2a2_lsq_ft2_s0', 0.31)
-  _record(tmp_path, 'w2a2_lsq_ft2_s1', 0.335)
-  _record(tmp_path, 'w2a2_dq_scratch6_s0', 0.40)
+  _record(tmp_path, 'w2a2_dq_ft1_s0', 0.30)
+  _record(tmp_path, 'w2a2_dq_ft1_s1', 0.32, wall_s=240.0)
+  _record(tmp_path, 'w2a2_lqnets_ft1_s0', 0.25)
+  _record(tmp_path, 'w2a2_lqnets_ft1_s1', 0.27)
+  _record(tmp_path, 'w2a2_lsq_ft1_s0', 0.31)
+  _record(tmp_path, 'w2a2_lsq_ft1_s1', 0.335)
+  _record(tmp_path, 'w2a2_dq_scratch4_s0', 0.40)
   table = study.write_table(CPU, tmp_path)
   assert (tmp_path / 'results.md').read_text() == table
-  assert '10,000 training images (100 per class)' in table
-  assert '| `w2a2_dq_ft2` | desc w2a2_dq_ft2 | 2 | 31.00 | 30.00–32.00 | 156 | 3.0 |' in table
-  assert '| `w2a2_dq_scratch6` | desc w2a2_dq_scratch6 | 1 | 40.00 | — | 156 | 2.0 |' in table
-  assert ('| DQ vs LQ-Nets (ft2) | `w2a2_dq_ft2` | `w2a2_lqnets_ft2` | +5.00 | '
+  assert '5,000 training images (50 per class)' in table
+  assert '| `w2a2_dq_ft1` | desc w2a2_dq_ft1 | 2 | 31.00 | 30.00–32.00 | 156 | 3.0 |' in table
+  assert '| `w2a2_dq_scratch4` | desc w2a2_dq_scratch4 | 1 | 40.00 | — | 156 | 2.0 |' in table
+  assert ('| DQ vs LQ-Nets (ft1) | `w2a2_dq_ft1` | `w2a2_lqnets_ft1` | +5.00 | '
           '**first higher, outside both seed ranges** |') in table
-  assert ('| DQ vs LSQ (ft2) | `w2a2_dq_ft2` | `w2a2_lsq_ft2` | -1.25 | '
+  assert ('| DQ vs LSQ (ft1) | `w2a2_dq_ft1` | `w2a2_lsq_ft1` | -1.25 | '
           'tie (seed ranges overlap) |') in table
-  assert ('| DQ: from scratch vs fine-tuned | `w2a2_dq_scratch6` | `w2a2_dq_ft2` | +9.00 | '
+  assert ('| DQ: from scratch vs fine-tuned | `w2a2_dq_scratch4` | `w2a2_dq_ft1` | +9.00 | '
           'fewer than 2 seeds: no range to judge |') in table
   assert 'recipe' not in table  # No recipe row recorded, so no recipe comparison.
 
@@ -151,28 +151,28 @@ def _study(tmp_path, *flags):
 
 
 def test_runlocal_study_runs_records_and_resumes(tmp_path):
-  only = '--only=fp_s0,w2a2_dq_ft2_s0,w2a2_lsq_scratch6_s0'
+  only = '--only=fp_s0,w2a2_dq_ft1_s0,w2a2_lsq_scratch4_s0'
   first = _study(tmp_path, only)
   assert first.returncode == 0, first.stdout + first.stderr
-  assert first.stdout.index('start fp_s0') < first.stdout.index('start w2a2_dq_ft2_s0')
-  for name in ('fp_s0', 'w2a2_dq_ft2_s0', 'w2a2_lsq_scratch6_s0'):
+  assert first.stdout.index('start fp_s0') < first.stdout.index('start w2a2_dq_ft1_s0')
+  for name in ('fp_s0', 'w2a2_dq_ft1_s0', 'w2a2_lsq_scratch4_s0'):
     summary = json.loads((tmp_path / 'record' / name / study.SUMMARY).read_text())
     assert summary['steps'] == 4 and 0.0 <= summary['eval_top1'] <= 1.0
     recorded = json.loads((tmp_path / 'record' / name / 'config.json').read_text())
     assert recorded['model'] == '_cifar_resnet_tiny'
     assert recorded['dataset'] == 'cifar100_sample'
-  fine_tune = json.loads((tmp_path / 'record' / 'w2a2_dq_ft2_s0' / 'config.json').read_text())
+  fine_tune = json.loads((tmp_path / 'record' / 'w2a2_dq_ft1_s0' / 'config.json').read_text())
   assert fine_tune['init_from'] == str(tmp_path / 'runs' / 'fp_s0')
   table = (tmp_path / 'record' / 'results.md').read_text()
-  assert all(f'`{cell}`' in table for cell in ('fp', 'w2a2_dq_ft2', 'w2a2_lsq_scratch6'))
+  assert all(f'`{cell}`' in table for cell in ('fp', 'w2a2_dq_ft1', 'w2a2_lsq_scratch4'))
   again = _study(tmp_path, only)
   assert again.returncode == 0, again.stdout + again.stderr
   assert not [line for line in again.stdout.splitlines() if line.startswith('start ')]
 
 
 def test_bad_selection_is_one_clear_error(tmp_path):
-  unknown = _study(tmp_path, '--only=w9a9_dq_ft2_s0')
-  assert unknown.returncode != 0 and "Unknown rows or cells ['w9a9_dq_ft2_s0']" in unknown.stderr
+  unknown = _study(tmp_path, '--only=w9a9_dq_ft1_s0')
+  assert unknown.returncode != 0 and "Unknown rows or cells ['w9a9_dq_ft1_s0']" in unknown.stderr
   group = _study(tmp_path, '--groups=scratch,extras')
   assert group.returncode != 0 and "Unknown groups ['extras']" in group.stderr
 
@@ -183,8 +183,8 @@ def _selection(**flags):
 
 
 def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
-  assert _selection(only='w2a2_dq_ft2_s1') == ['fp_s1', 'w2a2_dq_ft2_s1']
-  assert _selection(only='w2a2_lsq_scratch6') == ['w2a2_lsq_scratch6_s0', 'w2a2_lsq_scratch6_s1']
+  assert _selection(only='w2a2_dq_ft1_s1') == ['fp_s1', 'w2a2_dq_ft1_s1']
+  assert _selection(only='w2a2_lsq_scratch4') == ['w2a2_lsq_scratch4_s0', 'w2a2_lsq_scratch4_s1']
   chosen = _selection(groups='claims,fine_tune')
   assert chosen[:2] == ['fp_s0', 'fp_s1']
   groups = [_rows(CPU)[name].group for name in chosen[2:]]
