@@ -109,7 +109,7 @@ GROUPS = {
     'fine_tune': 'each method fine-tuned from the float run',
     'scratch': 'each method from scratch, for the float and fine-tune epochs together',
     'recipes': 'fine-tune variants (learning rate, warm-up, weight decay)',
-    'claims': "DQ's per-channel activation error vs pooled, at 2 and 1 activation bits",
+    'claims': "DQ's per-channel activation error vs pooled (A2, A1); direct vs latent weights",
 }
 
 
@@ -167,7 +167,9 @@ def _recipes(scale: Scale, seed: int) -> list[Row]:
 
 
 def _claims(scale: Scale, seed: int) -> list[Row]:
-  """DQ's per-channel activation error against the pooled error, where it should matter most."""
+  """DQ's two claims, everything else equal: per-channel against pooled activation error (at 2
+  and at 1 activation bits, where channel scales matter more), and the direct update of the
+  quantized weights against a latent float weight."""
   epochs = scale.fine_tune_epochs[0]
   dq = METHODS[0][2]
   pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
@@ -179,6 +181,9 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
                  'epochs', epochs, seed, 'claims', {**dq, **one_bit}),
       _fine_tune(f'w2a1_dq_pooled_ft{epochs}', f'W2A1 DQ with pooled activation error, '
                  f'fine-tuned {epochs} epochs', epochs, seed, 'claims', {**pooled, **one_bit}),
+      _fine_tune(f'w2a2_latent_weights_dq_acts_ft{epochs}', 'W2A2 latent weights (LQ-Nets) + '
+                 f'DQ activations, fine-tuned {epochs} epochs', epochs, seed, 'claims',
+                 {**dq, 'quant.weight_quantizer': 'lqnets'}),
   ]
 
 
@@ -218,6 +223,8 @@ def comparisons(scale: Scale) -> list[Comparison]:
   out.append(Comparison(baseline, f'w2a2_dq_pooled_{first}', 'A2: per-channel vs pooled error'))
   out.append(Comparison(f'w2a1_dq_{first}', f'w2a1_dq_pooled_{first}',
                         'A1: per-channel vs pooled error'))
+  out.append(Comparison(baseline, f'w2a2_latent_weights_dq_acts_{first}',
+                        'DQ direct weight update vs latent weights'))
   return out
 
 

@@ -27,7 +27,7 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   rows = study.rows(scale)
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 3 + 3  # + 3 recipes, 3 claims.
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 3 + 4  # + 3 recipes, 4 claims.
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -79,6 +79,9 @@ def test_rows_differ_from_their_baseline_in_the_named_setting_only():
   one_bit = _config(CPU, 'w2a1_dq_pooled_ft1_s1').quant
   assert (one_bit.w_bits, one_bit.a_bits, one_bit.act_options['weighting']) == (2, 1, 'pooled')
   assert dict(_config(CPU, 'w2a2_dq_ft1_s0').quant.act_options) == {}  # DQ's defaults.
+  assert changes('w2a2_latent_weights_dq_acts_ft1_s0') == {'quant'}
+  latent = _config(CPU, 'w2a2_latent_weights_dq_acts_ft1_s0').quant
+  assert (latent.weight_quantizer, latent.act_quantizer) == ('lqnets', 'dq')
 
 
 def test_every_comparison_names_two_cells_of_the_scale():
@@ -188,6 +191,6 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   chosen = _selection(groups='claims,fine_tune')
   assert chosen[:2] == ['fp_s0', 'fp_s1']
   groups = [_rows(CPU)[name].group for name in chosen[2:]]
-  assert groups == ['claims'] * 6 + ['fine_tune'] * 6
+  assert groups == ['claims'] * 8 + ['fine_tune'] * 6
   everything = _selection()
   assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']
