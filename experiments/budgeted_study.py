@@ -1,0 +1,569 @@
+r"""CIFAR-100 study at a chosen scale: float, then {DQ, LQ-Nets, LSQ} x {from scratch, fine-tuned
+from the float run} x seeds, with every compared cell's mean and seed range.
+
+    python -m experiments.budgeted_study --scale=cpu --npz=../shared/data/cifar100/train.npz
+    python -m experiments.budgeted_study --scale=gpu --npz=../shared/data/cifar100/train.npz \
+        --workers=4
+
+Run from the repository root. `--scale` picks the size (`SCALES`: training images per class,
+epochs, batch, seeds); the code and the recipes are the same at every scale. `--float_epochs`,
+`--fine_tune_epochs`, `--scratch_epochs`, `--train_per_class`, `--batch_size` and `--seeds`
+change one number of the scale (an epoch budget); `--time_budget_min` stops the study after that
+many minutes, checkpointing the runs in flight (a time budget). Runs resume: a finished row is
+skipped, an interrupted one continues from its last checkpoint, so calling the command again
+carries on.
+
+Data: the training images are a class-balanced subset of the train split that
+`dqnn.data.prepare` carves from `--npz`: after the first 50 images of each class (the held-out
+`test` split, 5,000 images, the same at every scale), the next `train_per_class` of each class.
+The study prepares it once under `--runs_dir`. The held-out split is carved from the CIFAR-100
+training file: it is not the official test set.
+
+Each row is a plain config file plus overrides (`Row.overrides`, dotted config paths). Each
+row's workdir lives under `--runs_dir` (checkpoints stay there); its config, metrics and summary
+are copied to `<record_dir>/<row>/`, and `<record_dir>/results.md` (the table with mean and
+range per cell and which differences lie outside the seed ranges) is rewritten after every row.
+
+`--workers=K` runs K rows at once. With `--scale=cpu` each is pinned to its own core (on a
+2-core machine two one-core runs give about 1.3x the throughput of one run on both cores);
+otherwise they share the accelerator, each allowed 1/K of its memory.
+"""
+import argparse
+import collections
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from configs import base
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_ROOT = ROOT / 'experiments' / 'budgeted_study'  # Records go to RECORD_ROOT/<scale>.
+SUMMARY = 'summary.json'
+SCALE_FILE = 'scale.json'
+HOLDOUT_PER_CLASS = 50  # The held-out split: the first 50 images of every class.
+NUM_CLASSES = 100
+# A run stopped by --time_budget_min (checkpointed) exits with this; the study resumes it later.
+STOPPED_EARLY = 3
+
+FLOAT_CONFIG = 'configs/cifar100_resnet20_fp.py'
+W2A2_CONFIG = 'configs/cifar100_resnet20_w2a2.py'
+# Learning rates at batch 128 (the configs scale them linearly with the batch). From scratch
+# every run uses its config's own rate (0.1); a fine-tune starts ten times lower, as the
+# quantized ImageNet configs and the earlier CIFAR study do.
+FINE_TUNE_LR = 0.01
+METHODS = (('dq', 'DQ', {'quant.weight_quantizer': 'dq', 'quant.act_quantizer': 'dq'}),
+           ('lqnets', 'LQ-Nets', {'quant.weight_quantizer': 'lqnets',
+                                  'quant.act_quantizer': 'lqnets'}),
+           ('lsq', 'LSQ', {'quant.weight_quantizer': 'lsq', 'quant.act_quantizer': 'lsq'}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """How big the study is. Everything else (model, recipes, rows) is the same at every scale."""
+  name: str
+  train_per_class: int  # Training images per class (class-balanced subset of the train split).
+  batch_size: int
+  float_epochs: int
+  fine_tune_epochs: tuple[int, ...]
+  scratch_epochs: int
+  seeds: tuple[int, ...]
+
+  def describe(self) -> str:
+    fine_tunes = ' / '.join(str(e) for e in self.fine_tune_epochs)
+    return (f'scale `{self.name}`: {self.train_per_class * NUM_CLASSES:,} training images '
+            f'({self.train_per_class} per class), batch {self.batch_size}, float '
+            f'{self.float_epochs} epochs, fine-tunes {fine_tunes} epochs, from scratch '
+            f'{self.scratch_epochs} epochs, seeds {", ".join(map(str, self.seeds))}')
+
+  def identity(self) -> dict:
+    """What a record directory's rows depend on (seeds can be added later)."""
+    fields = dataclasses.asdict(self)
+    fields.pop('seeds')
+    fields['fine_tune_epochs'] = list(self.fine_tune_epochs)
+    return fields
+
+
+SCALES = {
+    # What a shared 2-core CPU trains in under an hour (measured: see docs/results.md). From
+    # scratch gets the float run's epochs plus the fine-tune's, so both reach a quantized model
+    # with the same epochs.
+    'cpu': Scale('cpu', train_per_class=50, batch_size=64, float_epochs=3,
+                 fine_tune_epochs=(1,), scratch_epochs=4, seeds=(0, 1)),
+    # The scale of the study in issue 15 (one H200): 28,000 images, float 40 epochs, fine-tunes
+    # 15 and 30, from scratch 70 (= 40 + 30).
+    'gpu': Scale('gpu', train_per_class=280, batch_size=256, float_epochs=40,
+                 fine_tune_epochs=(15, 30), scratch_epochs=70, seeds=(0, 1, 2)),
+}
+
+
+GROUPS = {
+    'float': 'the float runs',
+    'fine_tune': 'each method fine-tuned from the float run',
+    'scratch': 'each method from scratch, for the float and fine-tune epochs together',
+    'recipes': 'fine-tune variants (learning rate, warm-up, weight decay)',
+    'claims': "DQ's per-channel activation error vs pooled (A2, A1); direct vs latent weights",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One run: a config file plus overrides (dotted config paths), for one seed."""
+  cell: str  # Seeds of one cell are averaged in the table.
+  description: str
+  config_file: str
+  overrides: dict
+  seed: int
+  group: str  # One of GROUPS (select with --groups).
+  init_from: str = ''  # Name of the float row this one fine-tunes ('' = from scratch).
+
+  @property
+  def name(self) -> str:
+    return f'{self.cell}_s{self.seed}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """Two cells the table compares: `question` is what their difference would show."""
+  first: str
+  second: str
+  question: str
+
+
+def _float_row(scale: Scale, seed: int) -> Row:
+  return Row('fp', 'Float ResNet-20 (start of every fine-tune with the same seed)', FLOAT_CONFIG,
+             {'num_epochs': scale.float_epochs}, seed, 'float')
+
+
+def _fine_tune(cell, description, epochs, seed, group, overrides,
+               config_file=W2A2_CONFIG) -> Row:
+  return Row(cell, description, config_file,
+             {'num_epochs': epochs, 'optimizer.learning_rate': FINE_TUNE_LR, **overrides},
+             seed, group, init_from=f'fp_s{seed}')
+
+
+def _recipes(scale: Scale, seed: int) -> list[Row]:
+  """Fine-tune variants that could explain why fine-tuning loses to training from scratch."""
+  epochs = scale.fine_tune_epochs[0]
+  dq = METHODS[0][2]
+  return [
+      _fine_tune(f'w2a2_dq_ft{epochs}_lr0.1_warmup', f'W2A2 DQ fine-tuned {epochs} epochs at lr '
+                 '0.1 (the from-scratch rate) after a linear warm-up over 10% of them', epochs,
+                 seed, 'recipes', {**dq, 'optimizer.learning_rate': 0.1,
+                                   'schedule.warmup_epochs': 0.1 * epochs}),
+      _fine_tune(f'w2a2_dq_ft{epochs}_lr0.03', f'W2A2 DQ fine-tuned {epochs} epochs at lr 0.03',
+                 epochs, seed, 'recipes', {**dq, 'optimizer.learning_rate': 0.03}),
+      _fine_tune(f'w2a2_dq_ft{epochs}_no_wd', f'W2A2 DQ fine-tuned {epochs} epochs without '
+                 'weight decay (none on w_q)', epochs, seed, 'recipes',
+                 {**dq, 'optimizer.weight_decay': 0.0}),
+  ]
+
+
+def _claims(scale: Scale, seed: int) -> list[Row]:
+  """DQ's two claims, everything else equal: per-channel against pooled activation error (at 2
+  and at 1 activation bits, where channel scales matter more), and the direct update of the
+  quantized weights against a latent float weight."""
+  epochs = scale.fine_tune_epochs[0]
+  dq = METHODS[0][2]
+  pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
+  one_bit = {'quant.a_bits': 1}
+  return [
+      _fine_tune(f'w2a2_dq_pooled_ft{epochs}', f'W2A2 DQ with pooled activation error, '
+                 f'fine-tuned {epochs} epochs', epochs, seed, 'claims', pooled),
+      _fine_tune(f'w2a1_dq_ft{epochs}', f'W2A1 DQ (1-bit activations), fine-tuned {epochs} '
+                 'epochs', epochs, seed, 'claims', {**dq, **one_bit}),
+      _fine_tune(f'w2a1_dq_pooled_ft{epochs}', f'W2A1 DQ with pooled activation error, '
+                 f'fine-tuned {epochs} epochs', epochs, seed, 'claims', {**pooled, **one_bit}),
+      _fine_tune(f'w2a2_latent_weights_dq_acts_ft{epochs}', 'W2A2 latent weights (LQ-Nets) + '
+                 f'DQ activations, fine-tuned {epochs} epochs', epochs, seed, 'claims',
+                 {**dq, 'quant.weight_quantizer': 'lqnets'}),
+  ]
+
+
+def rows(scale: Scale) -> list[Row]:
+  """Every row of the study at `scale`, in the order they start (the float runs first)."""
+  out = [_float_row(scale, seed) for seed in scale.seeds]
+  for epochs in scale.fine_tune_epochs:
+    out += [_fine_tune(f'w2a2_{key}_ft{epochs}', f'W2A2 {label}, fine-tuned {epochs} epochs '
+                       f'from the float run', epochs, seed, 'fine_tune', overrides)
+            for seed in scale.seeds for key, label, overrides in METHODS]
+  out += [Row(f'w2a2_{key}_scratch{scale.scratch_epochs}',
+              f'W2A2 {label}, from scratch {scale.scratch_epochs} epochs', W2A2_CONFIG,
+              {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'scratch')
+          for seed in scale.seeds for key, label, overrides in METHODS]
+  for make in (_recipes, _claims):
+    out += [row for seed in scale.seeds for row in make(scale, seed)]
+  return out
+
+
+def comparisons(scale: Scale) -> list[Comparison]:
+  """The differences the study is for; the table says which lie outside the seed ranges."""
+  out = []
+  modes = [f'ft{e}' for e in scale.fine_tune_epochs] + [f'scratch{scale.scratch_epochs}']
+  for mode in modes:
+    for i, (first, first_label, _) in enumerate(METHODS):
+      for second, second_label, _ in METHODS[i + 1:]:
+        out.append(Comparison(f'w2a2_{first}_{mode}', f'w2a2_{second}_{mode}',
+                              f'{first_label} vs {second_label} ({mode})'))
+  longest = f'ft{max(scale.fine_tune_epochs)}'
+  for key, label, _ in METHODS:
+    out.append(Comparison(f'w2a2_{key}_scratch{scale.scratch_epochs}', f'w2a2_{key}_{longest}',
+                          f'{label}: from scratch vs fine-tuned'))
+  first = f'ft{scale.fine_tune_epochs[0]}'
+  baseline = f'w2a2_dq_{first}'
+  for row in _recipes(scale, scale.seeds[0]):
+    out.append(Comparison(row.cell, baseline, f'fine-tune recipe: {row.cell} vs lr 0.01'))
+  out.append(Comparison(baseline, f'w2a2_dq_pooled_{first}', 'A2: per-channel vs pooled error'))
+  out.append(Comparison(f'w2a1_dq_{first}', f'w2a1_dq_pooled_{first}',
+                        'A1: per-channel vs pooled error'))
+  out.append(Comparison(baseline, f'w2a2_latent_weights_dq_acts_{first}',
+                        'DQ direct weight update vs latent weights'))
+  return out
+
+
+def verdict(first: list[float], second: list[float]) -> str:
+  """Whether two cells' seed ranges are apart: with overlapping ranges a difference is a tie."""
+  if len(first) < 2 or len(second) < 2:
+    return 'fewer than 2 seeds: no range to judge'
+  if min(first) > max(second):
+    return '**first higher, outside both seed ranges**'
+  if min(second) > max(first):
+    return '**second higher, outside both seed ranges**'
+  return 'tie (seed ranges overlap)'
+
+
+def _set(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split('.')
+  for key in parents:
+    config = config[key]
+  config[leaf] = value
+
+
+def build_config(row: Row, scale: Scale, data_dir: str, runs_dir: Path, runlocal: bool = False):
+  """The row's ConfigDict: its config file, the scale's data and batch, then its overrides.
+
+  `runlocal` shrinks it as `configs/x.py:runlocal` does (tiny model, a few steps, the embedded
+  CIFAR-100 sample): a smoke run of the study.
+  """
+  config = importlib.import_module(row.config_file[:-3].replace('/', '.')).get_config()
+  config.data_dir = data_dir
+  config.download = False
+  config.global_batch_size = scale.batch_size
+  config.seed = row.seed
+  config.eval_every_steps = 0  # Evaluate once, at the end.
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 1
+  config.weight_images = False
+  if row.init_from:
+    config.init_from = str(runs_dir / row.init_from)
+  for dotted, value in row.overrides.items():
+    _set(config, dotted, value)
+  return base.runlocal(config) if runlocal else config
+
+
+def data_dir_for(scale: Scale, runs_dir: Path) -> Path:
+  return runs_dir / 'data' / f'{scale.train_per_class}_per_class'
+
+
+def prepare_data(scale: Scale, npz: str, runs_dir: Path) -> Path:
+  """The scale's class-balanced CIFAR-100 subset (prepared once from `npz`); its TFDS dir."""
+  import tensorflow_datasets as tfds  # Imported here: the parent needs them only once.
+  from dqnn.data import prepare
+  data_dir = data_dir_for(scale, runs_dir)
+  marker = data_dir / 'subset.json'
+  if marker.exists():
+    return data_dir
+  if not npz:
+    raise SystemExit(f'{data_dir} is not prepared yet: pass --npz=<CIFAR-100 train.npz> '
+                     '(e.g. ../shared/data/cifar100/train.npz).')
+  tfds.disable_progress_bar()
+  result = prepare.prepare_cifar100_npz(
+      npz, str(data_dir), holdout_per_class=HOLDOUT_PER_CLASS,
+      limit_per_class=HOLDOUT_PER_CLASS + scale.train_per_class, overwrite=True)
+  expected = {'train': scale.train_per_class * NUM_CLASSES,
+              'test': HOLDOUT_PER_CLASS * NUM_CLASSES}
+  if result['counts'] != expected:
+    raise SystemExit(f'{npz} gave splits {result["counts"]}, not {expected}: it holds too few '
+                     'images per class for this scale.')
+  marker.write_text(json.dumps({'npz': str(npz), **result['counts']}) + '\n')
+  return data_dir
+
+
+def _finished(workdir: Path) -> dict | None:
+  """The run's final eval record, or None if it stopped before its last step."""
+  metrics = workdir / 'metrics.jsonl'
+  if not metrics.exists():
+    return None
+  evals = [json.loads(line) for line in metrics.read_text().splitlines()
+           if line.strip() and json.loads(line)['split'] == 'eval']
+  return evals[-1] if evals else None
+
+
+def run_one(row: Row, scale: Scale, args) -> int:
+  """Trains (or resumes) one row in this process; records it once it has finished."""
+  from dqnn import train  # Imported here so that the parent process never starts JAX.
+  runs_dir, record_dir = Path(args.runs_dir), Path(args.record_dir)
+  config = build_config(row, scale, str(data_dir_for(scale, runs_dir)), runs_dir, args.runlocal)
+  workdir = runs_dir / row.name
+  start = time.monotonic()
+  final = train.train_and_evaluate(config, str(workdir))
+  previous = workdir / 'wall_s'
+  total_wall = time.monotonic() - start + (float(previous.read_text()) if previous.exists()
+                                           else 0.0)
+  previous.write_text(f'{total_wall:.1f}')
+  last_eval = _finished(workdir)
+  if last_eval is None:
+    print(f'{row.name} stopped at step {final["step"]}; it resumes on the next call.')
+    return STOPPED_EARLY
+  record = record_dir / row.name
+  record.mkdir(parents=True, exist_ok=True)
+  for name in ('config.json', 'metrics.jsonl'):
+    shutil.copy(workdir / name, record / name)
+  summary = {'row': row.name, 'cell': row.cell, 'description': row.description,
+             'group': row.group, 'config_file': row.config_file, 'overrides': row.overrides,
+             'seed': row.seed, 'init_from': row.init_from, 'scale': scale.name,
+             'steps': final['step'], 'eval_top1': last_eval['top1'],
+             'eval_loss': last_eval['loss'], 'wall_s': round(total_wall, 1),
+             'command': f'python -m experiments.budgeted_study --scale={scale.name} '
+                        f'--only={row.name}'}
+  (record / SUMMARY).write_text(json.dumps(summary, indent=1) + '\n')
+  return 0
+
+
+def _done(row: Row, record_dir: Path) -> bool:
+  return (record_dir / row.name / SUMMARY).exists()
+
+
+def _spawn(row: Row, scale: Scale, args, cores: set[int] | None) -> subprocess.Popen:
+  command = [sys.executable, '-m', 'experiments.budgeted_study', f'--scale={scale.name}',
+             f'--runs_dir={args.runs_dir}', f'--record_dir={args.record_dir}',
+             f'--train_per_class={scale.train_per_class}', f'--batch_size={scale.batch_size}',
+             f'--float_epochs={scale.float_epochs}', f'--scratch_epochs={scale.scratch_epochs}',
+             f'--fine_tune_epochs={",".join(map(str, scale.fine_tune_epochs))}',
+             f'--seeds={",".join(map(str, scale.seeds))}', f'--run_one={row.name}']
+  command += ['--runlocal'] if args.runlocal else []
+  env = dict(os.environ)
+  # Programs that rows share (evaluation, a resumed run's step) are compiled once.
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', str(Path(args.runs_dir) / 'jax_cache'))
+  if cores is None and args.workers > 1:  # Sharing one accelerator.
+    env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / args.workers:.2f}'
+  pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
+  # The child keeps its own handle on the log; the parent's is closed at once.
+  with open(Path(args.runs_dir) / f'{row.name}.log', 'a') as log:
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=pin)
+
+
+def _core_sets(workers: int, pin: bool) -> list[set[int] | None]:
+  """One entry per worker: the cores it is pinned to, or None (not pinned)."""
+  if not pin:
+    return [None] * workers
+  cores = sorted(os.sched_getaffinity(0))
+  if workers > len(cores):
+    raise SystemExit(f'--workers={workers} exceeds the {len(cores)} cores to pin them to.')
+  per_worker = len(cores) // workers
+  return [set(cores[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
+
+
+def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
+  """Runs every selected row not yet recorded; returns the rows left: failed, stopped by the
+  time budget, or waiting for a float run that is not selected or failed."""
+  runs_dir, record_dir = Path(args.runs_dir), Path(args.record_dir)
+  by_name = {row.name: row for row in rows(scale)}
+  deadline = (time.monotonic() + 60 * args.time_budget_min if args.time_budget_min
+              else float('inf'))
+  pending = [row for row in selected if not _done(row, record_dir)]
+  free = _core_sets(args.workers, pin=args.scale == 'cpu')
+  running = []  # (row, process, cores)
+  failed = []
+  while pending or running:
+    if time.monotonic() > deadline:
+      for row, process, _ in running:  # The run saves a checkpoint and stops.
+        process.send_signal(signal.SIGTERM)
+      for row, process, _ in running:
+        process.wait()
+        print(f'stopped {row.name} (time budget); it resumes on the next call', flush=True)
+      return failed + pending + [row for row, _, _ in running if not _done(row, record_dir)]
+    for entry in list(running):
+      row, process, cores = entry
+      if process.poll() is None:
+        continue
+      running.remove(entry)
+      free.append(cores)
+      if _done(row, record_dir):
+        print(f'done {row.name}', flush=True)
+        write_table(scale, record_dir)
+      else:  # The other rows go on; this one is tried again on the next call.
+        failed.append(row)
+        print(f'FAILED {row.name} (exit {process.returncode}); see '
+              f'{runs_dir / (row.name + ".log")}', flush=True)
+    ready = [row for row in pending
+             if not row.init_from or _done(by_name[row.init_from], record_dir)]
+    if ready and free:
+      row, cores = ready[0], free.pop(0)
+      pending.remove(row)
+      print(f'start {row.name}' + (f' on cores {sorted(cores)}' if cores else ''), flush=True)
+      running.append((row, _spawn(row, scale, args, cores), cores))
+      continue
+    if not running and pending:
+      missing = sorted({row.init_from for row in pending})
+      print(f'not started (their float runs {missing} are not selected or failed): '
+            f'{[row.name for row in pending]}', flush=True)
+      return failed + pending
+    time.sleep(2)
+  return failed
+
+
+def _accuracies(scale: Scale, record_dir: Path) -> collections.OrderedDict:
+  """Cell -> the recorded summaries of its seeds, in row order."""
+  cells = collections.OrderedDict()
+  for row in rows(scale):
+    if _done(row, record_dir):
+      cells.setdefault(row.cell, []).append(
+          json.loads((record_dir / row.name / SUMMARY).read_text()))
+  return cells
+
+
+def write_table(scale: Scale, record_dir: Path) -> str:
+  """Rewrites results.md: mean and range per cell, then the comparisons and their verdicts."""
+  cells = _accuracies(scale, record_dir)
+  top1 = {cell: [100 * run['eval_top1'] for run in runs] for cell, runs in cells.items()}
+  lines = [
+      '# CIFAR-100 budgeted study (written by experiments/budgeted_study.py)', '',
+      f'ResNet-20, first conv and last layer float; {scale.describe()}. SGD momentum 0.9, wd '
+      '5e-4, cosine; lr 0.1 (float and from scratch) or 0.01 (fine-tunes) at batch 128, scaled '
+      'linearly with the batch. Each fine-tune starts from the float run of its own seed. Data: '
+      f'train = {scale.train_per_class} images per class after the first '
+      f'{HOLDOUT_PER_CLASS} of each class of `../shared/data/cifar100/train.npz`; top-1 on the '
+      f'held-out first {HOLDOUT_PER_CLASS} per class (5,000 images; not the official test '
+      'set). Hardware and date: see docs/results.md.', '',
+      '| cell | description | seeds | held-out top-1 % mean | min–max | steps | wall min/run |',
+      '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
+  for cell, runs in cells.items():
+    values = top1[cell]
+    spread = f'{min(values):.2f}–{max(values):.2f}' if len(values) > 1 else '—'
+    wall = statistics.mean(run['wall_s'] for run in runs) / 60
+    lines.append(f'| `{cell}` | {runs[0]["description"]} | {len(values)} | '
+                 f'{statistics.mean(values):.2f} | {spread} | {runs[0]["steps"]} | {wall:.1f} |')
+  lines += ['', 'Differences: a difference counts only when the two seed ranges do not overlap.',
+            '', '| comparison | first | second | first − second (points) | verdict |',
+            '| --- | --- | --- | ---: | --- |']
+  for comparison in comparisons(scale):
+    if comparison.first in top1 and comparison.second in top1:
+      first, second = top1[comparison.first], top1[comparison.second]
+      difference = statistics.mean(first) - statistics.mean(second)
+      lines.append(f'| {comparison.question} | `{comparison.first}` | `{comparison.second}` | '
+                   f'{difference:+.2f} | {verdict(first, second)} |')
+  text = '\n'.join(lines) + '\n'
+  record_dir.mkdir(parents=True, exist_ok=True)
+  (record_dir / 'results.md').write_text(text)
+  return text
+
+
+def _scale_from(args) -> Scale:
+  scale = SCALES[args.scale]
+  changes = {name: value for name, value in
+             (('train_per_class', args.train_per_class), ('batch_size', args.batch_size),
+              ('float_epochs', args.float_epochs), ('scratch_epochs', args.scratch_epochs))
+             if value is not None}
+  if args.fine_tune_epochs:
+    changes['fine_tune_epochs'] = tuple(int(e) for e in args.fine_tune_epochs.split(','))
+  if args.seeds:
+    changes['seeds'] = tuple(int(s) for s in args.seeds.split(','))
+  return dataclasses.replace(scale, **changes)
+
+
+def _check_record_dir(scale: Scale, record_dir: Path) -> None:
+  """Refuses to mix rows of two different scales in one record directory."""
+  path = record_dir / SCALE_FILE
+  if path.exists():
+    recorded = json.loads(path.read_text())
+    if recorded != scale.identity():
+      raise SystemExit(f'{record_dir} holds a study at another scale ({recorded}); this one is '
+                       f'{scale.identity()}. Pass another --record_dir.')
+  else:
+    record_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(scale.identity(), indent=1) + '\n')
+
+
+def _select(scale: Scale, args) -> list[Row]:
+  """The rows to run, in order: `--only`'s, or those of `--groups` group by group; each after
+  the float run it fine-tunes from."""
+  every = rows(scale)
+  if args.only:
+    wanted = args.only.split(',')
+    known = {row.name for row in every} | {row.cell for row in every}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+      raise SystemExit(f'Unknown rows or cells {unknown}; choose from '
+                       f'{sorted(r.name for r in every)}.')
+    chosen = [row for row in every if row.name in wanted or row.cell in wanted]
+  else:
+    groups = args.groups.split(',')
+    unknown = [group for group in groups if group not in GROUPS]
+    if unknown:
+      raise SystemExit(f'Unknown groups {unknown}; choose from {", ".join(GROUPS)}.')
+    chosen = [row for group in groups for row in every if row.group == group]
+  floats = {row.init_from for row in chosen}
+  return [row for row in every if row.name in floats and row not in chosen] + chosen
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--scale', choices=sorted(SCALES), default='cpu')
+  parser.add_argument('--npz', default='',
+                      help='CIFAR-100 training .npz to carve the data from (first call only).')
+  parser.add_argument('--runs_dir', default='',
+                      help='Workdirs and prepared data (default runs/budgeted_study/<scale>).')
+  parser.add_argument('--record_dir', default='',
+                      help="Rows' config, metrics, summary and results.md "
+                           '(default experiments/budgeted_study/<scale>).')
+  parser.add_argument('--groups', default=','.join(GROUPS),
+                      help='Row groups to run, in this order (the float runs their fine-tunes '
+                           'need first): ' + '; '.join(f'{g}: {text}' for g, text in
+                                                       GROUPS.items()))
+  parser.add_argument('--only', default='', help='Comma-separated rows or cells instead.')
+  parser.add_argument('--workers', type=int, default=min(2, len(os.sched_getaffinity(0))))
+  parser.add_argument('--time_budget_min', type=float, default=0.0,
+                      help='Stop after this many minutes, checkpointing the runs in flight.')
+  for name in ('train_per_class', 'batch_size', 'float_epochs', 'scratch_epochs'):
+    parser.add_argument(f'--{name}', type=int, default=None, help='Overrides the scale.')
+  parser.add_argument('--fine_tune_epochs', default='', help='Overrides the scale, e.g. 15,30.')
+  parser.add_argument('--seeds', default='', help='Overrides the scale, e.g. 0,1,2.')
+  parser.add_argument('--runlocal', action='store_true',
+                      help='Tiny model, a few steps, the embedded sample: a smoke run.')
+  parser.add_argument('--table', action='store_true', help='Only rewrite results.md.')
+  parser.add_argument('--run_one', default='', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  scale = _scale_from(args)
+  args.runs_dir = args.runs_dir or str(ROOT / 'runs' / 'budgeted_study' / scale.name)
+  args.record_dir = args.record_dir or str(RECORD_ROOT / scale.name)
+  record_dir = Path(args.record_dir)
+  if args.run_one:
+    row = {row.name: row for row in rows(scale)}[args.run_one]
+    raise SystemExit(run_one(row, scale, args))
+  _check_record_dir(scale, record_dir)
+  if args.table:
+    print(write_table(scale, record_dir))
+    return
+  selected = _select(scale, args)
+  Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+  if not args.runlocal:  # runlocal trains on the embedded sample.
+    prepare_data(scale, args.npz, Path(args.runs_dir))
+  left = run_study(selected, scale, args)
+  print(write_table(scale, record_dir))
+  if left:
+    raise SystemExit(f'{len(left)} rows not finished: {[row.name for row in left]}. '
+                     'Run the same command again to continue.')
+
+
+if __name__ == '__main__':
+  main()

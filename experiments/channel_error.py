@@ -1,0 +1,142 @@
+r"""Per-channel activation quantization error of a trained float model: DQ's per-channel error
+weighting against the pooled weighting (LQ-Nets), layer by layer.
+
+    python -m experiments.channel_error --workdir=<float run> --a_bits=1,2 [--out=errors.json]
+
+DQ's second claim is that a quantizer fitted to the pooled error is biased toward a few
+high-energy channels, so weighting each channel's error by its energy serves the majority of
+channels better. That should matter most where channel energies differ most (depthwise
+convolutions, 1-bit activations). For each quantized activation this measures, on one batch of
+the run's held-out split:
+
+- how much the channel energies `mean x_c^2` differ (the 90th over the 10th percentile);
+- the mean over channels of the relative error `mean (x_c - Q(x_c))^2 / mean x_c^2` with levels
+  fitted in closed form under each weighting (`dqnn.plots.fit_levels`), and the share of
+  channels whose relative error is lower under DQ's weighting;
+- what DQ's weighting costs: its absolute (pooled) squared error over the pooled fit's.
+
+The network is the float run's with every layer's input quantized to `a_bits` bits by DQ's
+activation quantizer (weights stay float, so only activation quantization is measured), its
+ranges initialised on the batch as a fine-tune from that run would (`dqnn.warm_start`).
+"""
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dqnn import plots
+from dqnn import quantizers
+from dqnn import report
+from dqnn import warm_start
+from dqnn.export import exporter
+from dqnn.layers import QuantConv, QuantDense
+from dqnn.quantizers import dq_activation
+from dqnn.quantizers import levels as lv
+
+FULL_PRECISION = 32
+WEIGHTINGS = ('channel', 'pooled')
+
+
+def quantized_config(float_config, a_bits: int):
+  """The float run's config with every quantized layer's input at `a_bits` (DQ), float weights."""
+  config = float_config.copy_and_resolve_references()
+  config.quant.w_bits = FULL_PRECISION
+  config.quant.a_bits = a_bits
+  config.quant.act_quantizer = 'dq'
+  config.quant.act_options = {}
+  return config
+
+
+def _layer_errors(module, variables, x: jax.Array) -> dict:
+  """Channel energies and each weighting's per-channel relative and pooled absolute error."""
+  x = jnp.asarray(x, jnp.float32)
+  quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
+                                              module.act_options, signed=module.a_signed)
+  stored = exporter.layer_variables(variables, (*module.path, 'act_quantizer'))
+  field = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[quantizer.parameterisation]
+  value = stored['params'].get(field, stored['quant_stats'].get(field))
+  energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
+  result = {'layer': '/'.join(module.path), 'channels': int(x.shape[-1]),
+            'depthwise': getattr(module, 'feature_group_count', 1) > 1,
+            'energy_p90_over_p10': float(np.percentile(energy, 90)
+                                         / max(np.percentile(energy, 10), 1e-30))}
+  errors = {}
+  for weighting in WEIGHTINGS:
+    levels = plots.fit_levels(x, quantizer.parameterisation, value, module.a_bits,
+                              module.a_signed, weighting)
+    q = lv.nearest_value_1d(x, levels)
+    errors[weighting] = np.asarray(dq_activation.per_channel_relative_error(x, q))
+    result[f'{weighting}_mean_relative_error'] = float(errors[weighting].mean())
+    result[f'{weighting}_squared_error'] = float(jnp.mean((x - q) ** 2))
+  result['channels_better_with_channel_weighting'] = float(
+      np.mean(errors['channel'] < errors['pooled']))
+  result['absolute_error_cost'] = (result['channel_squared_error']
+                                   / max(result['pooled_squared_error'], 1e-30))
+  return result
+
+
+def measure(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0) -> list[dict]:
+  """One record per quantized activation of the float run in `workdir`, at `a_bits` bits."""
+  float_config, float_variables = exporter.read_workdir(workdir)
+  config = quantized_config(float_config, a_bits)
+  model = exporter.model_from_config(config)
+  images, source = plots.sample_batch(config, batch_size)
+  rng = jax.random.key(seed)
+  fresh = model.init({'params': rng, 'dropout': rng}, images, train=True)
+  variables = warm_start.from_float(model, fresh, float_variables, images, rng)
+  inputs = plots.layer_inputs(config, variables, images)
+  size = exporter.image_size(config)
+  calls, _ = report.layer_calls(model, (size, size, 3), variables)
+  records = []
+  for module, _, _ in calls:
+    if isinstance(module, (QuantConv, QuantDense)) and module.a_bits != FULL_PRECISION:
+      record = _layer_errors(module, variables, inputs['/'.join(module.path)])
+      records.append({'a_bits': a_bits, 'source': source, **record})
+  return records
+
+
+def summary_table(records: list[dict]) -> str:
+  """Markdown: per bit width and layer kind, the layers' means of each measure."""
+  lines = ['| A bits | layers | count | energy p90/p10 (median) | mean rel. error, DQ channel '
+           '| mean rel. error, pooled | channels better with DQ | DQ abs. error / pooled |',
+           '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for bits in sorted({r['a_bits'] for r in records}):
+    for kind, keep in (('all', lambda r: True), ('depthwise', lambda r: r['depthwise']),
+                       ('other', lambda r: not r['depthwise'])):
+      chosen = [r for r in records if r['a_bits'] == bits and keep(r)]
+      if not chosen or (kind != 'all' and len(chosen) == len([
+          r for r in records if r['a_bits'] == bits])):
+        continue
+
+      def mean(key):
+        return float(np.mean([r[key] for r in chosen]))
+
+      spread = float(np.median([r['energy_p90_over_p10'] for r in chosen]))
+      lines.append(f'| {bits} | {kind} | {len(chosen)} | {spread:.1f} | '
+                   f'{mean("channel_mean_relative_error"):.4f} | '
+                   f'{mean("pooled_mean_relative_error"):.4f} | '
+                   f'{100 * mean("channels_better_with_channel_weighting"):.0f}% | '
+                   f'{mean("absolute_error_cost"):.2f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--workdir', required=True, help='A float training run.')
+  parser.add_argument('--a_bits', default='1,2', help='Comma-separated activation bit widths.')
+  parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--out', default='', help='Also write every layer record to this JSON.')
+  args = parser.parse_args()
+  records = [record for bits in args.a_bits.split(',')
+             for record in measure(args.workdir, int(bits), args.batch_size)]
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(records, f, indent=1)
+  print(f'{args.workdir} ({records[0]["source"]}, {args.batch_size} images)\n')
+  print(summary_table(records))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,196 @@
+"""The budgeted study: its rows per scale, its table and verdicts, and a runlocal pass."""
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import budgeted_study as study
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CPU, GPU = study.SCALES['cpu'], study.SCALES['gpu']
+
+
+def _rows(scale):
+  return {row.name: row for row in study.rows(scale)}
+
+
+def _config(scale, name, runs_dir=pathlib.Path('/runs')):
+  return study.build_config(_rows(scale)[name], scale, '/data', runs_dir)
+
+
+@pytest.mark.parametrize('scale', [CPU, GPU], ids=['cpu', 'gpu'])
+def test_every_scale_has_float_methods_by_mode_and_seed(scale):
+  rows = study.rows(scale)
+  names = [row.name for row in rows]
+  assert len(names) == len(set(names))
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 3 + 4  # + 3 recipes, 4 claims.
+  assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
+  # Float runs start first: every fine-tune waits for one.
+  assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
+  for seed in scale.seeds:
+    for method in ('dq', 'lqnets', 'lsq'):
+      assert f'w2a2_{method}_scratch{scale.scratch_epochs}_s{seed}' in names
+      for epochs in scale.fine_tune_epochs:
+        assert f'w2a2_{method}_ft{epochs}_s{seed}' in names
+  for row in rows:
+    config = _config(scale, row.name)
+    assert config.global_batch_size == scale.batch_size and config.seed == row.seed
+    assert config.data_dir == '/data' and not config.download and config.input_on_device
+    if row.cell == 'fp':
+      assert config.num_epochs == scale.float_epochs and config.quant.w_bits == 32
+    elif row.init_from:  # A fine-tune, from the float run of its own seed.
+      assert config.init_from == f'/runs/fp_s{row.seed}'
+      assert config.num_epochs in scale.fine_tune_epochs
+      assert min(config.quant.w_bits, config.quant.a_bits) < 32
+    else:
+      assert config.num_epochs == scale.scratch_epochs and config.init_from == ''
+      assert config.optimizer.learning_rate == 0.1
+
+
+def test_gpu_scale_is_the_issue_scale():
+  assert GPU.train_per_class * study.NUM_CLASSES == 28_000 and GPU.batch_size == 256
+  assert (GPU.float_epochs, GPU.fine_tune_epochs, GPU.scratch_epochs) == (40, (15, 30), 70)
+  # The configs scale the learning rate with the batch: 0.1 x 256/128 from scratch.
+  config = _config(GPU, 'w2a2_lsq_ft15_s1')
+  assert config.optimizer.learning_rate == study.FINE_TUNE_LR
+  assert config.optimizer.learning_rate_batch_size == 128
+  assert (config.quant.weight_quantizer, config.quant.act_quantizer) == ('lsq', 'lsq')
+
+
+def test_rows_differ_from_their_baseline_in_the_named_setting_only():
+  baseline = _config(CPU, 'w2a2_dq_ft1_s0').to_dict()
+
+  def changes(name):
+    config = _config(CPU, name).to_dict()
+    return {key for key in config if config[key] != baseline[key]}
+
+  assert changes('w2a2_dq_ft1_s1') == {'seed', 'init_from'}
+  assert changes('w2a2_dq_ft1_no_wd_s0') == {'optimizer'}
+  assert _config(CPU, 'w2a2_dq_ft1_no_wd_s0').optimizer.weight_decay == 0.0
+  warm = _config(CPU, 'w2a2_dq_ft1_lr0.1_warmup_s0')
+  assert (warm.optimizer.learning_rate, warm.schedule.warmup_epochs) == (0.1, 0.1)
+  assert changes('w2a2_dq_pooled_ft1_s0') == {'quant'}
+  assert dict(_config(CPU, 'w2a2_dq_pooled_ft1_s0').quant.act_options) == {
+      'weighting': 'pooled'}
+  one_bit = _config(CPU, 'w2a1_dq_pooled_ft1_s1').quant
+  assert (one_bit.w_bits, one_bit.a_bits, one_bit.act_options['weighting']) == (2, 1, 'pooled')
+  assert dict(_config(CPU, 'w2a2_dq_ft1_s0').quant.act_options) == {}  # DQ's defaults.
+  assert changes('w2a2_latent_weights_dq_acts_ft1_s0') == {'quant'}
+  latent = _config(CPU, 'w2a2_latent_weights_dq_acts_ft1_s0').quant
+  assert (latent.weight_quantizer, latent.act_quantizer) == ('lqnets', 'dq')
+
+
+def test_every_comparison_names_two_cells_of_the_scale():
+  for scale in (CPU, GPU):
+    cells = {row.cell for row in study.rows(scale)}
+    for comparison in study.comparisons(scale):
+      assert {comparison.first, comparison.second} <= cells, comparison
+
+
+def test_verdict_needs_separate_ranges_and_two_seeds():
+  assert 'first higher' in study.verdict([30.0, 31.0], [28.0, 29.5])
+  assert 'second higher' in study.verdict([28.0, 29.5], [30.0, 31.0])
+  assert study.verdict([30.0, 31.0], [29.0, 30.5]).startswith('tie')
+  assert study.verdict([30.0, 31.0], [29.0, 30.0]).startswith('tie')  # Touching ranges.
+  assert 'fewer than 2 seeds' in study.verdict([30.0], [20.0, 21.0])
+
+
+def _record(record_dir, name, top1, wall_s=120.0):
+  cell = name.rsplit('_s', 1)[0]
+  (record_dir / name).mkdir(parents=True)
+  (record_dir / name / study.SUMMARY).write_text(json.dumps(
+      {'row': name, 'cell': cell, 'description': f'desc {cell}', 'eval_top1': top1,
+       'steps': 156, 'wall_s': wall_s}))
+
+
+def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_path):
+  _record(tmp_path, 'w2a2_dq_ft1_s0', 0.30)
+  _record(tmp_path, 'w2a2_dq_ft1_s1', 0.32, wall_s=240.0)
+  _record(tmp_path, 'w2a2_lqnets_ft1_s0', 0.25)
+  _record(tmp_path, 'w2a2_lqnets_ft1_s1', 0.27)
+  _record(tmp_path, 'w2a2_lsq_ft1_s0', 0.31)
+  _record(tmp_path, 'w2a2_lsq_ft1_s1', 0.335)
+  _record(tmp_path, 'w2a2_dq_scratch4_s0', 0.40)
+  table = study.write_table(CPU, tmp_path)
+  assert (tmp_path / 'results.md').read_text() == table
+  assert '5,000 training images (50 per class)' in table
+  assert '| `w2a2_dq_ft1` | desc w2a2_dq_ft1 | 2 | 31.00 | 30.00–32.00 | 156 | 3.0 |' in table
+  assert '| `w2a2_dq_scratch4` | desc w2a2_dq_scratch4 | 1 | 40.00 | — | 156 | 2.0 |' in table
+  assert ('| DQ vs LQ-Nets (ft1) | `w2a2_dq_ft1` | `w2a2_lqnets_ft1` | +5.00 | '
+          '**first higher, outside both seed ranges** |') in table
+  assert ('| DQ vs LSQ (ft1) | `w2a2_dq_ft1` | `w2a2_lsq_ft1` | -1.25 | '
+          'tie (seed ranges overlap) |') in table
+  assert ('| DQ: from scratch vs fine-tuned | `w2a2_dq_scratch4` | `w2a2_dq_ft1` | +9.00 | '
+          'fewer than 2 seeds: no range to judge |') in table
+  assert 'recipe' not in table  # No recipe row recorded, so no recipe comparison.
+
+
+def test_a_record_dir_holds_one_scale(tmp_path):
+  study._check_record_dir(CPU, tmp_path)
+  study._check_record_dir(CPU, tmp_path)  # The same scale again: fine.
+  with pytest.raises(SystemExit, match='another scale'):
+    study._check_record_dir(GPU, tmp_path)
+
+
+def test_a_run_without_its_final_eval_is_not_finished(tmp_path):
+  assert study._finished(tmp_path) is None
+  lines = [{'step': 50, 'split': 'train', 'loss': 3.0}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in lines))
+  assert study._finished(tmp_path) is None  # Stopped by SIGTERM before its last step.
+  lines.append({'step': 78, 'split': 'eval', 'loss': 2.5, 'top1': 0.2})
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in lines))
+  assert study._finished(tmp_path)['top1'] == 0.2
+
+
+def _study(tmp_path, *flags):
+  command = [sys.executable, '-m', 'experiments.budgeted_study', '--runlocal', '--scale=cpu',
+             f'--runs_dir={tmp_path / "runs"}', f'--record_dir={tmp_path / "record"}', *flags]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_runlocal_study_runs_records_and_resumes(tmp_path):
+  only = '--only=fp_s0,w2a2_dq_ft1_s0,w2a2_lsq_scratch4_s0'
+  first = _study(tmp_path, only)
+  assert first.returncode == 0, first.stdout + first.stderr
+  assert first.stdout.index('start fp_s0') < first.stdout.index('start w2a2_dq_ft1_s0')
+  for name in ('fp_s0', 'w2a2_dq_ft1_s0', 'w2a2_lsq_scratch4_s0'):
+    summary = json.loads((tmp_path / 'record' / name / study.SUMMARY).read_text())
+    assert summary['steps'] == 4 and 0.0 <= summary['eval_top1'] <= 1.0
+    recorded = json.loads((tmp_path / 'record' / name / 'config.json').read_text())
+    assert recorded['model'] == '_cifar_resnet_tiny'
+    assert recorded['dataset'] == 'cifar100_sample'
+  fine_tune = json.loads((tmp_path / 'record' / 'w2a2_dq_ft1_s0' / 'config.json').read_text())
+  assert fine_tune['init_from'] == str(tmp_path / 'runs' / 'fp_s0')
+  table = (tmp_path / 'record' / 'results.md').read_text()
+  assert all(f'`{cell}`' in table for cell in ('fp', 'w2a2_dq_ft1', 'w2a2_lsq_scratch4'))
+  again = _study(tmp_path, only)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert not [line for line in again.stdout.splitlines() if line.startswith('start ')]
+
+
+def test_bad_selection_is_one_clear_error(tmp_path):
+  unknown = _study(tmp_path, '--only=w9a9_dq_ft1_s0')
+  assert unknown.returncode != 0 and "Unknown rows or cells ['w9a9_dq_ft1_s0']" in unknown.stderr
+  group = _study(tmp_path, '--groups=scratch,extras')
+  assert group.returncode != 0 and "Unknown groups ['extras']" in group.stderr
+
+
+def _selection(**flags):
+  args = argparse.Namespace(**{'only': '', 'groups': ','.join(study.GROUPS), **flags})
+  return [row.name for row in study._select(CPU, args)]
+
+
+def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
+  assert _selection(only='w2a2_dq_ft1_s1') == ['fp_s1', 'w2a2_dq_ft1_s1']
+  assert _selection(only='w2a2_lsq_scratch4') == ['w2a2_lsq_scratch4_s0', 'w2a2_lsq_scratch4_s1']
+  chosen = _selection(groups='claims,fine_tune')
+  assert chosen[:2] == ['fp_s0', 'fp_s1']
+  groups = [_rows(CPU)[name].group for name in chosen[2:]]
+  assert groups == ['claims'] * 8 + ['fine_tune'] * 6
+  everything = _selection()
+  assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']
