@@ -11,7 +11,7 @@ the run's held-out split:
 
 - how much the channel energies `mean x_c^2` differ (the 90th over the 10th percentile);
 - the mean over channels of the relative error `mean (x_c - Q(x_c))^2 / mean x_c^2` with levels
-  fitted in closed form under each weighting (`dqnn.plots.fit_levels`), and the share of
+  fitted in closed form under each weighting (`dq_activation.fit_levels`), and the share of
   channels whose relative error is lower under DQ's weighting;
 - what DQ's weighting costs: its absolute (pooled) squared error over the pooled fit's.
 
@@ -28,15 +28,18 @@ import numpy as np
 
 from dqnn import plots
 from dqnn import quantizers
-from dqnn import report
+from dqnn import runs
+from dqnn import tracing
+from dqnn import variables as variables_lib
 from dqnn import warm_start
-from dqnn.export import exporter
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import dq_activation
 from dqnn.quantizers import levels as lv
+from dqnn.quantizers.bits import FULL_PRECISION
 
-FULL_PRECISION = 32
 WEIGHTINGS = ('channel', 'pooled')
+# Closed-form refits per weighting, as dqnn.plots draws them.
+FIT_ITERATIONS = 10
 
 
 def quantized_config(float_config, a_bits: int):
@@ -54,8 +57,8 @@ def _layer_errors(module, variables, x: jax.Array) -> dict:
   x = jnp.asarray(x, jnp.float32)
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
-  stored = exporter.layer_variables(variables, (*module.path, 'act_quantizer'))
-  field = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}[quantizer.parameterisation]
+  stored = variables_lib.layer_variables(variables, (*module.path, variables_lib.ACT_QUANTIZER))
+  field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
   value = stored['params'].get(field, stored['quant_stats'].get(field))
   energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
   result = {'layer': '/'.join(module.path), 'channels': int(x.shape[-1]),
@@ -64,8 +67,8 @@ def _layer_errors(module, variables, x: jax.Array) -> dict:
                                          / max(np.percentile(energy, 10), 1e-30))}
   errors = {}
   for weighting in WEIGHTINGS:
-    levels = plots.fit_levels(x, quantizer.parameterisation, value, module.a_bits,
-                              module.a_signed, weighting)
+    levels = dq_activation.fit_levels(x, quantizer.parameterisation, value, module.a_bits,
+                                      module.a_signed, weighting, FIT_ITERATIONS)
     q = lv.nearest_value_1d(x, levels)
     errors[weighting] = np.asarray(dq_activation.per_channel_relative_error(x, q))
     result[f'{weighting}_mean_relative_error'] = float(errors[weighting].mean())
@@ -79,16 +82,16 @@ def _layer_errors(module, variables, x: jax.Array) -> dict:
 
 def measure(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0) -> list[dict]:
   """One record per quantized activation of the float run in `workdir`, at `a_bits` bits."""
-  float_config, float_variables = exporter.read_workdir(workdir)
+  float_config, float_variables = runs.read_workdir(workdir)
   config = quantized_config(float_config, a_bits)
-  model = exporter.model_from_config(config)
+  model = runs.model_from_config(config)
   images, source = plots.sample_batch(config, batch_size)
   rng = jax.random.key(seed)
   fresh = model.init({'params': rng, 'dropout': rng}, images, train=True)
   variables = warm_start.from_float(model, fresh, float_variables, images, rng)
   inputs = plots.layer_inputs(config, variables, images)
-  size = exporter.image_size(config)
-  calls, _ = report.layer_calls(model, (size, size, 3), variables)
+  size = runs.image_size(config)
+  calls, _ = tracing.layer_calls(model, (size, size, 3), variables)
   records = []
   for module, _, _ in calls:
     if isinstance(module, (QuantConv, QuantDense)) and module.a_bits != FULL_PRECISION:
