@@ -6,19 +6,9 @@ tiny batch for a quick CPU run. Fields are primitives or ConfigDicts only.
 """
 import ml_collections
 
-from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS
+from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS, MODELS
 
 RUNLOCAL = 'runlocal'
-# runlocal swaps in the registry's tiny variant of a family where one takes the same input size.
-RUNLOCAL_MODELS = {
-    'cifar_resnet20': '_cifar_resnet_tiny',
-    'cifar_resnet18': '_cifar_resnet_tiny',
-    'cifar_alexnet': '_alexnet_tiny',
-    'cifar_mobilenet_v2': '_mobilenet_v2_tiny',
-    'resnet18': '_resnet_tiny',
-    'resnet34': '_resnet_tiny',
-    'resnet50': '_resnet_tiny',
-}
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -164,7 +154,7 @@ def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   CIFAR configs switch to the CIFAR-100 sample shipped inside dqnn (500 train / 100 eval real
   images), so no download or prepare is needed; --config.dataset=cifar100 uses the real data.
   """
-  config.model = RUNLOCAL_MODELS.get(config.model, config.model)
+  config.model = MODELS[config.model].tiny or config.model
   if config.dataset == 'cifar100':
     config.dataset = 'cifar100_sample'
     config.download = False

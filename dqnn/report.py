@@ -24,7 +24,7 @@ from dqnn import checkpoint
 from dqnn import run_config
 from dqnn import runs
 from dqnn import tracing
-from dqnn.quantizers import FULL_PRECISION, dq_weight
+from dqnn.quantizers import FULL_PRECISION, readout
 from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER
 
 _FLOAT_BYTES = 4
@@ -87,8 +87,7 @@ def _layer_cost(module, in_shape, out_shape, params) -> LayerCost:
   packed = float_bytes
   if w_bits != FULL_PRECISION:
     quantizer = params[WEIGHT_QUANTIZER]
-    groups = (dq_weight.level_table(quantizer).shape[0] if dq_weight.is_dq_weight(quantizer)
-              else module.features)
+    groups = readout.level_groups(module, quantizer)
     packed = (math.ceil(weights * w_bits / 8) + groups * 2 ** w_bits * _FLOAT_BYTES
               + bias * _FLOAT_BYTES)
   return LayerCost(name, 'conv' if isinstance(module, nn.Conv) else 'dense', weights + bias,

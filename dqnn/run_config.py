@@ -11,6 +11,8 @@ from etils import epath
 import ml_collections
 
 from dqnn import files
+from dqnn.models.policy import QuantPolicy
+from dqnn.quantizers import registry
 
 CONFIG_FILE = 'config.json'
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
@@ -47,8 +49,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get('on_corrupt_checkpoint', 'fallback') not in ON_CORRUPT_CHECKPOINT:
     problems.append(f'on_corrupt_checkpoint={config.on_corrupt_checkpoint!r}: one of '
                     f'{", ".join(ON_CORRUPT_CHECKPOINT)}.')
+  if 'quant' in config:
+    problems += _quantization_problems(config.quant)
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def _quantization_problems(quant: ml_collections.ConfigDict) -> list[str]:
+  """What is wrong with `config.quant`: its policy (bits, edge layers, override fields) and the
+  quantizers and options it names, globally and in each override, before any model is built."""
+  try:
+    QuantPolicy.from_config(quant)
+  except ValueError as error:
+    return [f'quant: {error}']
+  problems = []
+  choices = [('quant', quant.to_dict())] + [
+      (f'quant.overrides[{pattern!r}]', fields)
+      for pattern, fields in quant.get('overrides', {}).items()]
+  for where, fields in choices:
+    for kind, method, options in (('weight', 'weight_quantizer', 'weight_options'),
+                                  ('activation', 'act_quantizer', 'act_options')):
+      if method in fields or options in fields:
+        try:
+          registry.check(kind, fields.get(method, quant.get(method)),
+                         fields.get(options, quant.get(options)))
+        except ValueError as error:
+          problems.append(f'{where}: {error}')
+  return problems
 
 
 def as_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from dqnn import tracing
-from dqnn.quantizers import FULL_PRECISION, dq_weight
+from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers.readout import kernel_levels, quantized_kernel
 from dqnn.variables import WEIGHT_QUANTIZER, layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -25,10 +25,11 @@ def weight_figure(module: nn.Module, variables: dict[str, Any]):
   name = '/'.join(module.path)
   quantizer = layer_variables(variables, (*module.path, WEIGHT_QUANTIZER))
   table, _ = kernel_levels(module, quantizer)
-  if dq_weight.is_dq_weight(quantizer['params']):
-    weights, what = quantized_kernel(module, quantizer), 'w_q'
-  else:
+  # A latent-weight quantizer trains its float `kernel`: show that; DQ trains w_q itself.
+  if 'kernel' in quantizer['params']:
     weights, what = np.asarray(quantizer['params']['kernel']), 'latent kernel'
+  else:
+    weights, what = quantized_kernel(module, quantizer), 'w_q'
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.hist(weights.reshape(-1), bins=100, color='tab:blue', alpha=0.8)
   ax.set_yscale('log')

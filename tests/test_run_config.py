@@ -25,6 +25,25 @@ def test_every_unusable_field_is_listed_in_one_error():
   run_config.validate(tiny_config())
 
 
+def test_quantizers_and_their_options_are_checked_before_any_model_is_built():
+  config = tiny_config()
+  config.quant.act_options = {'momentum': 0.9, 'bogus': 1}
+  config.quant.overrides = {'stage1/*': {'weight_quantizer': 'nope'},
+                            'head': {'weight_options': {'per_channel': 'yes'}}}
+  with pytest.raises(run_config.ConfigError) as error:
+    run_config.validate(config)
+  lines = str(error.value).splitlines()[1:]
+  assert len(lines) == 3
+  assert lines[0].startswith("  quant: Unknown options ['bogus'] for activation quantizer 'dq'")
+  assert lines[1].startswith("  quant.overrides['head']: Option 'per_channel' of weight "
+                             "quantizer 'dq' must be bool")
+  assert lines[2].startswith("  quant.overrides['stage1/*']: Unknown weight quantizer 'nope'")
+  config = tiny_config()
+  config.quant.a_bits = 5
+  with pytest.raises(run_config.ConfigError, match='quant: a_bits must be one of'):
+    run_config.validate(config)
+
+
 def test_changed_fields_skip_the_resumable_ones():
   saved = run_config.as_json(tiny_config())
   config = tiny_config(num_train_steps=40, log_every_steps=7, data_dir='/elsewhere', seed=3)

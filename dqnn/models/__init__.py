@@ -19,27 +19,34 @@ from dqnn.models.resnet import BasicBlock, Bottleneck, ResNet
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """How to build a model (`build(num_classes=, policy=, dtype=)`) and its square input size."""
+  """How to build a model (`build(num_classes=, policy=, dtype=)`), its square input size, and
+  the tiny variant of its family at that size (what `:runlocal` configs train; '' = none)."""
   build: Callable[..., nn.Module]
   image_size: int
+  tiny: str = ''
 
 
 _p = functools.partial
 MODELS = {
-    'resnet18': ModelSpec(_p(ResNet, (2, 2, 2, 2), BasicBlock), 224),
-    'resnet34': ModelSpec(_p(ResNet, (3, 4, 6, 3), BasicBlock), 224),
-    'resnet50': ModelSpec(_p(ResNet, (3, 4, 6, 3), Bottleneck), 224),
-    'preact_resnet18': ModelSpec(_p(PreActResNet, (2, 2, 2, 2), PreActBasicBlock), 224),
-    'preact_resnet34': ModelSpec(_p(PreActResNet, (3, 4, 6, 3), PreActBasicBlock), 224),
-    'preact_resnet50': ModelSpec(_p(PreActResNet, (3, 4, 6, 3), PreActBottleneck), 224),
+    'resnet18': ModelSpec(_p(ResNet, (2, 2, 2, 2), BasicBlock), 224, '_resnet_tiny'),
+    'resnet34': ModelSpec(_p(ResNet, (3, 4, 6, 3), BasicBlock), 224, '_resnet_tiny'),
+    'resnet50': ModelSpec(_p(ResNet, (3, 4, 6, 3), Bottleneck), 224, '_resnet_tiny'),
+    'preact_resnet18': ModelSpec(_p(PreActResNet, (2, 2, 2, 2), PreActBasicBlock), 224,
+                                 '_preact_resnet_tiny'),
+    'preact_resnet34': ModelSpec(_p(PreActResNet, (3, 4, 6, 3), PreActBasicBlock), 224,
+                                 '_preact_resnet_tiny'),
+    'preact_resnet50': ModelSpec(_p(PreActResNet, (3, 4, 6, 3), PreActBottleneck), 224,
+                                 '_preact_resnet_tiny'),
     'alexnet': ModelSpec(AlexNet, 224),
     'mobilenet_v2': ModelSpec(MobileNetV2, 224),
-    'cifar_resnet20': ModelSpec(_p(cifar_resnet, 20), 32),
-    'cifar_resnet32': ModelSpec(_p(cifar_resnet, 32), 32),
-    'cifar_resnet56': ModelSpec(_p(cifar_resnet, 56), 32),
-    'cifar_resnet18': ModelSpec(cifar_resnet18, 32),
-    'cifar_alexnet': ModelSpec(_p(AlexNet, stem='cifar', hidden_features=1024), 32),
-    'cifar_mobilenet_v2': ModelSpec(_p(MobileNetV2, blocks=CIFAR_BLOCKS, stem_strides=1), 32),
+    'cifar_resnet20': ModelSpec(_p(cifar_resnet, 20), 32, '_cifar_resnet_tiny'),
+    'cifar_resnet32': ModelSpec(_p(cifar_resnet, 32), 32, '_cifar_resnet_tiny'),
+    'cifar_resnet56': ModelSpec(_p(cifar_resnet, 56), 32, '_cifar_resnet_tiny'),
+    'cifar_resnet18': ModelSpec(cifar_resnet18, 32, '_cifar_resnet_tiny'),
+    'cifar_alexnet': ModelSpec(_p(AlexNet, stem='cifar', hidden_features=1024), 32,
+                               '_alexnet_tiny'),
+    'cifar_mobilenet_v2': ModelSpec(_p(MobileNetV2, blocks=CIFAR_BLOCKS, stem_strides=1), 32,
+                                    '_mobilenet_v2_tiny'),
     # Tiny test-only variants: two stages (so shortcuts and strides are exercised) and few
     # distinct layer shapes, as on CPU each new shape costs a compilation.
     '_resnet_tiny': ModelSpec(

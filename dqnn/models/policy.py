@@ -3,7 +3,8 @@
 Global `w_bits`/`a_bits` and quantizers apply to every body layer. The first conv and the last
 dense follow `first_layer`/`last_layer` ('float' or '8bit'). `overrides` then adjust single
 layers, keyed by flax module path ('stage2/block0/conv1') or an fnmatch glob ('stage4/*/conv?');
-they apply in order, so a later override wins for the fields it sets.
+they apply in order, so a later override wins for the fields it sets (from a config: globs first,
+then exact paths; see `QuantPolicy.from_config`).
 """
 import dataclasses
 import fnmatch
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dqnn import tracing
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import FULL_PRECISION, check_bits
 
@@ -71,12 +73,18 @@ class QuantPolicy:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'QuantPolicy':
-    """From a config of primitives and dicts; `overrides` is a dict {path or glob: fields}."""
+    """From a config of primitives and dicts; `overrides` is a dict {path or glob: fields}.
+
+    A ConfigDict keeps its keys sorted, not in the order written, so the order is defined
+    here: globs first, then exact paths (an exact path wins over any glob), each in key order.
+    """
     fields = config.to_dict()
     unknown = set(fields) - {field.name for field in dataclasses.fields(cls)}
     if unknown:
       raise ValueError(f'Unknown quantization policy fields: {", ".join(sorted(unknown))}.')
-    fields['overrides'] = tuple(fields.get('overrides', {}).items())
+    fields['overrides'] = tuple(sorted(
+        fields.get('overrides', {}).items(),
+        key=lambda item: (not any(char in item[0] for char in '*?['), item[0])))
     return cls(**fields)
 
   def layer_kwargs(self, path: str, role: str = 'body') -> dict[str, Any]:
@@ -111,14 +119,13 @@ def layer_paths(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
   """Module paths of every QuantConv/QuantDense in `model`, in call order; traced, not run."""
   paths = []
 
-  def record(next_fun, args, kwargs, context):
-    if isinstance(context.module, (QuantConv, QuantDense)) and context.method_name == '__call__':
-      path = '/'.join(context.module.path)
-      if path not in paths:
-        paths.append(path)
-    return next_fun(*args, **kwargs)
+  def record(module, x, run):
+    path = '/'.join(module.path)
+    if path not in paths:
+      paths.append(path)
+    return run()
 
-  with nn.intercept_methods(record):
+  with tracing.intercept_layers((QuantConv, QuantDense), record):
     jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
                    jnp.zeros(input_shape, jnp.float32))
   return paths

@@ -110,6 +110,20 @@ class DQWeight(nn.Module):
     names = (HALF_LEVELS if self.symmetric else LEVELS, INDEX)
     return quantized_weight({name: self.param(name, init, name) for name in names})
 
+  # Read-out (dqnn.quantizers.readout): the stored table and index are the export itself.
+  def kernel_levels(self, variables: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+    """`(G, 2**bits)` level table and kernel-shaped level indices of trained `variables`."""
+    params = variables['params']
+    table = level_table(params)
+    return table, lv.round_index(params[INDEX], table.shape[-1])
+
+  def quantized_kernel(self, variables: Mapping[str, Any]) -> jax.Array:
+    return quantized_weight(variables['params'])
+
+  def level_groups(self, params: Mapping[str, Any]) -> int:
+    """How many level tables (G) the layer stores; works on abstract shapes too."""
+    return params[HALF_LEVELS if HALF_LEVELS in params else LEVELS].shape[-2]
+
 
 # What moves DQ parameters out of their domain, and what to do about it.
 _LIKELY_CAUSE = (

@@ -1,8 +1,10 @@
 """Trained quantizers read out for export, reports and plots.
 
-Weight quantizers: the quantized kernel `w_q` and its per-channel level table. DQ kernels store
-their own tables; latent-weight baselines (LQ-Nets, LSQ, DoReFa) are run to get `w_q`, whose
-distinct values per output channel are their levels.
+Weight quantizers: the quantized kernel `w_q` and its per-channel level table, from the
+quantizer's own methods `kernel_levels(variables)`, `quantized_kernel(variables)` and
+`level_groups(params)` where it has them (DQ, which stores its tables); otherwise (latent-weight
+baselines: LQ-Nets, LSQ, DoReFa) the quantizer is run to get `w_q`, whose distinct values per
+output channel are its levels.
 
 Activation quantizers: the sorted levels they round to, from the quantizer's own
 `nominal_levels(variables) -> (levels, exact)` method.
@@ -14,8 +16,6 @@ import jax
 import numpy as np
 
 from dqnn import quantizers
-from dqnn.quantizers import dq_weight
-from dqnn.quantizers import levels as lv
 
 # Relative spread of float noise around one level that still counts as that level.
 _NOISE = 1e-5
@@ -48,29 +48,44 @@ def level_parameter(quantizer: nn.Module, variables: dict[str, Any]) -> tuple[st
   return 'free', activation_levels(quantizer, variables)[0]
 
 
+def weight_quantizer_of(module: nn.Module) -> nn.Module:
+  """The (unbound) weight quantizer a quantized layer builds, for its read-out methods."""
+  return quantizers.weight_quantizer(module.weight_quantizer, module.w_bits, module.kernel_init,
+                                     module.weight_options)
+
+
 def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  """`(G, 2**bits)` levels and kernel-shaped level indices of a quantized layer's kernel.
+  """`(G, 2**bits)` levels and kernel-shaped level indices of a quantized layer's kernel: the
+  quantizer's own `kernel_levels(variables)` where it has one (DQ stores them), else its `w_q`'s
+  distinct values per output channel (latent-weight quantizers).
 
   `variables`: the layer's `weight_quantizer` subtree of each collection (`params`, ...).
   """
-  params = variables['params']
-  if dq_weight.is_dq_weight(params):
-    table = dq_weight.level_table(params)
-    return (np.asarray(table),
-            np.asarray(lv.round_index(params[dq_weight.INDEX], table.shape[-1])))
-  # Latent-weight baselines: w_q as the quantizer computes it, then its values per channel.
+  quantizer = weight_quantizer_of(module)
+  if hasattr(quantizer, 'kernel_levels'):
+    table, indices = quantizer.kernel_levels(variables)
+    return np.asarray(table), np.asarray(indices)
   return per_channel_levels(quantized_kernel(module, variables), module.w_bits,
                             '/'.join(module.path))
 
 
 def quantized_kernel(module: nn.Module, variables: dict[str, Any]) -> np.ndarray:
-  """`w_q` of a quantized layer, computed by its own weight quantizer."""
-  if dq_weight.is_dq_weight(variables['params']):
-    return np.asarray(dq_weight.quantized_weight(variables['params']))
+  """`w_q` of a quantized layer: the quantizer's own `quantized_kernel(variables)`, else the
+  quantizer run on its trained variables."""
+  quantizer = weight_quantizer_of(module)
+  if hasattr(quantizer, 'quantized_kernel'):
+    return np.asarray(quantizer.quantized_kernel(variables))
   shape = tuple(variables['params']['kernel'].shape)
-  quantizer = quantizers.weight_quantizer(module.weight_quantizer, module.w_bits,
-                                          module.kernel_init, module.weight_options)
   return np.asarray(quantizer.apply({k: v for k, v in variables.items() if v}, shape))
+
+
+def level_groups(module: nn.Module, params: dict[str, Any]) -> int:
+  """How many level tables a quantized layer stores (`params`: its weight quantizer's, may be
+  abstract): the quantizer's `level_groups(params)`, else one per output channel."""
+  quantizer = weight_quantizer_of(module)
+  if hasattr(quantizer, 'level_groups'):
+    return quantizer.level_groups(params)
+  return module.features
 
 
 def per_channel_levels(w_q: np.ndarray, bits: int, name: str = '') -> tuple[np.ndarray, np.ndarray]:

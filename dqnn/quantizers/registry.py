@@ -91,14 +91,19 @@ def _register(kind, name, cls, presets, param_groups):
   _registries[kind][name] = factory
 
 
-def build(kind: str, method: str, options: Mapping[str, Any] | None, **kwargs) -> nn.Module:
-  """The `kind` quantizer registered as `method`, with checked `options`."""
+def check(kind: str, method: str, options: Mapping[str, Any] | None) -> None:
+  """Raises one clear ValueError unless `method` is a registered `kind` ('weight' or
+  'activation') quantizer that takes `options`; what configs are validated with."""
   registry = _registries[kind]
   if method not in registry:
     raise ValueError(f'Unknown {kind} quantizer {method!r}; choose one of {", ".join(registry)}.')
-  options = dict(options or {})
-  _check_options(kind, method, registry[method], options)
-  return registry[method](**kwargs, **options)
+  _check_options(kind, method, registry[method], dict(options or {}))
+
+
+def build(kind: str, method: str, options: Mapping[str, Any] | None, **kwargs) -> nn.Module:
+  """The `kind` quantizer registered as `method`, with checked `options`."""
+  check(kind, method, options)
+  return _registries[kind][method](**kwargs, **dict(options or {}))
 
 
 def _check_options(kind, method, factory, options):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dqnn.models import MODELS, QuantPolicy, check_input_size, create_model
+from dqnn.models import CIFAR_MODELS, MODELS, QuantPolicy, check_input_size, create_model
 
 FLOAT = QuantPolicy()
 W2A2 = QuantPolicy(w_bits=2, a_bits=2)
@@ -103,3 +103,15 @@ def test_unsupported_input_size_lists_the_models_for_it():
     check_input_size('resnet18', 32)
   with pytest.raises(ValueError, match='models for 64x64: none'):
     check_input_size('cifar_resnet20', 64)
+
+
+@pytest.mark.parametrize('name', [name for name, spec in MODELS.items() if spec.tiny])
+def test_tiny_variant_is_a_test_model_at_the_same_input_size(name):
+  tiny = MODELS[name].tiny
+  assert tiny in TINY
+  assert MODELS[tiny].image_size == MODELS[name].image_size
+
+
+def test_every_cifar_model_of_the_configs_has_a_tiny_variant():
+  # `:runlocal` CIFAR configs then train a tiny model (configs/base.py).
+  assert all(MODELS[name].tiny for name in CIFAR_MODELS)

@@ -45,6 +45,17 @@ def test_policy_is_hashable_with_options_and_overrides():
   assert policy.layer_kwargs('stage2/block0/conv1')['act_options'] == {'weighting': 'channel'}
 
 
+def test_config_overrides_apply_globs_first_then_exact_paths():
+  # Sorted by key, 'stage2/block0/conv1' would come before 'stage?/*' and lose to it.
+  config = ml_collections.ConfigDict(dict(w_bits=2, a_bits=2, overrides={
+      'stage2/block0/conv1': {'w_bits': 8}, 'stage?/*': {'w_bits': 4}, 'stage2/*': {'a_bits': 4}}))
+  policy = QuantPolicy.from_config(config)
+  assert [pattern for pattern, _ in policy.overrides] == [
+      'stage2/*', 'stage?/*', 'stage2/block0/conv1']
+  assert policy.layer_kwargs('stage2/block0/conv1')['w_bits'] == 8
+  assert policy.layer_kwargs('stage2/block0/conv2')['w_bits'] == 4
+
+
 @pytest.mark.parametrize('fields, message', [
     (dict(w_bits=5), 'w_bits must be one of'),
     (dict(first_layer='4bit'), 'first_layer must be one of float, 8bit'),
