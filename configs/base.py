@@ -65,6 +65,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       'decay_factor': 0.1,
   })
   config.label_smoothing = 0.0
+  # After the last step, replace BatchNorm running statistics by the mean batch statistics of
+  # the final network over this many training batches (0 = keep the moving averages); see
+  # dqnn/bn_reestimation.py. The final eval before it is logged as 'eval_before_bn_reestimation'.
+  config.bn_reestimation_batches = 0
   config.init_from = ''  # Workdir of a float run to initialise weights from.
   config.seed = 0
 
@@ -162,6 +166,7 @@ def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.global_batch_size = 8
   config.eval_batch_size = 100
   config.num_train_steps = 4
+  config.schedule.warmup_epochs = 0.0  # A warm-up would outlast the 4 steps.
   config.log_every_steps = 1
   config.eval_every_steps = 0
   config.checkpoint_every_steps = 2

@@ -41,6 +41,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config.get(name)
     if not isinstance(value, int) or value <= 0:
       problems.append(f'{name}={value!r}: must be a positive integer.')
+  batches = config.get('bn_reestimation_batches', 0)
+  if not isinstance(batches, int) or batches < 0:
+    problems.append(f'bn_reestimation_batches={batches!r}: must be an integer >= 0 (0 = off).')
   if config.get('dtype') not in COMPUTE_DTYPES:
     problems.append(f'dtype={config.get("dtype")!r}: the compute dtype is one of '
                     f'{", ".join(COMPUTE_DTYPES)}.')

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dqnn import bn_reestimation
 from dqnn import checkpoint
 from dqnn import data
 from dqnn import distributed
@@ -34,6 +35,8 @@ from dqnn.variables import BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS
 
 # The model state a training step updates besides the parameters.
 MODEL_STATE = (BATCH_STATS, QUANT_STATS)
+# metrics.jsonl split of the final evaluation before BatchNorm re-estimation (when configured).
+BEFORE_BN_REESTIMATION = 'eval_before_bn_reestimation'
 
 
 class NonFiniteError(FloatingPointError):
@@ -298,6 +301,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log.truncate_after(start_step)
   eval_fn = jax.jit(functools.partial(eval_step, model=model, normalization=normalization),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  reestimation_batches = config.get('bn_reestimation_batches', 0)
+  bn_images = jax.jit(lambda inputs: data.normalize(train_input.make_batch(inputs)['image'],
+                                                    normalization))
+  bn_statistics_fn = jax.jit(functools.partial(bn_reestimation.batch_statistics, model),
+                             out_shardings=replicated)
   group_scales = {'learning_rate/levels': config.optimizer.level_lr_scale,
                   'learning_rate/quantizer': config.optimizer.quantizer_lr_scale}
 
@@ -330,6 +338,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        record['loss'], record['steps_per_sec'])
           final.update({f'train/{k}': v for k, v in record.items()})
           train_sums, train_count, last_time, last_step = None, 0, now, step
+        if is_last and reestimation_batches:
+          if info.num_eval:  # The same network before re-estimation, for comparison.
+            log.write(step, BEFORE_BN_REESTIMATION, evaluate(
+                config, info, state, eval_fn, batch_sharding, eval_batch_size))
+          state = state.replace(batch_stats=bn_reestimation.reestimate(
+              model, state.variables(), (bn_images(train_input.next())
+                                          for _ in range(reestimation_batches)),
+              bn_statistics_fn)[BATCH_STATS])
         if info.num_eval and (is_last or (config.eval_every_steps
                                           and step % config.eval_every_steps == 0)):
           record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)

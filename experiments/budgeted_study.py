@@ -24,13 +24,14 @@ row's workdir lives under `--runs_dir` (checkpoints stay there); its config, met
 are copied to `<record_dir>/<row>/`, and `<record_dir>/results.md` (the table with mean and
 range per cell and which differences lie outside the seed ranges) is rewritten after every row.
 
-`--workers=K` runs K rows at once. With `--scale=cpu` each is pinned to its own core (on a
+`--workers=K` runs K rows at once. With a `cpu` scale each is pinned to its own core (on a
 2-core machine two one-core runs give about 1.3x the throughput of one run on both cores);
 otherwise they share the accelerator, each allowed 1/K of its memory.
 """
 import argparse
 import collections
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -55,6 +56,11 @@ STOPPED_EARLY = 3
 
 FLOAT_CONFIG = 'configs/cifar100_resnet20_fp.py'
 W2A2_CONFIG = 'configs/cifar100_resnet20_w2a2.py'
+# Depthwise convolutions, where channel scales differ most: DQ's per-channel error there.
+MOBILENET_FLOAT_CONFIG = 'configs/cifar100_mobilenetv2_fp.py'
+MOBILENET_W2A2_CONFIG = 'configs/cifar100_mobilenetv2_w2a2.py'
+# Training batches whose statistics replace BatchNorm's running averages after the last step.
+BN_REESTIMATION_BATCHES = 50
 # Learning rates at batch 128 (the configs scale them linearly with the batch). From scratch
 # every run uses its config's own rate (0.1); a fine-tune starts ten times lower, as the
 # quantized ImageNet configs and the earlier CIFAR study do.
@@ -97,6 +103,10 @@ SCALES = {
     # with the same epochs.
     'cpu': Scale('cpu', train_per_class=50, batch_size=64, float_epochs=3,
                  fine_tune_epochs=(1,), scratch_epochs=4, seeds=(0, 1)),
+    # Twice the images and epochs of `cpu`: what an idle 2-core CPU runs for the float,
+    # fine-tune, from-scratch and claims groups in about an hour and a half (docs/results.md).
+    'cpu_medium': Scale('cpu_medium', train_per_class=100, batch_size=64, float_epochs=6,
+                        fine_tune_epochs=(2,), scratch_epochs=8, seeds=(0, 1)),
     # The scale of the study in issue 15 (one H200): 28,000 images, float 40 epochs, fine-tunes
     # 15 and 30, from scratch 70 (= 40 + 30).
     'gpu': Scale('gpu', train_per_class=280, batch_size=256, float_epochs=40,
@@ -110,6 +120,8 @@ GROUPS = {
     'scratch': 'each method from scratch, for the float and fine-tune epochs together',
     'recipes': 'fine-tune variants (learning rate, warm-up, weight decay)',
     'claims': "DQ's per-channel activation error vs pooled (A2, A1); direct vs latent weights",
+    'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
+                 'pooled activation error',
 }
 
 
@@ -143,10 +155,10 @@ def _float_row(scale: Scale, seed: int) -> Row:
 
 
 def _fine_tune(cell, description, epochs, seed, group, overrides,
-               config_file=W2A2_CONFIG) -> Row:
+               config_file=W2A2_CONFIG, float_cell='fp') -> Row:
   return Row(cell, description, config_file,
              {'num_epochs': epochs, 'optimizer.learning_rate': FINE_TUNE_LR, **overrides},
-             seed, group, init_from=f'fp_s{seed}')
+             seed, group, init_from=f'{float_cell}_s{seed}')
 
 
 def _recipes(scale: Scale, seed: int) -> list[Row]:
@@ -163,6 +175,10 @@ def _recipes(scale: Scale, seed: int) -> list[Row]:
       _fine_tune(f'w2a2_dq_ft{epochs}_no_wd', f'W2A2 DQ fine-tuned {epochs} epochs without '
                  'weight decay (none on w_q)', epochs, seed, 'recipes',
                  {**dq, 'optimizer.weight_decay': 0.0}),
+      _fine_tune(f'w2a2_dq_ft{epochs}_bn_reest', f'W2A2 DQ fine-tuned {epochs} epochs, then '
+                 f'BatchNorm statistics re-estimated on {BN_REESTIMATION_BATCHES} training '
+                 'batches (the run also records its eval before)', epochs, seed, 'recipes',
+                 {**dq, 'bn_reestimation_batches': BN_REESTIMATION_BATCHES}),
   ]
 
 
@@ -187,6 +203,24 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
   ]
 
 
+def _depthwise(scale: Scale, seed: int) -> list[Row]:
+  """MobileNetV2: its float run, and DQ per-channel vs pooled activation error fine-tuned from
+  it, where depthwise convolutions give the most unequal channel scales."""
+  epochs = scale.fine_tune_epochs[0]
+  dq = METHODS[0][2]
+  fine_tune = functools.partial(_fine_tune, epochs=epochs, seed=seed, group='depthwise',
+                                config_file=MOBILENET_W2A2_CONFIG, float_cell='fp_mobilenetv2')
+  return [
+      Row('fp_mobilenetv2', 'Float MobileNetV2 (start of the MobileNetV2 fine-tunes)',
+          MOBILENET_FLOAT_CONFIG, {'num_epochs': scale.float_epochs}, seed, 'depthwise'),
+      fine_tune(f'w2a2_mobilenetv2_dq_ft{epochs}', f'MobileNetV2 W2A2 DQ, fine-tuned {epochs} '
+                'epochs', overrides=dq),
+      fine_tune(f'w2a2_mobilenetv2_dq_pooled_ft{epochs}', 'MobileNetV2 W2A2 DQ with pooled '
+                f'activation error, fine-tuned {epochs} epochs',
+                overrides={**dq, 'quant.act_options': {'weighting': 'pooled'}}),
+  ]
+
+
 def rows(scale: Scale) -> list[Row]:
   """Every row of the study at `scale`, in the order they start (the float runs first)."""
   out = [_float_row(scale, seed) for seed in scale.seeds]
@@ -198,7 +232,7 @@ def rows(scale: Scale) -> list[Row]:
               f'W2A2 {label}, from scratch {scale.scratch_epochs} epochs', W2A2_CONFIG,
               {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'scratch')
           for seed in scale.seeds for key, label, overrides in METHODS]
-  for make in (_recipes, _claims):
+  for make in (_recipes, _claims, _depthwise):
     out += [row for seed in scale.seeds for row in make(scale, seed)]
   return out
 
@@ -225,6 +259,8 @@ def comparisons(scale: Scale) -> list[Comparison]:
                         'A1: per-channel vs pooled error'))
   out.append(Comparison(baseline, f'w2a2_latent_weights_dq_acts_{first}',
                         'DQ direct weight update vs latent weights'))
+  out.append(Comparison(f'w2a2_mobilenetv2_dq_{first}', f'w2a2_mobilenetv2_dq_pooled_{first}',
+                        'MobileNetV2 A2: per-channel vs pooled error'))
   return out
 
 
@@ -297,13 +333,13 @@ def prepare_data(scale: Scale, npz: str, runs_dir: Path) -> Path:
   return data_dir
 
 
-def _finished(workdir: Path) -> dict | None:
-  """The run's final eval record, or None if it stopped before its last step."""
+def _finished(workdir: Path, split: str = 'eval') -> dict | None:
+  """The run's final `split` record, or None if it stopped before its last step."""
   metrics = workdir / 'metrics.jsonl'
   if not metrics.exists():
     return None
   evals = [json.loads(line) for line in metrics.read_text().splitlines()
-           if line.strip() and json.loads(line)['split'] == 'eval']
+           if line.strip() and json.loads(line)['split'] == split]
   return evals[-1] if evals else None
 
 
@@ -320,6 +356,7 @@ def run_one(row: Row, scale: Scale, args) -> int:
                                            else 0.0)
   previous.write_text(f'{total_wall:.1f}')
   last_eval = _finished(workdir)
+  before = _finished(workdir, split=train.BEFORE_BN_REESTIMATION)
   if last_eval is None:
     print(f'{row.name} stopped at step {final["step"]}; it resumes on the next call.')
     return STOPPED_EARLY
@@ -332,6 +369,7 @@ def run_one(row: Row, scale: Scale, args) -> int:
              'seed': row.seed, 'init_from': row.init_from, 'scale': scale.name,
              'steps': final['step'], 'eval_top1': last_eval['top1'],
              'eval_loss': last_eval['loss'], 'wall_s': round(total_wall, 1),
+             **({'eval_top1_before_bn_reestimation': before['top1']} if before else {}),
              'command': f'python -m experiments.budgeted_study --scale={scale.name} '
                         f'--only={row.name}'}
   (record / SUMMARY).write_text(json.dumps(summary, indent=1) + '\n')
@@ -381,7 +419,7 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
   deadline = (time.monotonic() + 60 * args.time_budget_min if args.time_budget_min
               else float('inf'))
   pending = [row for row in selected if not _done(row, record_dir)]
-  free = _core_sets(args.workers, pin=args.scale == 'cpu')
+  free = _core_sets(args.workers, pin=args.scale.startswith('cpu'))
   running = []  # (row, process, cores)
   failed = []
   while pending or running:
@@ -462,10 +500,27 @@ def write_table(scale: Scale, record_dir: Path) -> str:
       difference = statistics.mean(first) - statistics.mean(second)
       lines.append(f'| {comparison.question} | `{comparison.first}` | `{comparison.second}` | '
                    f'{difference:+.2f} | {verdict(first, second)} |')
+  lines += _paired_bn_lines(cells)
   text = '\n'.join(lines) + '\n'
   record_dir.mkdir(parents=True, exist_ok=True)
   (record_dir / 'results.md').write_text(text)
   return text
+
+
+def _paired_bn_lines(cells: collections.OrderedDict) -> list[str]:
+  """Runs that re-estimated BatchNorm statistics: top-1 before and after, run by run (paired:
+  the same trained weights, so seed noise cancels)."""
+  runs = [run for cell_runs in cells.values() for run in cell_runs
+          if 'eval_top1_before_bn_reestimation' in run]
+  if not runs:
+    return []
+  lines = ['', 'BatchNorm re-estimation, paired (the same run before and after; '
+           f'{BN_REESTIMATION_BATCHES} training batches):', '',
+           '| run | top-1 % before | after | after − before |', '| --- | ---: | ---: | ---: |']
+  for run in runs:
+    before, after = 100 * run['eval_top1_before_bn_reestimation'], 100 * run['eval_top1']
+    lines.append(f'| `{run["row"]}` | {before:.2f} | {after:.2f} | {after - before:+.2f} |')
+  return lines
 
 
 def _scale_from(args) -> Scale:

@@ -27,7 +27,8 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   rows = study.rows(scale)
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 3 + 4  # + 3 recipes, 4 claims.
+  # Float, fine-tunes, from scratch, 4 recipes, 4 claims, 3 MobileNetV2 (float + 2).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 4 + 4 + 3
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -40,10 +41,12 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
     config = _config(scale, row.name)
     assert config.global_batch_size == scale.batch_size and config.seed == row.seed
     assert config.data_dir == '/data' and not config.download and config.input_on_device
-    if row.cell == 'fp':
+    if row.cell.startswith('fp'):
       assert config.num_epochs == scale.float_epochs and config.quant.w_bits == 32
-    elif row.init_from:  # A fine-tune, from the float run of its own seed.
-      assert config.init_from == f'/runs/fp_s{row.seed}'
+    elif row.init_from:  # A fine-tune, from the float run of its own seed and model.
+      float_cell = 'fp_mobilenetv2' if 'mobilenetv2' in row.cell else 'fp'
+      assert config.init_from == f'/runs/{float_cell}_s{row.seed}'
+      assert config.model == _config(scale, f'{float_cell}_s{row.seed}').model
       assert config.num_epochs in scale.fine_tune_epochs
       assert min(config.quant.w_bits, config.quant.a_bits) < 32
     else:
@@ -73,6 +76,7 @@ def test_rows_differ_from_their_baseline_in_the_named_setting_only():
   assert _config(CPU, 'w2a2_dq_ft1_no_wd_s0').optimizer.weight_decay == 0.0
   warm = _config(CPU, 'w2a2_dq_ft1_lr0.1_warmup_s0')
   assert (warm.optimizer.learning_rate, warm.schedule.warmup_epochs) == (0.1, 0.1)
+  assert changes('w2a2_dq_ft1_bn_reest_s0') == {'bn_reestimation_batches'}
   assert changes('w2a2_dq_pooled_ft1_s0') == {'quant'}
   assert dict(_config(CPU, 'w2a2_dq_pooled_ft1_s0').quant.act_options) == {
       'weighting': 'pooled'}
@@ -99,12 +103,12 @@ def test_verdict_needs_separate_ranges_and_two_seeds():
   assert 'fewer than 2 seeds' in study.verdict([30.0], [20.0, 21.0])
 
 
-def _record(record_dir, name, top1, wall_s=120.0):
+def _record(record_dir, name, top1, wall_s=120.0, **extra):
   cell = name.rsplit('_s', 1)[0]
   (record_dir / name).mkdir(parents=True)
   (record_dir / name / study.SUMMARY).write_text(json.dumps(
       {'row': name, 'cell': cell, 'description': f'desc {cell}', 'eval_top1': top1,
-       'steps': 156, 'wall_s': wall_s}))
+       'steps': 156, 'wall_s': wall_s, **extra}))
 
 
 def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_path):
@@ -127,6 +131,10 @@ def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_pat
   assert ('| DQ: from scratch vs fine-tuned | `w2a2_dq_scratch4` | `w2a2_dq_ft1` | +9.00 | '
           'fewer than 2 seeds: no range to judge |') in table
   assert 'recipe' not in table  # No recipe row recorded, so no recipe comparison.
+  assert 'BatchNorm re-estimation' not in table
+  _record(tmp_path, 'w2a2_dq_ft1_bn_reest_s0', 0.33, eval_top1_before_bn_reestimation=0.30)
+  table = study.write_table(CPU, tmp_path)
+  assert '| `w2a2_dq_ft1_bn_reest_s0` | 30.00 | 33.00 | +3.00 |' in table
 
 
 def test_a_record_dir_holds_one_scale(tmp_path):
@@ -192,5 +200,7 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   assert chosen[:2] == ['fp_s0', 'fp_s1']
   groups = [_rows(CPU)[name].group for name in chosen[2:]]
   assert groups == ['claims'] * 8 + ['fine_tune'] * 6
+  depthwise = _selection(groups='depthwise')
+  assert depthwise[0] == 'fp_mobilenetv2_s0' and 'fp_s0' not in depthwise
   everything = _selection()
   assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']

@@ -3,8 +3,10 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
+from dqnn import checkpoint
 from dqnn import train
 from train_testlib import read_metrics, tiny_config
 
@@ -46,6 +48,27 @@ def test_imagenet_w2a2_trains_evaluates_and_checkpoints(imagenet_data_dir, tmp_p
   assert (config.dtype, config.label_smoothing) == ('bfloat16', 0.1)
   final = train.train_and_evaluate(config, str(tmp_path))
   _check_run(str(tmp_path), final)
+
+
+def test_bn_reestimation_after_the_last_step(cifar_data_dir, tmp_path):
+  plain = train.train_and_evaluate(tiny_config('cifar100', data_dir=cifar_data_dir),
+                                   str(tmp_path / 'plain'))
+  config = tiny_config('cifar100', data_dir=cifar_data_dir, bn_reestimation_batches=2)
+  final = train.train_and_evaluate(config, str(tmp_path / 'reestimated'))
+  records = read_metrics(str(tmp_path / 'reestimated'))
+  before = [r for r in records if r['split'] == train.BEFORE_BN_REESTIMATION]
+  after = [r for r in records if r['split'] == 'eval']
+  assert [r['step'] for r in before] == [r['step'] for r in after] == [4]
+  # Training is the same; only the final statistics, hence the final eval, change.
+  assert before[0]['loss'] == pytest.approx(plain['eval/loss'], rel=1e-6)
+  assert after[0]['loss'] != before[0]['loss']
+  assert final['eval/loss'] == after[0]['loss']
+  saved = checkpoint.restore_variables(str(tmp_path / 'reestimated'))
+  reference = checkpoint.restore_variables(str(tmp_path / 'plain'))
+  np.testing.assert_array_equal(saved['params']['head']['kernel'],
+                                reference['params']['head']['kernel'])
+  assert not np.allclose(saved['batch_stats']['stem_bn']['var'],
+                         reference['batch_stats']['stem_bn']['var'])
 
 
 def test_fake_data_needs_no_dataset(tmp_path):
