@@ -5,8 +5,8 @@ Every array of the quantized model is taken from the float model at the same pat
   float kernel at `<layer>/kernel` with `dq_weight.params_from_kernel` (same bits, grouping and
   symmetry as the quantized model's own initialisation);
 - a latent-weight baseline's `<layer>/weight_quantizer/kernel` copies `<layer>/kernel`;
-- every other quantizer variable (activation levels and clips, LSQ steps, LQ-Nets bases) has no
-  float counterpart: it is initialised afresh by running the quantized model, float weights in
+- every other quantizer variable (activation levels and clips, LSQ steps, LQ-Nets bases, the
+  `latent_levels` control's levels) has no float counterpart: it is initialised afresh by running the quantized model, float weights in
   place, on a batch (`calibrate`). Ranges fitted to a randomly initialised network instead can be
   off by orders of magnitude (they grow layer by layer), and a learned range moving at a
   fine-tune's small learning rate never recovers from that.
@@ -84,10 +84,12 @@ def transfer(variables: Mapping[str, Any], float_variables: Mapping[str, Any]) -
   """
   problems = []
   result = {}
-  # Quantizer parameters (clips, steps, activation levels), whatever their module is named.
+  # Quantizer parameters (clips, steps, activation levels, levels other than DQ's, which
+  # `_transfer` fits), whatever their module is named: left to `calibrate`.
   groups = flax.traverse_util.flatten_dict(
       flax.core.unfreeze(optim.parameter_groups(variables.get('params', {}))))
-  quantizer_params = {('params',) + path for path, group in groups.items() if group == 'quantizer'}
+  quantizer_params = {('params',) + path for path, group in groups.items()
+                      if group in ('quantizer', 'levels')}
   for collection in _FLOAT_COLLECTIONS:
     if collection in variables:
       result[collection] = _transfer(variables[collection], float_variables, (collection,),

@@ -185,7 +185,8 @@ def _recipes(scale: Scale, seed: int) -> list[Row]:
 def _claims(scale: Scale, seed: int) -> list[Row]:
   """DQ's two claims, everything else equal: per-channel against pooled activation error (at 2
   and at 1 activation bits, where channel scales matter more), and the direct update of the
-  quantized weights against a latent float weight."""
+  quantized weights against a latent float kernel (with DQ's own level tables and level
+  update: `latent_levels`; and with LQ-Nets' weight quantizer)."""
   epochs = scale.fine_tune_epochs[0]
   dq = METHODS[0][2]
   pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
@@ -200,6 +201,10 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
       _fine_tune(f'w2a2_latent_weights_dq_acts_ft{epochs}', 'W2A2 latent weights (LQ-Nets) + '
                  f'DQ activations, fine-tuned {epochs} epochs', epochs, seed, 'claims',
                  {**dq, 'quant.weight_quantizer': 'lqnets'}),
+      _fine_tune(f'w2a2_latent_levels_ft{epochs}', 'W2A2 DQ with a latent float kernel '
+                 "(DQ's levels and level update, weights moved through the kernel), "
+                 f'fine-tuned {epochs} epochs', epochs, seed, 'claims',
+                 {**dq, 'quant.weight_quantizer': 'latent_levels'}),
   ]
 
 
@@ -258,7 +263,9 @@ def comparisons(scale: Scale) -> list[Comparison]:
   out.append(Comparison(f'w2a1_dq_{first}', f'w2a1_dq_pooled_{first}',
                         'A1: per-channel vs pooled error'))
   out.append(Comparison(baseline, f'w2a2_latent_weights_dq_acts_{first}',
-                        'DQ direct weight update vs latent weights'))
+                        'DQ direct weight update vs latent LQ-Nets weights'))
+  out.append(Comparison(baseline, f'w2a2_latent_levels_{first}',
+                        'DQ direct weight update vs a latent kernel, all else equal'))
   out.append(Comparison(f'w2a2_mobilenetv2_dq_{first}', f'w2a2_mobilenetv2_dq_pooled_{first}',
                         'MobileNetV2 A2: per-channel vs pooled error'))
   return out

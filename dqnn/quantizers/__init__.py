@@ -9,6 +9,7 @@ from dqnn.quantizers.dorefa import DoReFaActivation, DoReFaWeight
 from dqnn.quantizers import dq_weight
 from dqnn.quantizers.dq_activation import DQActivation, PARAMETER_NAMES
 from dqnn.quantizers.dq_weight import DQWeight
+from dqnn.quantizers.latent_levels import LatentLevelsWeight
 from dqnn.quantizers.lqnets import LQNetsWeight
 from dqnn.quantizers.lsq import LSQActivation, LSQWeight
 from dqnn.quantizers.pact import PACTActivation
@@ -25,6 +26,9 @@ register_weight_quantizer('lqnets', LQNetsWeight)
 register_weight_quantizer('lsq', LSQWeight,
                           param_groups=[{'kernel': 'weights', 'step': 'quantizer'}])
 register_weight_quantizer('dorefa', DoReFaWeight)
+# DQ's level tables with a latent float kernel: the control for DQ's direct weight update.
+register_weight_quantizer('latent_levels', LatentLevelsWeight,
+                          param_groups=[{'kernel': 'weights', dq_weight.LEVELS: 'levels'}])
 
 # DQActivation with update='gradient': one parameter, named by its parameterisation.
 register_act_quantizer('dq', DQActivation,

@@ -27,8 +27,8 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   rows = study.rows(scale)
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
-  # Float, fine-tunes, from scratch, 4 recipes, 4 claims, 3 MobileNetV2 (float + 2).
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 4 + 4 + 3
+  # Float, fine-tunes, from scratch, 4 recipes, 5 claims, 3 MobileNetV2 (float + 2).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 4 + 5 + 3
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -78,6 +78,8 @@ def test_rows_differ_from_their_baseline_in_the_named_setting_only():
   assert (warm.optimizer.learning_rate, warm.schedule.warmup_epochs) == (0.1, 0.1)
   assert changes('w2a2_dq_ft1_bn_reest_s0') == {'bn_reestimation_batches'}
   assert changes('w2a2_dq_pooled_ft1_s0') == {'quant'}
+  assert changes('w2a2_latent_levels_ft1_s0') == {'quant'}
+  assert _config(CPU, 'w2a2_latent_levels_ft1_s0').quant.weight_quantizer == 'latent_levels'
   assert dict(_config(CPU, 'w2a2_dq_pooled_ft1_s0').quant.act_options) == {
       'weighting': 'pooled'}
   one_bit = _config(CPU, 'w2a1_dq_pooled_ft1_s1').quant
@@ -199,7 +201,7 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   chosen = _selection(groups='claims,fine_tune')
   assert chosen[:2] == ['fp_s0', 'fp_s1']
   groups = [_rows(CPU)[name].group for name in chosen[2:]]
-  assert groups == ['claims'] * 8 + ['fine_tune'] * 6
+  assert groups == ['claims'] * 10 + ['fine_tune'] * 6
   depthwise = _selection(groups='depthwise')
   assert depthwise[0] == 'fp_mobilenetv2_s0' and 'fp_s0' not in depthwise
   everything = _selection()

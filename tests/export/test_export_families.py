@@ -76,7 +76,8 @@ def test_other_bit_widths_export_bitwise(bits):
 
 
 @pytest.mark.parametrize('weight, act', [('lsq', 'lsq'), ('lqnets', 'lqnets'),
-                                         ('dorefa', 'pact'), ('dq', 'dorefa')])
+                                         ('dorefa', 'pact'), ('dq', 'dorefa'),
+                                         ('latent_levels', 'dq')])
 def test_baselines_export_as_levels_and_indices(weight, act):
   config = _config('_cifar_resnet_tiny', weight_quantizer=weight, act_quantizer=act)
   model, variables, images = _init(config)

@@ -60,7 +60,7 @@ def test_dq_layers_are_fitted_to_float_kernels_and_the_rest_copied():
 
 
 @pytest.mark.parametrize('weights,acts', [('dq', 'dq'), ('lsq', 'lsq'), ('dorefa', 'pact'),
-                                          ('lqnets', 'lqnets')])
+                                          ('lqnets', 'lqnets'), ('latent_levels', 'dq')])
 def test_quantizer_variables_are_fitted_to_the_float_model_not_the_fresh_init(weights, acts):
   float_vars = _float_run()
   config = tiny_config(w_bits=2, a_bits=2)
@@ -93,6 +93,25 @@ def test_lsq_weight_steps_start_from_the_float_kernels():
       kernel = _at(float_vars['params'], names[:-2])['kernel']
       # LSQ's initial step 2 mean|w| / sqrt(Qp), Qp = 1 at 2 bits.
       np.testing.assert_allclose(step, 2 * np.mean(np.abs(kernel)), rtol=1e-6)
+      checked += 1
+  assert checked >= 2
+
+
+def test_latent_levels_copy_the_float_kernel_and_fit_dq_levels_to_it():
+  float_vars = _float_run()
+  config = tiny_config(w_bits=2, a_bits=2)
+  config.quant.weight_quantizer = 'latent_levels'
+  model, variables, images = _model_and_variables(config)
+  result = warm_start.from_float(model, variables, float_vars, images, jax.random.key(3))
+  checked = 0
+  for path, levels in jax.tree_util.tree_leaves_with_path(result['params']):
+    names = [key.key for key in path]
+    if names[-2:] == ['weight_quantizer', 'levels']:
+      quantizer = _at(result['params'], names[:-1])
+      kernel = _at(float_vars['params'], names[:-2])['kernel']
+      np.testing.assert_array_equal(quantizer['kernel'], kernel)
+      np.testing.assert_allclose(levels, dq_weight.params_from_kernel(
+          jnp.asarray(kernel), 2)['levels'], rtol=1e-6, atol=1e-6)
       checked += 1
   assert checked >= 2
 
