@@ -498,15 +498,22 @@ def write_table(scale: Scale, record_dir: Path) -> str:
     wall = statistics.mean(run['wall_s'] for run in runs) / 60
     lines.append(f'| `{cell}` | {runs[0]["description"]} | {len(values)} | '
                  f'{statistics.mean(values):.2f} | {spread} | {runs[0]["steps"]} | {wall:.1f} |')
-  lines += ['', 'Differences: a difference counts only when the two seed ranges do not overlap.',
-            '', '| comparison | first | second | first − second (points) | verdict |',
-            '| --- | --- | --- | ---: | --- |']
+  lines += ['', 'Differences: a difference counts only when the two seed ranges do not overlap. '
+            'Per seed: first − second for each seed both cells ran (the same seed fine-tunes '
+            'from the same float run and draws the same batches, so these pairs share most of '
+            'their noise).', '',
+            '| comparison | first | second | first − second (points) | per seed | verdict |',
+            '| --- | --- | --- | ---: | --- | --- |']
+  seeds = {cell: {run['seed']: 100 * run['eval_top1'] for run in runs if 'seed' in run}
+           for cell, runs in cells.items()}
   for comparison in comparisons(scale):
     if comparison.first in top1 and comparison.second in top1:
       first, second = top1[comparison.first], top1[comparison.second]
       difference = statistics.mean(first) - statistics.mean(second)
+      a, b = seeds[comparison.first], seeds[comparison.second]
+      per_seed = ', '.join(f'{a[seed] - b[seed]:+.2f}' for seed in sorted(a.keys() & b.keys()))
       lines.append(f'| {comparison.question} | `{comparison.first}` | `{comparison.second}` | '
-                   f'{difference:+.2f} | {verdict(first, second)} |')
+                   f'{difference:+.2f} | {per_seed or "—"} | {verdict(first, second)} |')
   lines += _paired_bn_lines(cells)
   text = '\n'.join(lines) + '\n'
   record_dir.mkdir(parents=True, exist_ok=True)

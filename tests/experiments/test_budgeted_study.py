@@ -106,11 +106,11 @@ def test_verdict_needs_separate_ranges_and_two_seeds():
 
 
 def _record(record_dir, name, top1, wall_s=120.0, **extra):
-  cell = name.rsplit('_s', 1)[0]
+  cell, seed = name.rsplit('_s', 1)
   (record_dir / name).mkdir(parents=True)
   (record_dir / name / study.SUMMARY).write_text(json.dumps(
       {'row': name, 'cell': cell, 'description': f'desc {cell}', 'eval_top1': top1,
-       'steps': 156, 'wall_s': wall_s, **extra}))
+       'seed': int(seed), 'steps': 156, 'wall_s': wall_s, **extra}))
 
 
 def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_path):
@@ -126,12 +126,12 @@ def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_pat
   assert '5,000 training images (50 per class)' in table
   assert '| `w2a2_dq_ft1` | desc w2a2_dq_ft1 | 2 | 31.00 | 30.00–32.00 | 156 | 3.0 |' in table
   assert '| `w2a2_dq_scratch4` | desc w2a2_dq_scratch4 | 1 | 40.00 | — | 156 | 2.0 |' in table
-  assert ('| DQ vs LQ-Nets (ft1) | `w2a2_dq_ft1` | `w2a2_lqnets_ft1` | +5.00 | '
+  assert ('| DQ vs LQ-Nets (ft1) | `w2a2_dq_ft1` | `w2a2_lqnets_ft1` | +5.00 | +5.00, +5.00 | '
           '**first higher, outside both seed ranges** |') in table
-  assert ('| DQ vs LSQ (ft1) | `w2a2_dq_ft1` | `w2a2_lsq_ft1` | -1.25 | '
+  assert ('| DQ vs LSQ (ft1) | `w2a2_dq_ft1` | `w2a2_lsq_ft1` | -1.25 | -1.00, -1.50 | '
           'tie (seed ranges overlap) |') in table
   assert ('| DQ: from scratch vs fine-tuned | `w2a2_dq_scratch4` | `w2a2_dq_ft1` | +9.00 | '
-          'fewer than 2 seeds: no range to judge |') in table
+          '+10.00 | fewer than 2 seeds: no range to judge |') in table
   assert 'recipe' not in table  # No recipe row recorded, so no recipe comparison.
   assert 'BatchNorm re-estimation' not in table
   _record(tmp_path, 'w2a2_dq_ft1_bn_reest_s0', 0.33, eval_top1_before_bn_reestimation=0.30)
