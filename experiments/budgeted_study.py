@@ -258,7 +258,7 @@ def comparisons(scale: Scale) -> list[Comparison]:
   first = f'ft{scale.fine_tune_epochs[0]}'
   baseline = f'w2a2_dq_{first}'
   for row in _recipes(scale, scale.seeds[0]):
-    out.append(Comparison(row.cell, baseline, f'fine-tune recipe: {row.cell} vs lr 0.01'))
+    out.append(Comparison(row.cell, baseline, f'fine-tune recipe: {row.cell} vs {baseline}'))
   out.append(Comparison(baseline, f'w2a2_dq_pooled_{first}', 'A2: per-channel vs pooled error'))
   out.append(Comparison(f'w2a1_dq_{first}', f'w2a1_dq_pooled_{first}',
                         'A1: per-channel vs pooled error'))
