@@ -2,6 +2,7 @@ r"""CIFAR-100 study at a chosen scale: float, then {DQ, LQ-Nets, LSQ} x {from sc
 from the float run} x seeds, with every compared cell's mean and seed range.
 
     python -m experiments.budgeted_study --scale=cpu --npz=../shared/data/cifar100/train.npz
+    python -m experiments.budgeted_study --scale=cpu_medium --npz=../shared/data/cifar100/train.npz
     python -m experiments.budgeted_study --scale=gpu --npz=../shared/data/cifar100/train.npz \
         --workers=4
 
@@ -103,8 +104,8 @@ SCALES = {
     # with the same epochs.
     'cpu': Scale('cpu', train_per_class=50, batch_size=64, float_epochs=3,
                  fine_tune_epochs=(1,), scratch_epochs=4, seeds=(0, 1)),
-    # Twice the images and epochs of `cpu`: what an idle 2-core CPU runs for the float,
-    # fine-tune, from-scratch and claims groups in about an hour and a half (docs/results.md).
+    # Twice the images and epochs of `cpu`: its float, fine-tune and from-scratch groups took
+    # 85 minutes on a 2-core CPU shared with other work (docs/results.md).
     'cpu_medium': Scale('cpu_medium', train_per_class=100, batch_size=64, float_epochs=6,
                         fine_tune_epochs=(2,), scratch_epochs=8, seeds=(0, 1)),
     # The scale of the study in issue 15 (one H200): 28,000 images, float 40 epochs, fine-tunes
