@@ -10,7 +10,7 @@ Recipe: SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4, cosine, 200 epochs: the 
 recipe (He et al. 2016 with the cosine schedule of Loshchilov & Hutter 2017, as in DeVries &
 Taylor 2017); quantized from scratch, chosen by measurement: for the same total epochs it beat
 fine-tuning a float run at lr 0.01 for every method (ResNet-20 W2A2: DQ, LQ-Nets, LSQ by 2.1, 2.4,
-3.4 points on a GPU, one seed; 1.0-1.4 points at dqnn's CPU scale, two seeds; docs/results.md,
+3.4 points on a GPU, one seed; 1.0-3.0 points at dqnn's two CPU scales, two seeds; docs/results.md,
 budgeted study). --config.init_from=<float workdir> fine-tunes instead.
 Evaluation split: with data from dqnn.data.prepare, 'test' is a held-out carve of the training
 file; download=True gives the official test set, which literature numbers use.
