@@ -119,7 +119,8 @@ GROUPS = {
     'float': 'the float runs',
     'fine_tune': 'each method fine-tuned from the float run',
     'scratch': 'each method from scratch, for the float and fine-tune epochs together',
-    'recipes': 'fine-tune variants (learning rate, warm-up, weight decay)',
+    'recipes': 'fine-tune variants (learning rate, warm-up, weight decay, epochs, BatchNorm '
+               're-estimation)',
     'claims': "DQ's per-channel activation error vs pooled (A2, A1); direct vs latent weights",
     'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
                  'pooled activation error',
@@ -166,7 +167,7 @@ def _recipes(scale: Scale, seed: int) -> list[Row]:
   """Fine-tune variants that could explain why fine-tuning loses to training from scratch."""
   epochs = scale.fine_tune_epochs[0]
   dq = METHODS[0][2]
-  return [
+  out = [
       _fine_tune(f'w2a2_dq_ft{epochs}_lr0.1_warmup', f'W2A2 DQ fine-tuned {epochs} epochs at lr '
                  '0.1 (the from-scratch rate) after a linear warm-up over 10% of them', epochs,
                  seed, 'recipes', {**dq, 'optimizer.learning_rate': 0.1,
@@ -181,6 +182,12 @@ def _recipes(scale: Scale, seed: int) -> list[Row]:
                  'batches (the run also records its eval before)', epochs, seed, 'recipes',
                  {**dq, 'bn_reestimation_batches': BN_REESTIMATION_BATCHES}),
   ]
+  if scale.scratch_epochs not in scale.fine_tune_epochs:  # Else the fine_tune group has it.
+    out.append(_fine_tune(f'w2a2_dq_ft{scale.scratch_epochs}', f'W2A2 DQ fine-tuned '
+                          f'{scale.scratch_epochs} epochs (as many quantized epochs as from '
+                          'scratch, after the float run)', scale.scratch_epochs, seed,
+                          'recipes', dq))
+  return out
 
 
 def _claims(scale: Scale, seed: int) -> list[Row]:
@@ -260,6 +267,9 @@ def comparisons(scale: Scale) -> list[Comparison]:
   baseline = f'w2a2_dq_{first}'
   for row in _recipes(scale, scale.seeds[0]):
     out.append(Comparison(row.cell, baseline, f'fine-tune recipe: {row.cell} vs {baseline}'))
+  out.append(Comparison(f'w2a2_dq_scratch{scale.scratch_epochs}',
+                        f'w2a2_dq_ft{scale.scratch_epochs}',
+                        'DQ: from scratch vs fine-tuned, same quantized epochs'))
   out.append(Comparison(baseline, f'w2a2_dq_pooled_{first}', 'A2: per-channel vs pooled error'))
   out.append(Comparison(f'w2a1_dq_{first}', f'w2a1_dq_pooled_{first}',
                         'A1: per-channel vs pooled error'))

@@ -2,6 +2,7 @@ r"""Per-channel activation quantization error of a trained float model: DQ's per
 weighting against the pooled weighting (LQ-Nets), layer by layer.
 
     python -m experiments.channel_error --workdir=<float run> --a_bits=1,2 [--out=errors.json]
+        [--activations=unnormalized]
 
 DQ's second claim is that a quantizer fitted to the pooled error is biased toward a few
 high-energy channels, so weighting each channel's error by its energy serves the majority of
@@ -18,10 +19,18 @@ the run's held-out split:
 The network is the float run's with every layer's input quantized to `a_bits` bits by DQ's
 activation quantizer (weights stay float, so only activation quantization is measured), its
 ranges initialised on the batch as a fine-tune from that run would (`dqnn.warm_start`).
+
+Every quantized input of dqnn's models follows a BatchNorm (directly, or through a residual
+sum). `--activations=unnormalized` measures instead what a quantizer sees where no BatchNorm
+precedes it: the ReLU of each conv's output before its BatchNorm (as in a conv-ReLU network
+without normalization), levels initialised on the batch as DQ's quantizer initialises them. It
+is a proxy: the channel scales are those of the BatchNorm-trained float run, which BatchNorm
+leaves free, not those a network trained without BatchNorm would learn.
 """
 import argparse
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,23 +61,19 @@ def quantized_config(float_config, a_bits: int):
   return config
 
 
-def _layer_errors(module, variables, x: jax.Array) -> dict:
-  """Channel energies and each weighting's per-channel relative and pooled absolute error."""
+def _errors(x: jax.Array, parameterisation: str, value: jax.Array, bits: int,
+            signed: bool) -> dict:
+  """Channel energies and each weighting's per-channel relative and pooled absolute error, the
+  levels refit from `value` under each weighting."""
   x = jnp.asarray(x, jnp.float32)
-  quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
-                                              module.act_options, signed=module.a_signed)
-  stored = variables_lib.layer_variables(variables, (*module.path, variables_lib.ACT_QUANTIZER))
-  field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
-  value = stored['params'].get(field, stored['quant_stats'].get(field))
   energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
-  result = {'layer': '/'.join(module.path), 'channels': int(x.shape[-1]),
-            'depthwise': getattr(module, 'feature_group_count', 1) > 1,
+  result = {'channels': int(x.shape[-1]),
             'energy_p90_over_p10': float(np.percentile(energy, 90)
                                          / max(np.percentile(energy, 10), 1e-30))}
   errors = {}
   for weighting in WEIGHTINGS:
-    levels = dq_activation.fit_levels(x, quantizer.parameterisation, value, module.a_bits,
-                                      module.a_signed, weighting, FIT_ITERATIONS)
+    levels = dq_activation.fit_levels(x, parameterisation, value, bits, signed, weighting,
+                                      FIT_ITERATIONS)
     q = lv.nearest_value_1d(x, levels)
     errors[weighting] = np.asarray(dq_activation.per_channel_relative_error(x, q))
     result[f'{weighting}_mean_relative_error'] = float(errors[weighting].mean())
@@ -80,9 +85,30 @@ def _layer_errors(module, variables, x: jax.Array) -> dict:
   return result
 
 
-def measure(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0) -> list[dict]:
+def _layer_errors(module, variables, x: jax.Array) -> dict:
+  """`_errors` of a quantized layer's input, from its quantizer's stored levels."""
+  quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
+                                              module.act_options, signed=module.a_signed)
+  stored = variables_lib.layer_variables(variables, (*module.path, variables_lib.ACT_QUANTIZER))
+  field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
+  value = stored['params'].get(field, stored['quant_stats'].get(field))
+  return {'layer': '/'.join(module.path),
+          'depthwise': getattr(module, 'feature_group_count', 1) > 1,
+          **_errors(x, quantizer.parameterisation, value, module.a_bits, module.a_signed)}
+
+
+def _read_run(workdir: str, data_dir: str):
+  """The run's config and variables; `data_dir`, when given, replaces the run's (moved data)."""
+  config, variables = runs.read_workdir(workdir)
+  if data_dir:
+    config.data_dir = data_dir
+  return config, variables
+
+
+def measure_layer_inputs(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0,
+                         data_dir: str = '') -> list[dict]:
   """One record per quantized activation of the float run in `workdir`, at `a_bits` bits."""
-  float_config, float_variables = runs.read_workdir(workdir)
+  float_config, float_variables = _read_run(workdir, data_dir)
   config = quantized_config(float_config, a_bits)
   model = runs.model_from_config(config)
   images, source = plots.sample_batch(config, batch_size)
@@ -96,8 +122,52 @@ def measure(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0) -> 
   for module, _, _ in calls:
     if isinstance(module, (QuantConv, QuantDense)) and module.a_bits != FULL_PRECISION:
       record = _layer_errors(module, variables, inputs['/'.join(module.path)])
-      records.append({'a_bits': a_bits, 'source': source, **record})
+      records.append({'a_bits': a_bits, 'source': source, 'activations': 'layer_inputs',
+                      **record})
   return records
+
+
+def unnormalized_activations(config, variables, images) -> dict[str, tuple[bool, jax.Array]]:
+  """`(depthwise, ReLU of the output)` of every conv of the float model, by layer path: the
+  output before its BatchNorm, as the next quantizer would see it without normalization."""
+  model = runs.model_from_config(config)
+  depthwise = {}
+
+  def capture(variables, images):
+    outputs = {}
+
+    def record(module, x, run):
+      out = run()
+      name = '/'.join(module.path)
+      depthwise[name] = module.feature_group_count > 1
+      outputs[name] = nn.relu(out)
+      return out
+
+    with tracing.intercept_layers((nn.Conv,), record):
+      model.apply(variables, images, train=False)
+    return outputs
+
+  outputs = jax.jit(capture)(variables, images)
+  return {name: (depthwise[name], x) for name, x in outputs.items()}
+
+
+def measure_unnormalized(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0,
+                         data_dir: str = '') -> list[dict]:
+  """One record per conv of the float run in `workdir`: its output's ReLU at `a_bits` bits."""
+  config, variables = _read_run(workdir, data_dir)
+  images, source = plots.sample_batch(config, batch_size)
+  quantizer = quantizers.activation_quantizer('dq', a_bits)
+  field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
+  records = []
+  for name, (depthwise, x) in unnormalized_activations(config, variables, images).items():
+    value = quantizer.init(jax.random.key(seed), x)[variables_lib.QUANT_STATS][field]
+    records.append({'a_bits': a_bits, 'source': source, 'activations': 'unnormalized',
+                    'layer': name, 'depthwise': depthwise,
+                    **_errors(x, quantizer.parameterisation, value, a_bits, False)})
+  return records
+
+
+MEASURES = {'layer_inputs': measure_layer_inputs, 'unnormalized': measure_unnormalized}
 
 
 def summary_table(records: list[dict]) -> str:
@@ -130,14 +200,22 @@ def main():
   parser.add_argument('--workdir', required=True, help='A float training run.')
   parser.add_argument('--a_bits', default='1,2', help='Comma-separated activation bit widths.')
   parser.add_argument('--batch_size', type=int, default=256)
+  parser.add_argument('--activations', choices=sorted(MEASURES), default='layer_inputs',
+                      help="The quantized layers' inputs, or each conv's output before its "
+                           'BatchNorm, ReLU\'d (no normalization before the quantizer).')
+  parser.add_argument('--data_dir', default='',
+                      help="The prepared dataset, where it moved since the run (default: the "
+                           "run's own).")
   parser.add_argument('--out', default='', help='Also write every layer record to this JSON.')
   args = parser.parse_args()
   records = [record for bits in args.a_bits.split(',')
-             for record in measure(args.workdir, int(bits), args.batch_size)]
+             for record in MEASURES[args.activations](args.workdir, int(bits), args.batch_size,
+                                                      data_dir=args.data_dir)]
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(records, f, indent=1)
-  print(f'{args.workdir} ({records[0]["source"]}, {args.batch_size} images)\n')
+  print(f'{args.workdir} ({records[0]["source"]}, {args.batch_size} images, '
+        f'{args.activations})\n')
   print(summary_table(records))
 
 

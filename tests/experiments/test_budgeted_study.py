@@ -1,5 +1,6 @@
 """The budgeted study: its rows per scale, its table and verdicts, and a runlocal pass."""
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -27,8 +28,8 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   rows = study.rows(scale)
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
-  # Float, fine-tunes, from scratch, 4 recipes, 5 claims, 3 MobileNetV2 (float + 2).
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 4 + 5 + 3
+  # Float, fine-tunes, from scratch, 5 recipes, 5 claims, 3 MobileNetV2 (float + 2).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 5 + 3
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -47,11 +48,23 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
       float_cell = 'fp_mobilenetv2' if 'mobilenetv2' in row.cell else 'fp'
       assert config.init_from == f'/runs/{float_cell}_s{row.seed}'
       assert config.model == _config(scale, f'{float_cell}_s{row.seed}').model
-      assert config.num_epochs in scale.fine_tune_epochs
+      # The recipe with as many quantized epochs as from scratch is the one exception.
+      assert config.num_epochs in (*scale.fine_tune_epochs, scale.scratch_epochs)
+      as_long = row.cell == f'w2a2_dq_ft{scale.scratch_epochs}'
+      assert (config.num_epochs == scale.scratch_epochs) == as_long
       assert min(config.quant.w_bits, config.quant.a_bits) < 32
     else:
       assert config.num_epochs == scale.scratch_epochs and config.init_from == ''
       assert config.optimizer.learning_rate == 0.1
+
+
+def test_fine_tune_as_long_as_from_scratch_is_one_row_when_the_scale_already_has_it():
+  scale = dataclasses.replace(CPU, fine_tune_epochs=(1, CPU.scratch_epochs))
+  names = [row.name for row in study.rows(scale)]
+  assert len(names) == len(set(names))
+  assert [row.group for row in study.rows(scale) if row.name == 'w2a2_dq_ft4_s0'] == ['fine_tune']
+  assert ('w2a2_dq_scratch4', 'w2a2_dq_ft4') in {
+      (c.first, c.second) for c in study.comparisons(scale)}
 
 
 def test_gpu_scale_is_the_issue_scale():
