@@ -65,14 +65,17 @@ def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndar
   if hasattr(quantizer, 'kernel_levels'):
     table, indices = quantizer.kernel_levels(variables)
     return np.asarray(table), np.asarray(indices)
-  return per_channel_levels(quantized_kernel(module, variables), module.w_bits,
+  return per_channel_levels(_quantized_kernel(quantizer, variables), module.w_bits,
                             '/'.join(module.path))
 
 
 def quantized_kernel(module: nn.Module, variables: dict[str, Any]) -> np.ndarray:
   """`w_q` of a quantized layer: the quantizer's own `quantized_kernel(variables)`, else the
   quantizer run on its trained variables."""
-  quantizer = weight_quantizer_of(module)
+  return _quantized_kernel(weight_quantizer_of(module), variables)
+
+
+def _quantized_kernel(quantizer: nn.Module, variables: dict[str, Any]) -> np.ndarray:
   if hasattr(quantizer, 'quantized_kernel'):
     return np.asarray(quantizer.quantized_kernel(variables))
   shape = tuple(variables['params']['kernel'].shape)
