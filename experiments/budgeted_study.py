@@ -121,7 +121,8 @@ GROUPS = {
     'scratch': 'each method from scratch, for the float and fine-tune epochs together',
     'recipes': 'fine-tune variants (learning rate, warm-up, weight decay, epochs, BatchNorm '
                're-estimation)',
-    'claims': "DQ's per-channel activation error vs pooled (A2, A1); direct vs latent weights",
+    'claims': "DQ's per-channel activation error vs pooled and vs floored channel weights (A2, "
+              'A1); direct vs latent weights',
     'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
                  'pooled activation error',
 }
@@ -198,6 +199,9 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
   epochs = scale.fine_tune_epochs[0]
   dq = METHODS[0][2]
   pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
+  # Channel weights 1 / (energy + mean energy): relative error for channels above the mean
+  # energy, absolute error below it, so near-empty channels cannot pull the levels down.
+  floored = {**dq, 'quant.act_options': {'eps': 1.0}}
   one_bit = {'quant.a_bits': 1}
   return [
       _fine_tune(f'w2a2_dq_pooled_ft{epochs}', f'W2A2 DQ with pooled activation error, '
@@ -206,6 +210,12 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
                  'epochs', epochs, seed, 'claims', {**dq, **one_bit}),
       _fine_tune(f'w2a1_dq_pooled_ft{epochs}', f'W2A1 DQ with pooled activation error, '
                  f'fine-tuned {epochs} epochs', epochs, seed, 'claims', {**pooled, **one_bit}),
+      _fine_tune(f'w2a1_dq_eps1_ft{epochs}', 'W2A1 DQ with channel weights floored at the '
+                 f'mean channel energy (eps=1), fine-tuned {epochs} epochs', epochs, seed,
+                 'claims', {**floored, **one_bit}),
+      _fine_tune(f'w2a2_dq_eps1_ft{epochs}', 'W2A2 DQ with channel weights floored at the '
+                 f'mean channel energy (eps=1), fine-tuned {epochs} epochs', epochs, seed,
+                 'claims', floored),
       _fine_tune(f'w2a2_latent_weights_dq_acts_ft{epochs}', 'W2A2 latent weights (LQ-Nets) + '
                  f'DQ activations, fine-tuned {epochs} epochs', epochs, seed, 'claims',
                  {**dq, 'quant.weight_quantizer': 'lqnets'}),
@@ -273,6 +283,11 @@ def comparisons(scale: Scale) -> list[Comparison]:
   out.append(Comparison(baseline, f'w2a2_dq_pooled_{first}', 'A2: per-channel vs pooled error'))
   out.append(Comparison(f'w2a1_dq_{first}', f'w2a1_dq_pooled_{first}',
                         'A1: per-channel vs pooled error'))
+  for bits in (1, 2):
+    out.append(Comparison(f'w2a{bits}_dq_eps1_{first}', f'w2a{bits}_dq_{first}',
+                          f'A{bits}: channel weights floored at the mean energy vs not'))
+  out.append(Comparison(f'w2a1_dq_eps1_{first}', f'w2a1_dq_pooled_{first}',
+                        'A1: channel weights floored at the mean energy vs pooled'))
   out.append(Comparison(baseline, f'w2a2_latent_weights_dq_acts_{first}',
                         'DQ direct weight update vs latent LQ-Nets weights'))
   out.append(Comparison(baseline, f'w2a2_latent_levels_{first}',

@@ -28,8 +28,8 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   rows = study.rows(scale)
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
-  # Float, fine-tunes, from scratch, 5 recipes, 5 claims, 3 MobileNetV2 (float + 2).
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 5 + 3
+  # Float, fine-tunes, from scratch, 5 recipes, 7 claims, 3 MobileNetV2 (float + 2).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 7 + 3
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -214,7 +214,7 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   chosen = _selection(groups='claims,fine_tune')
   assert chosen[:2] == ['fp_s0', 'fp_s1']
   groups = [_rows(CPU)[name].group for name in chosen[2:]]
-  assert groups == ['claims'] * 10 + ['fine_tune'] * 6
+  assert groups == ['claims'] * 14 + ['fine_tune'] * 6
   depthwise = _selection(groups='depthwise')
   assert depthwise[0] == 'fp_mobilenetv2_s0' and 'fp_s0' not in depthwise
   everything = _selection()
