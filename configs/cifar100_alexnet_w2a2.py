@@ -12,8 +12,8 @@ Taylor 2017); quantized from scratch, chosen by measurement: for the same total 
 fine-tuning a float run at lr 0.01 for every method (ResNet-20 W2A2: DQ, LQ-Nets, LSQ by 2.1, 2.4,
 3.4 points on a GPU, one seed; 1.0-3.0 points at dqnn's two CPU scales, two seeds; docs/results.md,
 budgeted study). To fine-tune instead: --config.init_from=<float workdir>
---config.optimizer.learning_rate=0.03, the fine-tune rate that measured best (ahead of 0.01 at
-both CPU scales, outside the seed ranges at the larger; 0.1 after a warm-up was behind).
+--config.optimizer.learning_rate=0.03: ahead of 0.01 at both CPU scales (outside the seed ranges
+at the larger); 0.1 after a warm-up was further ahead at the larger scale but behind at the other.
 Evaluation split: with data from dqnn.data.prepare, 'test' is a held-out carve of the training
 file; download=True gives the official test set, which literature numbers use.
 """
