@@ -29,6 +29,7 @@ leaves free, not those a network trained without BatchNorm would learn.
 """
 import argparse
 import json
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -44,6 +45,7 @@ from dqnn import warm_start
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import dq_activation
 from dqnn.quantizers import levels as lv
+from dqnn.quantizers import readout
 from dqnn.quantizers.bits import FULL_PRECISION
 
 WEIGHTINGS = ('channel', 'pooled')
@@ -90,11 +92,10 @@ def _layer_errors(module, variables, x: jax.Array) -> dict:
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
   stored = variables_lib.layer_variables(variables, (*module.path, variables_lib.ACT_QUANTIZER))
-  field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
-  value = stored['params'].get(field, stored['quant_stats'].get(field))
+  parameterisation, value = readout.level_parameter(quantizer, stored)
   return {'layer': '/'.join(module.path),
           'depthwise': getattr(module, 'feature_group_count', 1) > 1,
-          **_errors(x, quantizer.parameterisation, value, module.a_bits, module.a_signed)}
+          **_errors(x, parameterisation, value, module.a_bits, module.a_signed)}
 
 
 def _read_run(workdir: str, data_dir: str):
@@ -105,25 +106,26 @@ def _read_run(workdir: str, data_dir: str):
   return config, variables
 
 
-def measure_layer_inputs(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0,
-                         data_dir: str = '') -> list[dict]:
-  """One record per quantized activation of the float run in `workdir`, at `a_bits` bits."""
+def measure_layer_inputs(workdir: str, a_bits: Sequence[int], batch_size: int = 256,
+                         seed: int = 0, data_dir: str = '') -> list[dict]:
+  """One record per quantized activation of the float run in `workdir` and bit width."""
   float_config, float_variables = _read_run(workdir, data_dir)
-  config = quantized_config(float_config, a_bits)
-  model = runs.model_from_config(config)
-  images, source = plots.sample_batch(config, batch_size)
+  images, source = plots.sample_batch(float_config, batch_size)
   rng = jax.random.key(seed)
-  fresh = model.init({'params': rng, 'dropout': rng}, images, train=True)
-  variables = warm_start.from_float(model, fresh, float_variables, images, rng)
-  inputs = plots.layer_inputs(config, variables, images)
-  size = runs.image_size(config)
-  calls, _ = tracing.layer_calls(model, (size, size, 3), variables)
   records = []
-  for module, _, _ in calls:
-    if isinstance(module, (QuantConv, QuantDense)) and module.a_bits != FULL_PRECISION:
-      record = _layer_errors(module, variables, inputs['/'.join(module.path)])
-      records.append({'a_bits': a_bits, 'source': source, 'activations': 'layer_inputs',
-                      **record})
+  for bits in a_bits:  # Each bit width is its own quantized network.
+    config = quantized_config(float_config, bits)
+    model = runs.model_from_config(config)
+    fresh = model.init({'params': rng, 'dropout': rng}, images, train=True)
+    variables = warm_start.from_float(model, fresh, float_variables, images, rng)
+    inputs = plots.layer_inputs(config, variables, images)
+    size = runs.image_size(config)
+    calls, _ = tracing.layer_calls(model, (size, size, 3), variables)
+    for module, _, _ in calls:
+      if isinstance(module, (QuantConv, QuantDense)) and module.a_bits != FULL_PRECISION:
+        record = _layer_errors(module, variables, inputs['/'.join(module.path)])
+        records.append({'a_bits': bits, 'source': source, 'activations': 'layer_inputs',
+                        **record})
   return records
 
 
@@ -151,19 +153,21 @@ def unnormalized_activations(config, variables, images) -> dict[str, tuple[bool,
   return {name: (depthwise[name], x) for name, x in outputs.items()}
 
 
-def measure_unnormalized(workdir: str, a_bits: int, batch_size: int = 256, seed: int = 0,
-                         data_dir: str = '') -> list[dict]:
-  """One record per conv of the float run in `workdir`: its output's ReLU at `a_bits` bits."""
+def measure_unnormalized(workdir: str, a_bits: Sequence[int], batch_size: int = 256,
+                         seed: int = 0, data_dir: str = '') -> list[dict]:
+  """One record per conv of the float run in `workdir` and bit width: its output's ReLU."""
   config, variables = _read_run(workdir, data_dir)
   images, source = plots.sample_batch(config, batch_size)
-  quantizer = quantizers.activation_quantizer('dq', a_bits)
-  field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
+  activations = unnormalized_activations(config, variables, images)  # The same for every width.
   records = []
-  for name, (depthwise, x) in unnormalized_activations(config, variables, images).items():
-    value = quantizer.init(jax.random.key(seed), x)[variables_lib.QUANT_STATS][field]
-    records.append({'a_bits': a_bits, 'source': source, 'activations': 'unnormalized',
-                    'layer': name, 'depthwise': depthwise,
-                    **_errors(x, quantizer.parameterisation, value, a_bits, False)})
+  for bits in a_bits:
+    quantizer = quantizers.activation_quantizer('dq', bits)
+    field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
+    for name, (depthwise, x) in activations.items():
+      value = quantizer.init(jax.random.key(seed), x)[variables_lib.QUANT_STATS][field]
+      records.append({'a_bits': bits, 'source': source, 'activations': 'unnormalized',
+                      'layer': name, 'depthwise': depthwise,
+                      **_errors(x, quantizer.parameterisation, value, bits, False)})
   return records
 
 
@@ -208,9 +212,9 @@ def main():
                            "run's own).")
   parser.add_argument('--out', default='', help='Also write every layer record to this JSON.')
   args = parser.parse_args()
-  records = [record for bits in args.a_bits.split(',')
-             for record in MEASURES[args.activations](args.workdir, int(bits), args.batch_size,
-                                                      data_dir=args.data_dir)]
+  a_bits = [int(bits) for bits in args.a_bits.split(',')]
+  records = MEASURES[args.activations](args.workdir, a_bits, args.batch_size,
+                                       data_dir=args.data_dir)
   if args.out:
     with open(args.out, 'w') as f:
       json.dump(records, f, indent=1)

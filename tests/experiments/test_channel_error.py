@@ -20,7 +20,7 @@ def test_measures_every_quantized_activation_of_a_float_run(tmp_path):
   assert (quantized.quant.w_bits, quantized.quant.a_bits) == (32, 1)
   assert config.quant.a_bits == 32  # The run's own config is left alone.
 
-  records = channel_error.measure_layer_inputs(str(tmp_path), a_bits=1, batch_size=16)
+  records = channel_error.measure_layer_inputs(str(tmp_path), a_bits=[1], batch_size=16)
   assert records and all(r['a_bits'] == 1 for r in records)
   assert {r['activations'] for r in records} == {'layer_inputs'}
   assert records[0]['source'] == 'cifar100_sample eval batch'
@@ -38,7 +38,7 @@ def test_measures_every_quantized_activation_of_a_float_run(tmp_path):
       'all', 'depthwise', 'other']
 
   # Without BatchNorm before the quantizer: every conv's output (the first conv's too), ReLU'd.
-  unnormalized = channel_error.measure_unnormalized(str(tmp_path), a_bits=1, batch_size=16)
+  unnormalized = channel_error.measure_unnormalized(str(tmp_path), a_bits=[1], batch_size=16)
   conv_layers = [r['layer'] for r in unnormalized]
   # The quantized inputs are those of every conv but the first (the classifier's is float).
   assert set(conv_layers) - set(layers) == {'stem_conv'} and set(layers) < set(conv_layers)
