@@ -60,6 +60,8 @@ W2A2_CONFIG = 'configs/cifar100_resnet20_w2a2.py'
 # Depthwise convolutions, where channel scales differ most: DQ's per-channel error there.
 MOBILENET_FLOAT_CONFIG = 'configs/cifar100_mobilenetv2_fp.py'
 MOBILENET_W2A2_CONFIG = 'configs/cifar100_mobilenetv2_w2a2.py'
+# No BatchNorm before any quantizer: ResNet-20 without normalization (SkipInit).
+NO_BN_MODEL = {'model': 'cifar_resnet20_no_bn'}
 # Training batches whose statistics replace BatchNorm's running averages after the last step.
 BN_REESTIMATION_BATCHES = 50
 # Learning rates at batch 128 (the configs scale them linearly with the batch). From scratch
@@ -125,6 +127,8 @@ GROUPS = {
               'A1); direct vs latent weights',
     'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
                  'pooled activation error',
+    'no_bn': 'ResNet-20 without BatchNorm (SkipInit): float, then DQ per-channel vs pooled '
+             'activation error at A2 and A1',
 }
 
 
@@ -244,6 +248,27 @@ def _depthwise(scale: Scale, seed: int) -> list[Row]:
   ]
 
 
+def _no_bn(scale: Scale, seed: int) -> list[Row]:
+  """ResNet-20 without BatchNorm: its float run, and DQ per-channel vs pooled activation error
+  fine-tuned from it, where every quantizer sees its layer's unnormalized output."""
+  epochs = scale.fine_tune_epochs[0]
+  dq = {**METHODS[0][2], **NO_BN_MODEL}
+  pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
+  fine_tune = functools.partial(_fine_tune, epochs=epochs, seed=seed, group='no_bn',
+                                float_cell='fp_no_bn')
+  out = [Row('fp_no_bn', 'Float ResNet-20 without BatchNorm (start of the no-BatchNorm '
+             'fine-tunes)', FLOAT_CONFIG, {'num_epochs': scale.float_epochs, **NO_BN_MODEL},
+             seed, 'no_bn')]
+  for bits in (2, 1):
+    a_bits = {'quant.a_bits': bits}
+    out += [fine_tune(f'w2a{bits}_no_bn_dq_ft{epochs}', f'W2A{bits} DQ without BatchNorm, '
+                      f'fine-tuned {epochs} epochs', overrides={**dq, **a_bits}),
+            fine_tune(f'w2a{bits}_no_bn_dq_pooled_ft{epochs}', f'W2A{bits} DQ without '
+                      f'BatchNorm, pooled activation error, fine-tuned {epochs} epochs',
+                      overrides={**pooled, **a_bits})]
+  return out
+
+
 def rows(scale: Scale) -> list[Row]:
   """Every row of the study at `scale`, in the order they start (the float runs first)."""
   out = [_float_row(scale, seed) for seed in scale.seeds]
@@ -255,7 +280,7 @@ def rows(scale: Scale) -> list[Row]:
               f'W2A2 {label}, from scratch {scale.scratch_epochs} epochs', W2A2_CONFIG,
               {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'scratch')
           for seed in scale.seeds for key, label, overrides in METHODS]
-  for make in (_recipes, _claims, _depthwise):
+  for make in (_recipes, _claims, _depthwise, _no_bn):
     out += [row for seed in scale.seeds for row in make(scale, seed)]
   return out
 
@@ -294,6 +319,9 @@ def comparisons(scale: Scale) -> list[Comparison]:
                         'DQ direct weight update vs a latent kernel, all else equal'))
   out.append(Comparison(f'w2a2_mobilenetv2_dq_{first}', f'w2a2_mobilenetv2_dq_pooled_{first}',
                         'MobileNetV2 A2: per-channel vs pooled error'))
+  for bits in (2, 1):
+    out.append(Comparison(f'w2a{bits}_no_bn_dq_{first}', f'w2a{bits}_no_bn_dq_pooled_{first}',
+                          f'No BatchNorm, A{bits}: per-channel vs pooled error'))
   return out
 
 

@@ -20,12 +20,13 @@ The network is the float run's with every layer's input quantized to `a_bits` bi
 activation quantizer (weights stay float, so only activation quantization is measured), its
 ranges initialised on the batch as a fine-tune from that run would (`dqnn.warm_start`).
 
-Every quantized input of dqnn's models follows a BatchNorm (directly, or through a residual
+In a model with BatchNorm every quantized input follows one (directly, or through a residual
 sum). `--activations=unnormalized` measures instead what a quantizer sees where no BatchNorm
 precedes it: the ReLU of each conv's output before its BatchNorm (as in a conv-ReLU network
 without normalization), levels initialised on the batch as DQ's quantizer initialises them. It
 is a proxy: the channel scales are those of the BatchNorm-trained float run, which BatchNorm
-leaves free, not those a network trained without BatchNorm would learn.
+leaves free, not those a network trained without BatchNorm would learn. For the real thing,
+run the default mode on a float run of a model without BatchNorm (`cifar_resnet20_no_bn`).
 """
 import argparse
 import json

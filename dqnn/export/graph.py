@@ -2,8 +2,8 @@
 
 Conv/Dense/BatchNorm modules (and standalone activation quantizers) are intercepted and
 replaced by an opaque `dqnn_layer` primitive, so the jaxpr shows them as single equations; the
-glue between them (ReLU, residual adds, pooling, the zero-padded shortcut, flatten) is
-translated primitive by primitive. Anything else is an `UnsupportedModelError` naming the
+glue between them (ReLU, residual adds and scalar gains, pooling, the zero-padded shortcut,
+flatten) is translated primitive by primitive. Anything else is an `UnsupportedModelError` naming the
 primitive, so a model the runner cannot reproduce is never exported silently wrong.
 
 Values are numbered: 0 is the input image; every op reads `inputs` and writes `output`.
@@ -136,6 +136,10 @@ class _Translator:
     shape = tuple(eqn.invars[0].aval.shape)
     if name == 'add' and len(values) == 2:
       return [self.emit('add', values)]
+    if name == 'mul' and len(values) == 1 and len(args) == 2:
+      factor = args[1] if isinstance(args[0], _Value) else args[0]
+      if not isinstance(factor, _Pending) and np.ndim(factor) == 0:  # A learned scalar gain.
+        return [self.emit('scale', values, factor=float(factor))]
     if name == 'max' and len(values) == 1 and _is_scalar(args[1], 0):
       return [self.emit('relu', values)]
     if name == 'reduce_window_max' and isinstance(x, _Value):
@@ -165,8 +169,9 @@ class _Translator:
       return [self.emit('cast', [x], dtype=np.dtype(params['new_dtype']).name)]
     raise UnsupportedModelError(
         f'The export op list cannot express the primitive {name!r} ({eqn}); supported: '
-        'conv, dense, batch norm, activation quantizers, relu, relu6, add, max/avg pooling, '
-        'global average pooling, flatten, strided slice, zero padding.')
+        'conv, dense, batch norm, activation quantizers, relu, relu6, add, scaling by a '
+        'scalar, max/avg pooling, global average pooling, flatten, strided slice, zero '
+        'padding.')
 
   def _average(self, pending: _Pending, divisor: float) -> int:
     shape = pending.input_shape

@@ -109,6 +109,7 @@ _UNARY: dict[str, Callable] = {
     'pad': _pad,
     'relu': lambda op, tensors, x: jax.nn.relu(x),
     'relu6': lambda op, tensors, x: jax.nn.relu6(x),
+    'scale': lambda op, tensors, x: x * jnp.asarray(op['factor'], x.dtype),
     'global_avg_pool': lambda op, tensors, x: jnp.mean(x, axis=(1, 2)),
     'flatten': lambda op, tensors, x: x.reshape(x.shape[0], -1),
     'cast': lambda op, tensors, x: x.astype(op['dtype']),

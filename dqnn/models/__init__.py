@@ -43,6 +43,9 @@ MODELS = {
     'cifar_resnet32': ModelSpec(_p(cifar_resnet, 32), 32, '_cifar_resnet_tiny'),
     'cifar_resnet56': ModelSpec(_p(cifar_resnet, 56), 32, '_cifar_resnet_tiny'),
     'cifar_resnet18': ModelSpec(cifar_resnet18, 32, '_cifar_resnet_tiny'),
+    # Without BatchNorm (SkipInit): where no normalization precedes the activation quantizers.
+    'cifar_resnet20_no_bn': ModelSpec(_p(cifar_resnet, 20, normalization='none'), 32,
+                                      '_cifar_resnet_no_bn_tiny'),
     'cifar_alexnet': ModelSpec(_p(AlexNet, stem='cifar', hidden_features=1024), 32,
                                '_alexnet_tiny'),
     'cifar_mobilenet_v2': ModelSpec(_p(MobileNetV2, blocks=CIFAR_BLOCKS, stem_strides=1), 32,
@@ -56,6 +59,9 @@ MODELS = {
     '_cifar_resnet_tiny': ModelSpec(
         _p(ResNet, (1, 1), BasicBlock, stage_features=(8, 16), stem='cifar', shortcut='zero_pad'),
         32),
+    '_cifar_resnet_no_bn_tiny': ModelSpec(
+        _p(ResNet, (1, 1), BasicBlock, stage_features=(8, 16), stem='cifar', shortcut='zero_pad',
+           normalization='none'), 32),
     '_alexnet_tiny': ModelSpec(
         _p(AlexNet, conv_features=(8, 8, 8, 8, 8), hidden_features=8, stem='cifar'), 32),
     '_mobilenet_v2_tiny': ModelSpec(

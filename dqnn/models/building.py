@@ -11,6 +11,8 @@ from dqnn.layers import QuantConv, QuantDense
 
 # torchvision's conv init (Kaiming normal, fan_out, not truncated).
 CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# 'none': no BatchNorm anywhere, so every quantizer sees its layer's raw output scale.
+NORMALIZATIONS = ('batch', 'none')
 
 
 def _quant_kwargs(parent: nn.Module, name: str, role: str) -> dict:
@@ -19,11 +21,12 @@ def _quant_kwargs(parent: nn.Module, name: str, role: str) -> dict:
 
 def conv(parent: nn.Module, name: str, features: int, kernel_size: int, *, strides: int = 1,
          padding: int | None = None, role: str = 'body', groups: int = 1,
-         signed_input: bool = False) -> QuantConv:
-  """A bias-free (BN follows) square conv, padded symmetrically (torchvision: kernel_size // 2)."""
+         signed_input: bool = False, use_bias: bool = False) -> QuantConv:
+  """A square conv padded symmetrically (torchvision: kernel_size // 2); bias-free by default,
+  as BatchNorm follows it."""
   pad = kernel_size // 2 if padding is None else padding
   return QuantConv(features, (kernel_size, kernel_size), strides=strides,
-                   padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=False,
+                   padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=use_bias,
                    kernel_init=CONV_INIT, dtype=parent.dtype, a_signed=signed_input, name=name,
                    **_quant_kwargs(parent, name, role))
 
@@ -38,6 +41,19 @@ def dense(parent: nn.Module, name: str, features: int, *, role: str = 'body',
 def batch_norm(parent: nn.Module, name: str, train: bool) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       dtype=parent.dtype, name=name)
+
+
+def check_normalization(normalization: str) -> None:
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f'normalization must be one of {", ".join(NORMALIZATIONS)}; '
+                     f'got {normalization!r}.')
+
+
+def normalize(parent: nn.Module, name: str, x: jax.Array, train: bool) -> jax.Array:
+  """BatchNorm `name` when `parent.normalization` is 'batch'; x itself when it is 'none'."""
+  if parent.normalization == 'none':
+    return x
+  return batch_norm(parent, name, train)(x)
 
 
 def max_pool_3x3(x: jax.Array) -> jax.Array:

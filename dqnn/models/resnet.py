@@ -3,6 +3,11 @@
 Every conv's input is a BN+ReLU output: the block input is the previous block's post-ReLU
 output, so conv1 and the projection shortcut quantize non-negative inputs. Residual additions
 stay in float.
+
+`normalization='none'` drops every BatchNorm, so each quantizer sees its layer's raw output
+scale: convs get biases, and each residual branch is multiplied by a learned scalar that starts
+at 0 (SkipInit, De & Smith 2020), so every block starts as the identity and the network trains
+without normalization.
 """
 from typing import Any, Sequence
 
@@ -30,8 +35,22 @@ class _Block(nn.Module):
   policy: QuantPolicy
   shortcut: str = 'projection'
   dtype: Any = jnp.float32
+  normalization: str = 'batch'
 
   expansion = 1
+
+  def _conv_norm(self, name: str, norm_name: str, x: jax.Array, train: bool, features: int,
+                 kernel_size: int, strides: int = 1) -> jax.Array:
+    """Conv `name` then BatchNorm `norm_name`; without normalization, a conv with a bias."""
+    x = building.conv(self, name, features, kernel_size, strides=strides,
+                      use_bias=self.normalization == 'none')(x)
+    return building.normalize(self, norm_name, x, train)
+
+  def _merge(self, branch: jax.Array, x: jax.Array, train: bool) -> jax.Array:
+    """ReLU(branch + shortcut); without normalization the branch is scaled by SkipInit's gain."""
+    if self.normalization == 'none':
+      branch = branch * self.param('skip_gain', nn.initializers.zeros, (), jnp.float32)
+    return nn.relu(branch + self._shortcut(x, train))
 
   def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:
     out_features = self.features * self.expansion
@@ -39,8 +58,7 @@ class _Block(nn.Module):
       return x
     if self.shortcut == 'zero_pad':
       return zero_pad_shortcut(x, out_features, self.strides)
-    x = building.conv(self, 'shortcut', out_features, 1, strides=self.strides)(x)
-    return building.batch_norm(self, 'shortcut_bn', train)(x)
+    return self._conv_norm('shortcut', 'shortcut_bn', x, train, out_features, 1, self.strides)
 
 
 class BasicBlock(_Block):
@@ -48,11 +66,9 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = building.conv(self, 'conv1', self.features, 3, strides=self.strides)(x)
-    y = nn.relu(building.batch_norm(self, 'bn1', train)(y))
-    y = building.conv(self, 'conv2', self.features, 3)(y)
-    y = building.batch_norm(self, 'bn2', train)(y)
-    return nn.relu(y + self._shortcut(x, train))
+    y = nn.relu(self._conv_norm('conv1', 'bn1', x, train, self.features, 3, self.strides))
+    y = self._conv_norm('conv2', 'bn2', y, train, self.features, 3)
+    return self._merge(y, x, train)
 
 
 class Bottleneck(_Block):
@@ -61,13 +77,10 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = building.conv(self, 'conv1', self.features, 1)(x)
-    y = nn.relu(building.batch_norm(self, 'bn1', train)(y))
-    y = building.conv(self, 'conv2', self.features, 3, strides=self.strides)(y)
-    y = nn.relu(building.batch_norm(self, 'bn2', train)(y))
-    y = building.conv(self, 'conv3', self.features * 4, 1)(y)
-    y = building.batch_norm(self, 'bn3', train)(y)
-    return nn.relu(y + self._shortcut(x, train))
+    y = nn.relu(self._conv_norm('conv1', 'bn1', x, train, self.features, 1))
+    y = nn.relu(self._conv_norm('conv2', 'bn2', y, train, self.features, 3, self.strides))
+    y = self._conv_norm('conv3', 'bn3', y, train, self.features * 4, 1)
+    return self._merge(y, x, train)
 
 
 class Stage(nn.Module):
@@ -79,12 +92,14 @@ class Stage(nn.Module):
   policy: QuantPolicy
   shortcut: str = 'projection'
   dtype: Any = jnp.float32
+  normalization: str = 'batch'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for index in range(self.num_blocks):
       x = self.block_cls(self.features, self.strides if index == 0 else 1, self.policy,
-                         self.shortcut, self.dtype, name=f'block{index}')(x, train)
+                         self.shortcut, self.dtype, self.normalization,
+                         name=f'block{index}')(x, train)
     return x
 
 
@@ -101,18 +116,22 @@ class ResNet(nn.Module):
   stem: str = 'imagenet'
   shortcut: str = 'projection'
   dtype: Any = jnp.float32
+  normalization: str = 'batch'  # One of building.NORMALIZATIONS.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.shortcut not in SHORTCUTS:
       raise ValueError(f'shortcut must be one of {", ".join(SHORTCUTS)}; got {self.shortcut!r}.')
+    building.check_normalization(self.normalization)
     imagenet_stem = self.stem == 'imagenet'
     x = building.conv(self, 'stem_conv', self.stage_features[0], 7 if imagenet_stem else 3,
-                      strides=2 if imagenet_stem else 1, role='first')(x)
-    x = nn.relu(building.batch_norm(self, 'stem_bn', train)(x))
+                      strides=2 if imagenet_stem else 1, role='first',
+                      use_bias=self.normalization == 'none')(x)
+    x = nn.relu(building.normalize(self, 'stem_bn', x, train))
     if imagenet_stem:
       x = building.max_pool_3x3(x)
     for index, (num_blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       x = Stage(self.block_cls, num_blocks, features, 1 if index == 0 else 2, self.policy,
-                self.shortcut, self.dtype, name=f'stage{index + 1}')(x, train)
+                self.shortcut, self.dtype, self.normalization,
+                name=f'stage{index + 1}')(x, train)
     return building.classifier_head(self, x)

@@ -56,7 +56,8 @@ def _init(config, seed=0):
   return model, dict(variables), images
 
 
-@pytest.mark.parametrize('name', ['_cifar_resnet_tiny', '_resnet_tiny', '_preact_resnet_tiny',
+@pytest.mark.parametrize('name', ['_cifar_resnet_tiny', '_cifar_resnet_no_bn_tiny', '_resnet_tiny',
+                                  '_preact_resnet_tiny',
                                   '_alexnet_tiny', '_mobilenet_v2_tiny'])
 def test_every_tiny_family_exports_bitwise(name):
   config = _config(name)

@@ -54,6 +54,9 @@ def num_params(variables):
     # ResNet-18 with a 3x3x3x64 stem instead of 7x7x3x64 and 100 classes:
     # 11,689,512 - 9,408 + 1,728 - 513 x 900.
     ('cifar_resnet18', 100, 11_220_132),
+    # ResNet-20 without BatchNorm: its 688 BN channels' scale and offset (1,376) become one conv
+    # bias each (688), plus one residual gain per block (9).
+    ('cifar_resnet20_no_bn', 100, 274_893),
 ])
 def test_full_precision_parameter_counts(name, num_classes, expected):
   assert num_params(abstract_variables(name, num_classes=num_classes)[0]) == expected
@@ -80,9 +83,12 @@ def test_tiny_models_train_and_evaluate(name):
   logits, state = model.apply(variables, images, train=True,
                               mutable=['batch_stats', 'quant_stats'])
   assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
-  moved = jax.tree.map(lambda new, old: bool(jnp.any(new != old)), state['batch_stats'],
-                       variables['batch_stats'])
-  assert all(jax.tree.leaves(moved)), 'train mode must update every BatchNorm'
+  if 'no_bn' in name:
+    assert 'batch_stats' not in variables and 'batch_stats' not in state
+  else:
+    moved = jax.tree.map(lambda new, old: bool(jnp.any(new != old)), state['batch_stats'],
+                         variables['batch_stats'])
+    assert all(jax.tree.leaves(moved)), 'train mode must update every BatchNorm'
   evaluated = model.apply({**variables, **state}, images, train=False)
   assert evaluated.shape == (2, 10) and bool(jnp.all(jnp.isfinite(evaluated)))
   np.testing.assert_array_equal(evaluated, model.apply({**variables, **state}, images))
@@ -115,3 +121,34 @@ def test_tiny_variant_is_a_test_model_at_the_same_input_size(name):
 def test_every_cifar_model_of_the_configs_has_a_tiny_variant():
   # `:runlocal` CIFAR configs then train a tiny model (configs/base.py).
   assert all(MODELS[name].tiny for name in CIFAR_MODELS)
+
+
+def test_resnet_without_batch_norm_has_conv_biases_and_starts_as_identity_blocks():
+  model = create_model('_cifar_resnet_no_bn_tiny', num_classes=10, policy=FLOAT)
+  images = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  params = variables['params']
+  assert set(variables) == {'params'}
+  for block in (params['stage1']['block0'], params['stage2']['block0']):
+    assert {'conv1', 'conv2', 'skip_gain'} <= set(block) and float(block['skip_gain']) == 0.0
+    assert all('bias' in block[conv] for conv in ('conv1', 'conv2'))
+  # With every gain at 0 a block returns ReLU(shortcut(x)): the stem's output, subsampled and
+  # zero-padded to 16 channels by the second stage.
+  _, captured = model.apply(variables, images, capture_intermediates=True)
+  stem = jax.nn.relu(params['stem_conv']['bias'] + jax.lax.conv_general_dilated(
+      images, params['stem_conv']['kernel'], (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+  expected = jnp.pad(stem[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (4, 4)))
+  np.testing.assert_allclose(captured['intermediates']['stage2']['__call__'][0], expected,
+                             rtol=1e-6, atol=1e-6)
+  # Once a gain moves, the residual branch contributes.
+  moved = jax.tree.map(lambda x: x, variables)  # A copy to edit.
+  moved['params']['stage2']['block0']['skip_gain'] = jnp.float32(1.0)
+  _, changed = model.apply(moved, images, capture_intermediates=True)
+  assert not np.allclose(changed['intermediates']['stage2']['__call__'][0], expected)
+
+
+def test_unknown_normalization_is_one_clear_error():
+  model = MODELS['_cifar_resnet_no_bn_tiny'].build(num_classes=10, policy=FLOAT)
+  with pytest.raises(ValueError, match="normalization must be one of batch, none; got 'layer'"):
+    model.clone(normalization='layer').init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
