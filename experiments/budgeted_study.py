@@ -128,7 +128,7 @@ GROUPS = {
     'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
                  'pooled activation error',
     'no_bn': 'ResNet-20 without BatchNorm (SkipInit): float, then DQ per-channel vs pooled '
-             'activation error at A2 and A1',
+             'vs floored channel weights at A2 and A1',
 }
 
 
@@ -254,6 +254,7 @@ def _no_bn(scale: Scale, seed: int) -> list[Row]:
   epochs = scale.fine_tune_epochs[0]
   dq = {**METHODS[0][2], **NO_BN_MODEL}
   pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
+  floored = {**dq, 'quant.act_options': {'eps': 1.0}}
   fine_tune = functools.partial(_fine_tune, epochs=epochs, seed=seed, group='no_bn',
                                 float_cell='fp_no_bn')
   out = [Row('fp_no_bn', 'Float ResNet-20 without BatchNorm (start of the no-BatchNorm '
@@ -266,6 +267,11 @@ def _no_bn(scale: Scale, seed: int) -> list[Row]:
             fine_tune(f'w2a{bits}_no_bn_dq_pooled_ft{epochs}', f'W2A{bits} DQ without '
                       f'BatchNorm, pooled activation error, fine-tuned {epochs} epochs',
                       overrides={**pooled, **a_bits})]
+  for bits in (2, 1):
+    out.append(fine_tune(f'w2a{bits}_no_bn_dq_eps1_ft{epochs}', f'W2A{bits} DQ without '
+                         'BatchNorm, channel weights floored at the mean channel energy '
+                         f'(eps=1), fine-tuned {epochs} epochs',
+                         overrides={**floored, 'quant.a_bits': bits}))
   return out
 
 
@@ -320,8 +326,13 @@ def comparisons(scale: Scale) -> list[Comparison]:
   out.append(Comparison(f'w2a2_mobilenetv2_dq_{first}', f'w2a2_mobilenetv2_dq_pooled_{first}',
                         'MobileNetV2 A2: per-channel vs pooled error'))
   for bits in (2, 1):
-    out.append(Comparison(f'w2a{bits}_no_bn_dq_{first}', f'w2a{bits}_no_bn_dq_pooled_{first}',
-                          f'No BatchNorm, A{bits}: per-channel vs pooled error'))
+    channel, pooled = f'w2a{bits}_no_bn_dq_{first}', f'w2a{bits}_no_bn_dq_pooled_{first}'
+    floored = f'w2a{bits}_no_bn_dq_eps1_{first}'
+    out += [Comparison(channel, pooled, f'No BatchNorm, A{bits}: per-channel vs pooled error'),
+            Comparison(floored, channel, f'No BatchNorm, A{bits}: channel weights floored at '
+                       'the mean energy vs not'),
+            Comparison(floored, pooled, f'No BatchNorm, A{bits}: channel weights floored at '
+                       'the mean energy vs pooled')]
   return out
 
 

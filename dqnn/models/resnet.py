@@ -49,7 +49,8 @@ class _Block(nn.Module):
   def _merge(self, branch: jax.Array, x: jax.Array, train: bool) -> jax.Array:
     """ReLU(branch + shortcut); without normalization the branch is scaled by SkipInit's gain."""
     if self.normalization == 'none':
-      branch = branch * self.param('skip_gain', nn.initializers.zeros, (), jnp.float32)
+      gain = self.param('skip_gain', nn.initializers.zeros, (), jnp.float32)
+      branch = branch * jnp.asarray(gain, self.dtype)
     return nn.relu(branch + self._shortcut(x, train))
 
   def _shortcut(self, x: jax.Array, train: bool) -> jax.Array:

@@ -146,6 +146,11 @@ def test_resnet_without_batch_norm_has_conv_biases_and_starts_as_identity_blocks
   moved['params']['stage2']['block0']['skip_gain'] = jnp.float32(1.0)
   _, changed = model.apply(moved, images, capture_intermediates=True)
   assert not np.allclose(changed['intermediates']['stage2']['__call__'][0], expected)
+  # The float32 gain does not promote bfloat16 activations.
+  bfloat16 = create_model('_cifar_resnet_no_bn_tiny', num_classes=10, policy=FLOAT,
+                          dtype=jnp.bfloat16)
+  _, captured = bfloat16.apply(moved, images, capture_intermediates=True)
+  assert captured['intermediates']['stage2']['__call__'][0].dtype == jnp.bfloat16
 
 
 def test_unknown_normalization_is_one_clear_error():
