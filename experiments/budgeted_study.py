@@ -123,12 +123,12 @@ GROUPS = {
     'scratch': 'each method from scratch, for the float and fine-tune epochs together',
     'recipes': 'fine-tune variants (learning rate, warm-up, weight decay, epochs, BatchNorm '
                're-estimation)',
-    'claims': "DQ's per-channel activation error vs pooled and vs floored channel weights (A2, "
-              'A1); direct vs latent weights',
+    'claims': "DQ's per-channel activation error vs pooled, floored and RMS channel weights "
+              '(A2, A1); direct vs latent weights',
     'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
                  'pooled activation error',
     'no_bn': 'ResNet-20 without BatchNorm (SkipInit): float, then DQ per-channel vs pooled '
-             'vs floored channel weights at A2 and A1',
+             'vs floored and RMS channel weights at A2 and A1',
 }
 
 
@@ -206,6 +206,7 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
   # Channel weights 1 / (energy + mean energy): relative error for channels above the mean
   # energy, absolute error below it, so near-empty channels cannot pull the levels down.
   floored = {**dq, 'quant.act_options': {'eps': 1.0}}
+  rms = {**dq, 'quant.act_options': {'weighting': 'rms'}}
   one_bit = {'quant.a_bits': 1}
   return [
       _fine_tune(f'w2a2_dq_pooled_ft{epochs}', f'W2A2 DQ with pooled activation error, '
@@ -220,6 +221,12 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
       _fine_tune(f'w2a2_dq_eps1_ft{epochs}', 'W2A2 DQ with channel weights floored at the '
                  f'mean channel energy (eps=1), fine-tuned {epochs} epochs', epochs, seed,
                  'claims', floored),
+      _fine_tune(f'w2a1_dq_rms_ft{epochs}', 'W2A1 DQ with channel weights by RMS (between '
+                 f'per-channel and pooled), fine-tuned {epochs} epochs', epochs, seed, 'claims',
+                 {**rms, **one_bit}),
+      _fine_tune(f'w2a2_dq_rms_ft{epochs}', 'W2A2 DQ with channel weights by RMS (between '
+                 f'per-channel and pooled), fine-tuned {epochs} epochs', epochs, seed, 'claims',
+                 rms),
       _fine_tune(f'w2a2_latent_weights_dq_acts_ft{epochs}', 'W2A2 latent weights (LQ-Nets) + '
                  f'DQ activations, fine-tuned {epochs} epochs', epochs, seed, 'claims',
                  {**dq, 'quant.weight_quantizer': 'lqnets'}),
@@ -272,6 +279,12 @@ def _no_bn(scale: Scale, seed: int) -> list[Row]:
                          'BatchNorm, channel weights floored at the mean channel energy '
                          f'(eps=1), fine-tuned {epochs} epochs',
                          overrides={**floored, 'quant.a_bits': bits}))
+  for bits in (2, 1):
+    out.append(fine_tune(f'w2a{bits}_no_bn_dq_rms_ft{epochs}', f'W2A{bits} DQ without '
+                         'BatchNorm, channel weights by RMS (between per-channel and pooled), '
+                         f'fine-tuned {epochs} epochs',
+                         overrides={**dq, 'quant.act_options': {'weighting': 'rms'},
+                                    'quant.a_bits': bits}))
   return out
 
 
@@ -319,6 +332,13 @@ def comparisons(scale: Scale) -> list[Comparison]:
                           f'A{bits}: channel weights floored at the mean energy vs not'))
   out.append(Comparison(f'w2a1_dq_eps1_{first}', f'w2a1_dq_pooled_{first}',
                         'A1: channel weights floored at the mean energy vs pooled'))
+  for setting, infix in (('', ''), ('No BatchNorm, ', 'no_bn_')):
+    for bits in (2, 1):
+      prefix = f'w2a{bits}_{infix}dq'
+      out += [Comparison(f'{prefix}_rms_{first}', f'{prefix}_{first}',
+                         f'{setting}A{bits}: channel weights by RMS vs per-channel'),
+              Comparison(f'{prefix}_rms_{first}', f'{prefix}_pooled_{first}',
+                         f'{setting}A{bits}: channel weights by RMS vs pooled')]
   out.append(Comparison(baseline, f'w2a2_latent_weights_dq_acts_{first}',
                         'DQ direct weight update vs latent LQ-Nets weights'))
   out.append(Comparison(baseline, f'w2a2_latent_levels_{first}',

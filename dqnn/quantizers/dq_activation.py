@@ -7,8 +7,11 @@ One level table per tensor (layer), `L = 2**bits` levels, parameterised as
 For inputs that can be negative (`signed=True`), the codes are `{-1,1}^b` and the uniform grid
 spans `[-clip, clip]`.
 The levels minimise the weighted error `E = sum_c w_c mean_{n,h,w} (x_c - Q(x_c))^2` with
-`w_c = 1 / (mean x_c^2 + eps * mean_c' mean x_c'^2)` (`weighting='channel'`, DQ) or `w_c = 1`
-(`weighting='pooled'`, the LQ-Nets baseline): by closed-form weighted least squares plus a
+`w_c = 1 / (e_c + eps * mean_c' e_c')` for the channel energy `e_c = mean x_c^2`
+(`weighting='channel'`, DQ: every channel's relative error counts alike), or for its RMS
+`e_c = sqrt(mean x_c^2)` (`weighting='rms'`: half-way, high-energy channels count more but not
+in proportion to their energy), or `w_c = 1` (`weighting='pooled'`, the LQ-Nets baseline): by
+closed-form weighted least squares plus a
 moving average (`update='closed_form'`, the default, chosen by measurement; the levels are state
 in the `quant_stats` collection, updated only when that collection is mutable) or by gradient
 (`update='gradient'`, the levels are `params`). See docs/method.md.
@@ -25,7 +28,7 @@ from dqnn.quantizers.bits import check_bits
 from dqnn.variables import QUANT_STATS
 
 PARAMETERISATIONS = ('basis', 'free', 'uniform')
-WEIGHTINGS = ('channel', 'pooled')
+WEIGHTINGS = ('channel', 'rms', 'pooled')
 UPDATES = ('gradient', 'closed_form')
 # The name of the one stored value behind each parameterisation's levels.
 PARAMETER_NAMES = {'basis': 'basis', 'free': 'levels', 'uniform': 'clip'}
@@ -35,14 +38,15 @@ EPS = 1e-3
 
 def _weighted_sums(x, levels, weighting, eps):
   """`(sum_c w_c count_cl / M, sum_c w_c residual_cl / M)` from one pass over `x`."""
-  sums = lv.channel_level_sums(x, levels, energy=weighting == 'channel')
+  sums = lv.channel_level_sums(x, levels, energy=weighting != 'pooled')
   per_channel = x.size // x.shape[-1]
-  if weighting == 'channel':
-    energy = sums.energy / per_channel
-    # eps is relative to the mean energy, so the weighting does not depend on the input's scale.
-    weights = 1.0 / (energy + eps * jnp.mean(energy) + 1e-30)
-  else:
+  if weighting == 'pooled':
     weights = jnp.ones_like(sums.count[:, 0])
+  else:
+    energy = sums.energy / per_channel
+    scale = energy if weighting == 'channel' else jnp.sqrt(energy)
+    # eps is relative to the mean scale, so the weighting does not depend on the input's scale.
+    weights = 1.0 / (scale + eps * jnp.mean(scale) + 1e-30)
   # A product and a sum over channels, not a matmul: a matmul's default precision is below
   # float32 on some accelerators.
   weights = (weights / per_channel)[:, None]

@@ -28,9 +28,9 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   rows = study.rows(scale)
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
-  # Float, fine-tunes, from scratch, 5 recipes, 7 claims, 3 MobileNetV2 (float + 2), 7 without
-  # BatchNorm (float + 6).
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 7 + 3 + 7
+  # Float, fine-tunes, from scratch, 5 recipes, 9 claims, 3 MobileNetV2 (float + 2), 9 without
+  # BatchNorm (float + 8).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 9 + 3 + 9
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -111,6 +111,8 @@ def test_rows_differ_from_their_baseline_in_the_named_setting_only():
   assert (no_bn_pooled.a_bits, no_bn_pooled.act_options['weighting']) == (1, 'pooled')
   assert changes('w2a2_no_bn_dq_eps1_ft1_s0') == {'model', 'init_from', 'quant'}
   assert dict(_config(CPU, 'w2a2_no_bn_dq_eps1_ft1_s0').quant.act_options) == {'eps': 1.0}
+  assert changes('w2a1_dq_rms_ft1_s1') == {'seed', 'init_from', 'quant'}
+  assert dict(_config(CPU, 'w2a1_no_bn_dq_rms_ft1_s0').quant.act_options) == {'weighting': 'rms'}
   float_no_bn = _config(CPU, 'fp_no_bn_s0')
   assert float_no_bn.model == 'cifar_resnet20_no_bn' and float_no_bn.quant.a_bits == 32
 
@@ -226,10 +228,10 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   chosen = _selection(groups='claims,fine_tune')
   assert chosen[:2] == ['fp_s0', 'fp_s1']
   groups = [_rows(CPU)[name].group for name in chosen[2:]]
-  assert groups == ['claims'] * 14 + ['fine_tune'] * 6
+  assert groups == ['claims'] * 18 + ['fine_tune'] * 6
   depthwise = _selection(groups='depthwise')
   assert depthwise[0] == 'fp_mobilenetv2_s0' and 'fp_s0' not in depthwise
   no_bn = _selection(groups='no_bn')
-  assert no_bn[0] == 'fp_no_bn_s0' and len(no_bn) == 14 and 'fp_s0' not in no_bn
+  assert no_bn[0] == 'fp_no_bn_s0' and len(no_bn) == 18 and 'fp_s0' not in no_bn
   everything = _selection()
   assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']

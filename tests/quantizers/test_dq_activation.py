@@ -44,8 +44,9 @@ def _reference_weighted_level_sums(x, levels, weighting, eps):
   channels = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
   levels = np.asarray(levels, np.float64)
   energy = np.mean(channels ** 2, axis=0)
-  weights = (1 / (energy + eps * energy.mean()) if weighting == 'channel'
-             else np.ones_like(energy)) / channels.shape[0]
+  scale = {'channel': energy, 'rms': np.sqrt(energy)}.get(weighting)
+  weights = (np.ones_like(energy) if scale is None
+             else 1 / (scale + eps * scale.mean())) / channels.shape[0]
   nearest = np.argmin(np.abs(channels[..., None] - levels), axis=-1)
   hits = nearest[..., None] == np.arange(levels.size)
   mass = np.sum(np.where(hits, weights[:, None], 0), axis=(0, 1))
@@ -54,7 +55,7 @@ def _reference_weighted_level_sums(x, levels, weighting, eps):
 
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize('weighting', ['channel', 'pooled'])
+@pytest.mark.parametrize('weighting', dqa.WEIGHTINGS)
 def test_fused_level_sums_match_the_reference_formulation(weighting, dtype):
   x = _high_variance_channels()[:8].astype(dtype)
   levels = jnp.array([0.0, 0.7, 1.9, 4.0])
@@ -126,6 +127,19 @@ def test_channel_weighting_beats_pooled_on_most_channels(update):
   assert errors['channel'] < 0.5 * errors['pooled'], errors
 
 
+def test_rms_weighting_trades_between_channel_and_pooled():
+  # Relative error of the typical channel and absolute error of the whole tensor: each
+  # weighting is best at what it weights, and 'rms' lands strictly between the two.
+  x = _high_variance_channels()
+  relative, absolute = {}, {}
+  for weighting in dqa.WEIGHTINGS:
+    q = _fit(dqa.DQActivation(bits=2, weighting=weighting, momentum=0.0), x, steps=20)
+    relative[weighting] = float(jnp.median(dqa.per_channel_relative_error(x, q)))
+    absolute[weighting] = float(jnp.mean((x - q) ** 2))
+  assert relative['channel'] < relative['rms'] < relative['pooled'], relative
+  assert absolute['pooled'] < absolute['rms'] < absolute['channel'], absolute
+
+
 @pytest.mark.parametrize('parameterisation', ['basis', 'free', 'uniform'])
 def test_closed_form_and_gradient_agree_on_the_optimum(parameterisation):
   x = _high_variance_channels()
@@ -182,5 +196,5 @@ def test_unsupported_bits_fail_clearly(bits):
 
 
 def test_unknown_options_fail_clearly():
-  with pytest.raises(ValueError, match='weighting must be one of channel, pooled'):
+  with pytest.raises(ValueError, match='weighting must be one of channel, rms, pooled'):
     dqa.DQActivation(bits=2, weighting='mean').init(jax.random.PRNGKey(0), jnp.ones((2, 3)))
