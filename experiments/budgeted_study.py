@@ -126,7 +126,7 @@ GROUPS = {
     'claims': "DQ's per-channel activation error vs pooled, floored and RMS channel weights "
               '(A2, A1); direct vs latent weights',
     'depthwise': 'MobileNetV2 (depthwise convolutions): float, then W2A2 DQ per-channel vs '
-                 'pooled activation error',
+                 'pooled vs RMS-weighted activation error',
     'no_bn': 'ResNet-20 without BatchNorm (SkipInit): float, then DQ per-channel vs pooled '
              'vs floored and RMS channel weights at A2 and A1',
 }
@@ -252,6 +252,9 @@ def _depthwise(scale: Scale, seed: int) -> list[Row]:
       fine_tune(f'w2a2_mobilenetv2_dq_pooled_ft{epochs}', 'MobileNetV2 W2A2 DQ with pooled '
                 f'activation error, fine-tuned {epochs} epochs',
                 overrides={**dq, 'quant.act_options': {'weighting': 'pooled'}}),
+      fine_tune(f'w2a2_mobilenetv2_dq_rms_ft{epochs}', 'MobileNetV2 W2A2 DQ with channel '
+                f'weights by RMS, fine-tuned {epochs} epochs',
+                overrides={**dq, 'quant.act_options': {'weighting': 'rms'}}),
   ]
 
 
@@ -345,6 +348,10 @@ def comparisons(scale: Scale) -> list[Comparison]:
                         'DQ direct weight update vs a latent kernel, all else equal'))
   out.append(Comparison(f'w2a2_mobilenetv2_dq_{first}', f'w2a2_mobilenetv2_dq_pooled_{first}',
                         'MobileNetV2 A2: per-channel vs pooled error'))
+  for other, label in (('', 'per-channel'), ('pooled_', 'pooled')):
+    out.append(Comparison(f'w2a2_mobilenetv2_dq_rms_{first}',
+                          f'w2a2_mobilenetv2_dq_{other}{first}',
+                          f'MobileNetV2 A2: channel weights by RMS vs {label}'))
   for bits in (2, 1):
     channel, pooled = f'w2a{bits}_no_bn_dq_{first}', f'w2a{bits}_no_bn_dq_pooled_{first}'
     floored = f'w2a{bits}_no_bn_dq_eps1_{first}'
