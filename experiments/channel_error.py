@@ -1,5 +1,6 @@
 r"""Per-channel activation quantization error of a trained float model: DQ's per-channel error
-weighting against the pooled weighting (LQ-Nets), layer by layer.
+weighting against the pooled weighting (LQ-Nets) and the RMS weighting between them, layer by
+layer.
 
     python -m experiments.channel_error --workdir=<float run> --a_bits=1,2 [--out=errors.json]
         [--activations=unnormalized]
@@ -14,7 +15,8 @@ the run's held-out split:
 - the mean over channels of the relative error `mean (x_c - Q(x_c))^2 / mean x_c^2` with levels
   fitted in closed form under each weighting (`dq_activation.fit_levels`), and the share of
   channels whose relative error is lower under DQ's weighting;
-- what DQ's weighting costs: its absolute (pooled) squared error over the pooled fit's.
+- what DQ's weighting costs: its absolute (pooled) squared error over the pooled fit's (and the
+  same for the RMS weighting).
 
 The network is the float run's with every layer's input quantized to `a_bits` bits by DQ's
 activation quantizer (weights stay float, so only activation quantization is measured), its
@@ -49,7 +51,7 @@ from dqnn.quantizers import levels as lv
 from dqnn.quantizers import readout
 from dqnn.quantizers.bits import FULL_PRECISION
 
-WEIGHTINGS = ('channel', 'pooled')
+WEIGHTINGS = dq_activation.WEIGHTINGS  # 'channel' (DQ), 'rms', 'pooled'.
 # Closed-form refits per weighting, as dqnn.plots draws them.
 FIT_ITERATIONS = 10
 
@@ -85,6 +87,8 @@ def _errors(x: jax.Array, parameterisation: str, value: jax.Array, bits: int,
       np.mean(errors['channel'] < errors['pooled']))
   result['absolute_error_cost'] = (result['channel_squared_error']
                                    / max(result['pooled_squared_error'], 1e-30))
+  result['rms_absolute_error_cost'] = (result['rms_squared_error']
+                                       / max(result['pooled_squared_error'], 1e-30))
   return result
 
 
@@ -178,8 +182,9 @@ MEASURES = {'layer_inputs': measure_layer_inputs, 'unnormalized': measure_unnorm
 def summary_table(records: list[dict]) -> str:
   """Markdown: per bit width and layer kind, the layers' means of each measure."""
   lines = ['| A bits | layers | count | energy p90/p10 (median) | mean rel. error, DQ channel '
-           '| mean rel. error, pooled | channels better with DQ | DQ abs. error / pooled |',
-           '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+           '| mean rel. error, RMS | mean rel. error, pooled | channels better with DQ '
+           '| DQ abs. error / pooled | RMS abs. error / pooled |',
+           '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
   for bits in sorted({r['a_bits'] for r in records}):
     for kind, keep in (('all', lambda r: True), ('depthwise', lambda r: r['depthwise']),
                        ('other', lambda r: not r['depthwise'])):
@@ -194,9 +199,11 @@ def summary_table(records: list[dict]) -> str:
       spread = float(np.median([r['energy_p90_over_p10'] for r in chosen]))
       lines.append(f'| {bits} | {kind} | {len(chosen)} | {spread:.1f} | '
                    f'{mean("channel_mean_relative_error"):.4f} | '
+                   f'{mean("rms_mean_relative_error"):.4f} | '
                    f'{mean("pooled_mean_relative_error"):.4f} | '
                    f'{100 * mean("channels_better_with_channel_weighting"):.0f}% | '
-                   f'{mean("absolute_error_cost"):.2f} |')
+                   f'{mean("absolute_error_cost"):.2f} | '
+                   f'{mean("rms_absolute_error_cost"):.2f} |')
   return '\n'.join(lines) + '\n'
 
 

@@ -29,8 +29,9 @@ def test_measures_every_quantized_activation_of_a_float_run(tmp_path):
   assert len(layers) == len(set(layers))
   assert any(r['depthwise'] for r in records) and not all(r['depthwise'] for r in records)
   for record in records:
-    for key in ('channel_mean_relative_error', 'pooled_mean_relative_error',
-                'absolute_error_cost', 'energy_p90_over_p10'):
+    for key in ('channel_mean_relative_error', 'rms_mean_relative_error',
+                'pooled_mean_relative_error', 'absolute_error_cost', 'rms_absolute_error_cost',
+                'energy_p90_over_p10'):
       assert math.isfinite(record[key]) and record[key] >= 0, (key, record)
     assert 0.0 <= record['channels_better_with_channel_weighting'] <= 1.0
   table = channel_error.summary_table(records)
