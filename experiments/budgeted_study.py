@@ -575,7 +575,8 @@ def write_table(scale: Scale, record_dir: Path) -> str:
   top1 = {cell: [100 * run['eval_top1'] for run in runs] for cell, runs in cells.items()}
   lines = [
       '# CIFAR-100 budgeted study (written by experiments/budgeted_study.py)', '',
-      f'ResNet-20, first conv and last layer float; {scale.describe()}. SGD momentum 0.9, wd '
+      f'ResNet-20 (MobileNetV2, or ResNet-20 without BatchNorm, where a row says so), first '
+      f'conv and last layer float; {scale.describe()}. SGD momentum 0.9, wd '
       '5e-4, cosine; lr 0.1 (float and from scratch) or 0.01 (fine-tunes) at batch 128, scaled '
       'linearly with the batch. Each fine-tune starts from the float run of its own seed. Data: '
       f'train = {scale.train_per_class} images per class after the first '
