@@ -560,9 +560,12 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
 
 
 def _accuracies(scale: Scale, record_dir: Path) -> collections.OrderedDict:
-  """Cell -> the recorded summaries of its seeds, in row order."""
+  """Cell -> the recorded summaries of its seeds, in row order: every seed recorded, also those
+  a later call added beyond the scale's own (`--seeds`)."""
+  recorded = {json.loads(path.read_text())['seed'] for path in record_dir.glob(f'*/{SUMMARY}')}
+  every_seed = dataclasses.replace(scale, seeds=tuple(sorted(set(scale.seeds) | recorded)))
   cells = collections.OrderedDict()
-  for row in rows(scale):
+  for row in rows(every_seed):
     if _done(row, record_dir):
       cells.setdefault(row.cell, []).append(
           json.loads((record_dir / row.name / SUMMARY).read_text()))
