@@ -559,13 +559,17 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
   return failed
 
 
-def _accuracies(scale: Scale, record_dir: Path) -> collections.OrderedDict:
-  """Cell -> the recorded summaries of its seeds, in row order: every seed recorded, also those
-  a later call added beyond the scale's own (`--seeds`)."""
+def _with_recorded_seeds(scale: Scale, record_dir: Path) -> Scale:
+  """`scale` with every seed recorded in `record_dir`, also those a call with more seeds
+  (`--seeds`) added."""
   recorded = {json.loads(path.read_text())['seed'] for path in record_dir.glob(f'*/{SUMMARY}')}
-  every_seed = dataclasses.replace(scale, seeds=tuple(sorted(set(scale.seeds) | recorded)))
+  return dataclasses.replace(scale, seeds=tuple(sorted(set(scale.seeds) | recorded)))
+
+
+def _accuracies(scale: Scale, record_dir: Path) -> collections.OrderedDict:
+  """Cell -> the recorded summaries of its seeds, in row order."""
   cells = collections.OrderedDict()
-  for row in rows(every_seed):
+  for row in rows(scale):
     if _done(row, record_dir):
       cells.setdefault(row.cell, []).append(
           json.loads((record_dir / row.name / SUMMARY).read_text()))
@@ -574,6 +578,7 @@ def _accuracies(scale: Scale, record_dir: Path) -> collections.OrderedDict:
 
 def write_table(scale: Scale, record_dir: Path) -> str:
   """Rewrites results.md: mean and range per cell, then the comparisons and their verdicts."""
+  scale = _with_recorded_seeds(scale, record_dir)
   cells = _accuracies(scale, record_dir)
   top1 = {cell: [100 * run['eval_top1'] for run in runs] for cell, runs in cells.items()}
   lines = [

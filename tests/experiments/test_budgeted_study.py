@@ -168,6 +168,7 @@ def test_table_gives_mean_range_and_marks_differences_outside_the_ranges(tmp_pat
   _record(tmp_path, 'w2a2_dq_ft1_s2', 0.34)
   table = study.write_table(CPU, tmp_path)
   assert '| `w2a2_dq_ft1` | desc w2a2_dq_ft1 | 3 | 32.00 | 30.00–34.00 | 156 |' in table
+  assert 'seeds 0, 1, 2' in table
 
 
 def test_a_record_dir_holds_one_scale(tmp_path):
