@@ -62,6 +62,15 @@ MOBILENET_FLOAT_CONFIG = 'configs/cifar100_mobilenetv2_fp.py'
 MOBILENET_W2A2_CONFIG = 'configs/cifar100_mobilenetv2_w2a2.py'
 # No BatchNorm before any quantizer: ResNet-20 without normalization (SkipInit).
 NO_BN_MODEL = {'model': 'cifar_resnet20_no_bn'}
+# DQ's activation error weightings the claims compare: cell infix, description, act_options.
+# Floored: channel weights 1 / (energy + mean energy), relative error for channels above the
+# mean energy and absolute below it, so near-empty channels cannot pull the levels down.
+WEIGHTINGS = (('', 'per-channel activation error (DQ)', {}),
+              ('_pooled', 'pooled activation error', {'weighting': 'pooled'}),
+              ('_eps1', 'channel weights floored at the mean channel energy (eps=1)',
+               {'eps': 1.0}),
+              ('_rms', 'channel weights by RMS (between per-channel and pooled)',
+               {'weighting': 'rms'}))
 # Training batches whose statistics replace BatchNorm's running averages after the last step.
 BN_REESTIMATION_BATCHES = 50
 # Learning rates at batch 128 (the configs scale them linearly with the batch). From scratch
@@ -202,11 +211,8 @@ def _claims(scale: Scale, seed: int) -> list[Row]:
   update: `latent_levels`; and with LQ-Nets' weight quantizer)."""
   epochs = scale.fine_tune_epochs[0]
   dq = METHODS[0][2]
-  pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
-  # Channel weights 1 / (energy + mean energy): relative error for channels above the mean
-  # energy, absolute error below it, so near-empty channels cannot pull the levels down.
-  floored = {**dq, 'quant.act_options': {'eps': 1.0}}
-  rms = {**dq, 'quant.act_options': {'weighting': 'rms'}}
+  _, pooled, floored, rms = ({**dq, 'quant.act_options': options}
+                             for _, _, options in WEIGHTINGS)
   one_bit = {'quant.a_bits': 1}
   return [
       _fine_tune(f'w2a2_dq_pooled_ft{epochs}', f'W2A2 DQ with pooled activation error, '
@@ -249,46 +255,26 @@ def _depthwise(scale: Scale, seed: int) -> list[Row]:
           MOBILENET_FLOAT_CONFIG, {'num_epochs': scale.float_epochs}, seed, 'depthwise'),
       fine_tune(f'w2a2_mobilenetv2_dq_ft{epochs}', f'MobileNetV2 W2A2 DQ, fine-tuned {epochs} '
                 'epochs', overrides=dq),
-      fine_tune(f'w2a2_mobilenetv2_dq_pooled_ft{epochs}', 'MobileNetV2 W2A2 DQ with pooled '
-                f'activation error, fine-tuned {epochs} epochs',
-                overrides={**dq, 'quant.act_options': {'weighting': 'pooled'}}),
-      fine_tune(f'w2a2_mobilenetv2_dq_rms_ft{epochs}', 'MobileNetV2 W2A2 DQ with channel '
-                f'weights by RMS, fine-tuned {epochs} epochs',
-                overrides={**dq, 'quant.act_options': {'weighting': 'rms'}}),
-  ]
+  ] + [fine_tune(f'w2a2_mobilenetv2_dq{infix}_ft{epochs}', f'MobileNetV2 W2A2 DQ with '
+                 f'{description}, fine-tuned {epochs} epochs',
+                 overrides={**dq, 'quant.act_options': options})
+       for infix, description, options in WEIGHTINGS if infix in ('_pooled', '_rms')]
 
 
 def _no_bn(scale: Scale, seed: int) -> list[Row]:
-  """ResNet-20 without BatchNorm: its float run, and DQ per-channel vs pooled activation error
-  fine-tuned from it, where every quantizer sees its layer's unnormalized output."""
+  """ResNet-20 without BatchNorm: its float run, and DQ with each activation error weighting
+  at A2 and A1 fine-tuned from it, where every quantizer sees its layer's unnormalized output."""
   epochs = scale.fine_tune_epochs[0]
   dq = {**METHODS[0][2], **NO_BN_MODEL}
-  pooled = {**dq, 'quant.act_options': {'weighting': 'pooled'}}
-  floored = {**dq, 'quant.act_options': {'eps': 1.0}}
-  fine_tune = functools.partial(_fine_tune, epochs=epochs, seed=seed, group='no_bn',
-                                float_cell='fp_no_bn')
-  out = [Row('fp_no_bn', 'Float ResNet-20 without BatchNorm (start of the no-BatchNorm '
-             'fine-tunes)', FLOAT_CONFIG, {'num_epochs': scale.float_epochs, **NO_BN_MODEL},
-             seed, 'no_bn')]
-  for bits in (2, 1):
-    a_bits = {'quant.a_bits': bits}
-    out += [fine_tune(f'w2a{bits}_no_bn_dq_ft{epochs}', f'W2A{bits} DQ without BatchNorm, '
-                      f'fine-tuned {epochs} epochs', overrides={**dq, **a_bits}),
-            fine_tune(f'w2a{bits}_no_bn_dq_pooled_ft{epochs}', f'W2A{bits} DQ without '
-                      f'BatchNorm, pooled activation error, fine-tuned {epochs} epochs',
-                      overrides={**pooled, **a_bits})]
-  for bits in (2, 1):
-    out.append(fine_tune(f'w2a{bits}_no_bn_dq_eps1_ft{epochs}', f'W2A{bits} DQ without '
-                         'BatchNorm, channel weights floored at the mean channel energy '
-                         f'(eps=1), fine-tuned {epochs} epochs',
-                         overrides={**floored, 'quant.a_bits': bits}))
-  for bits in (2, 1):
-    out.append(fine_tune(f'w2a{bits}_no_bn_dq_rms_ft{epochs}', f'W2A{bits} DQ without '
-                         'BatchNorm, channel weights by RMS (between per-channel and pooled), '
-                         f'fine-tuned {epochs} epochs',
-                         overrides={**dq, 'quant.act_options': {'weighting': 'rms'},
-                                    'quant.a_bits': bits}))
-  return out
+  float_row = Row('fp_no_bn', 'Float ResNet-20 without BatchNorm (start of the no-BatchNorm '
+                  'fine-tunes)', FLOAT_CONFIG, {'num_epochs': scale.float_epochs, **NO_BN_MODEL},
+                  seed, 'no_bn')
+  return [float_row] + [
+      _fine_tune(f'w2a{bits}_no_bn_dq{infix}_ft{epochs}', f'W2A{bits} DQ without BatchNorm, '
+                 f'{description}, fine-tuned {epochs} epochs', epochs, seed, 'no_bn',
+                 {**dq, 'quant.act_options': options, 'quant.a_bits': bits},
+                 float_cell='fp_no_bn')
+      for infix, description, options in WEIGHTINGS for bits in (2, 1)]
 
 
 def rows(scale: Scale) -> list[Row]:
@@ -559,27 +545,23 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
   return failed
 
 
-def _with_recorded_seeds(scale: Scale, record_dir: Path) -> Scale:
-  """`scale` with every seed recorded in `record_dir`, also those a call with more seeds
-  (`--seeds`) added."""
-  recorded = {json.loads(path.read_text())['seed'] for path in record_dir.glob(f'*/{SUMMARY}')}
-  return dataclasses.replace(scale, seeds=tuple(sorted(set(scale.seeds) | recorded)))
-
-
-def _accuracies(scale: Scale, record_dir: Path) -> collections.OrderedDict:
-  """Cell -> the recorded summaries of its seeds, in row order."""
+def _accuracies(scale: Scale, record_dir: Path) -> tuple[Scale, collections.OrderedDict]:
+  """`scale` with every recorded seed (also those a call with more `--seeds` added), and cell
+  -> the recorded summaries of its seeds, in row order."""
+  recorded = {path.parent.name: json.loads(path.read_text())
+              for path in record_dir.glob(f'*/{SUMMARY}')}
+  seeds = set(scale.seeds) | {summary['seed'] for summary in recorded.values()}
+  scale = dataclasses.replace(scale, seeds=tuple(sorted(seeds)))
   cells = collections.OrderedDict()
   for row in rows(scale):
-    if _done(row, record_dir):
-      cells.setdefault(row.cell, []).append(
-          json.loads((record_dir / row.name / SUMMARY).read_text()))
-  return cells
+    if row.name in recorded:
+      cells.setdefault(row.cell, []).append(recorded[row.name])
+  return scale, cells
 
 
 def write_table(scale: Scale, record_dir: Path) -> str:
   """Rewrites results.md: mean and range per cell, then the comparisons and their verdicts."""
-  scale = _with_recorded_seeds(scale, record_dir)
-  cells = _accuracies(scale, record_dir)
+  scale, cells = _accuracies(scale, record_dir)
   top1 = {cell: [100 * run['eval_top1'] for run in runs] for cell, runs in cells.items()}
   lines = [
       '# CIFAR-100 budgeted study (written by experiments/budgeted_study.py)', '',

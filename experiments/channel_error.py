@@ -117,6 +117,7 @@ def measure_layer_inputs(workdir: str, a_bits: Sequence[int], batch_size: int = 
   float_config, float_variables = _read_run(workdir, data_dir)
   images, source = plots.sample_batch(float_config, batch_size)
   rng = jax.random.key(seed)
+  size = runs.image_size(float_config)
   records = []
   for bits in a_bits:  # Each bit width is its own quantized network.
     config = quantized_config(float_config, bits)
@@ -124,7 +125,6 @@ def measure_layer_inputs(workdir: str, a_bits: Sequence[int], batch_size: int = 
     fresh = model.init({'params': rng, 'dropout': rng}, images, train=True)
     variables = warm_start.from_float(model, fresh, float_variables, images, rng)
     inputs = plots.layer_inputs(config, variables, images)
-    size = runs.image_size(config)
     calls, _ = tracing.layer_calls(model, (size, size, 3), variables)
     for module, _, _ in calls:
       if isinstance(module, (QuantConv, QuantDense)) and module.a_bits != FULL_PRECISION:
@@ -167,12 +167,12 @@ def measure_unnormalized(workdir: str, a_bits: Sequence[int], batch_size: int = 
   records = []
   for bits in a_bits:
     quantizer = quantizers.activation_quantizer('dq', bits)
-    field = dq_activation.PARAMETER_NAMES[quantizer.parameterisation]
     for name, (depthwise, x) in activations.items():
-      value = quantizer.init(jax.random.key(seed), x)[variables_lib.QUANT_STATS][field]
+      parameterisation, value = readout.level_parameter(
+          quantizer, quantizer.init(jax.random.key(seed), x))
       records.append({'a_bits': bits, 'source': source, 'activations': 'unnormalized',
                       'layer': name, 'depthwise': depthwise,
-                      **_errors(x, quantizer.parameterisation, value, bits, False)})
+                      **_errors(x, parameterisation, value, bits, False)})
   return records
 
 

@@ -3,8 +3,8 @@
 Conv/Dense/BatchNorm modules (and standalone activation quantizers) are intercepted and
 replaced by an opaque `dqnn_layer` primitive, so the jaxpr shows them as single equations; the
 glue between them (ReLU, residual adds and scalar gains, pooling, the zero-padded shortcut,
-flatten) is translated primitive by primitive. Anything else is an `UnsupportedModelError` naming the
-primitive, so a model the runner cannot reproduce is never exported silently wrong.
+flatten) is translated primitive by primitive. Anything else is an `UnsupportedModelError`
+naming the primitive, so a model the runner cannot reproduce is never exported silently wrong.
 
 Values are numbered: 0 is the input image; every op reads `inputs` and writes `output`.
 """

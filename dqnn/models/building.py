@@ -49,11 +49,15 @@ def check_normalization(normalization: str) -> None:
                      f'got {normalization!r}.')
 
 
-def normalize(parent: nn.Module, name: str, x: jax.Array, train: bool) -> jax.Array:
-  """BatchNorm `name` when `parent.normalization` is 'batch'; x itself when it is 'none'."""
-  if parent.normalization == 'none':
-    return x
-  return batch_norm(parent, name, train)(x)
+def conv_norm(parent: nn.Module, name: str, norm_name: str, x: jax.Array, train: bool,
+              features: int, kernel_size: int, *, strides: int = 1,
+              role: str = 'body') -> jax.Array:
+  """Conv `name`, then BatchNorm `norm_name`; when `parent.normalization` is 'none', a conv
+  with a bias and no BatchNorm."""
+  unnormalized = parent.normalization == 'none'
+  x = conv(parent, name, features, kernel_size, strides=strides, role=role,
+           use_bias=unnormalized)(x)
+  return x if unnormalized else batch_norm(parent, norm_name, train)(x)
 
 
 def max_pool_3x3(x: jax.Array) -> jax.Array:

@@ -39,13 +39,6 @@ class _Block(nn.Module):
 
   expansion = 1
 
-  def _conv_norm(self, name: str, norm_name: str, x: jax.Array, train: bool, features: int,
-                 kernel_size: int, strides: int = 1) -> jax.Array:
-    """Conv `name` then BatchNorm `norm_name`; without normalization, a conv with a bias."""
-    x = building.conv(self, name, features, kernel_size, strides=strides,
-                      use_bias=self.normalization == 'none')(x)
-    return building.normalize(self, norm_name, x, train)
-
   def _merge(self, branch: jax.Array, x: jax.Array, train: bool) -> jax.Array:
     """ReLU(branch + shortcut); without normalization the branch is scaled by SkipInit's gain."""
     if self.normalization == 'none':
@@ -59,7 +52,8 @@ class _Block(nn.Module):
       return x
     if self.shortcut == 'zero_pad':
       return zero_pad_shortcut(x, out_features, self.strides)
-    return self._conv_norm('shortcut', 'shortcut_bn', x, train, out_features, 1, self.strides)
+    return building.conv_norm(self, 'shortcut', 'shortcut_bn', x, train, out_features, 1,
+                              strides=self.strides)
 
 
 class BasicBlock(_Block):
@@ -67,8 +61,9 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = nn.relu(self._conv_norm('conv1', 'bn1', x, train, self.features, 3, self.strides))
-    y = self._conv_norm('conv2', 'bn2', y, train, self.features, 3)
+    y = nn.relu(building.conv_norm(self, 'conv1', 'bn1', x, train, self.features, 3,
+                                   strides=self.strides))
+    y = building.conv_norm(self, 'conv2', 'bn2', y, train, self.features, 3)
     return self._merge(y, x, train)
 
 
@@ -78,9 +73,10 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    y = nn.relu(self._conv_norm('conv1', 'bn1', x, train, self.features, 1))
-    y = nn.relu(self._conv_norm('conv2', 'bn2', y, train, self.features, 3, self.strides))
-    y = self._conv_norm('conv3', 'bn3', y, train, self.features * 4, 1)
+    y = nn.relu(building.conv_norm(self, 'conv1', 'bn1', x, train, self.features, 1))
+    y = nn.relu(building.conv_norm(self, 'conv2', 'bn2', y, train, self.features, 3,
+                                   strides=self.strides))
+    y = building.conv_norm(self, 'conv3', 'bn3', y, train, self.features * 4, 1)
     return self._merge(y, x, train)
 
 
@@ -125,10 +121,9 @@ class ResNet(nn.Module):
       raise ValueError(f'shortcut must be one of {", ".join(SHORTCUTS)}; got {self.shortcut!r}.')
     building.check_normalization(self.normalization)
     imagenet_stem = self.stem == 'imagenet'
-    x = building.conv(self, 'stem_conv', self.stage_features[0], 7 if imagenet_stem else 3,
-                      strides=2 if imagenet_stem else 1, role='first',
-                      use_bias=self.normalization == 'none')(x)
-    x = nn.relu(building.normalize(self, 'stem_bn', x, train))
+    x = nn.relu(building.conv_norm(self, 'stem_conv', 'stem_bn', x, train, self.stage_features[0],
+                                   7 if imagenet_stem else 3, strides=2 if imagenet_stem else 1,
+                                   role='first'))
     if imagenet_stem:
       x = building.max_pool_3x3(x)
     for index, (num_blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):

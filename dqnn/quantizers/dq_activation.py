@@ -11,10 +11,10 @@ The levels minimise the weighted error `E = sum_c w_c mean_{n,h,w} (x_c - Q(x_c)
 (`weighting='channel'`, DQ: every channel's relative error counts alike), or for its RMS
 `e_c = sqrt(mean x_c^2)` (`weighting='rms'`: half-way, high-energy channels count more but not
 in proportion to their energy), or `w_c = 1` (`weighting='pooled'`, the LQ-Nets baseline): by
-closed-form weighted least squares plus a
-moving average (`update='closed_form'`, the default, chosen by measurement; the levels are state
-in the `quant_stats` collection, updated only when that collection is mutable) or by gradient
-(`update='gradient'`, the levels are `params`). See docs/method.md.
+closed-form weighted least squares plus a moving average (`update='closed_form'`, the default,
+chosen by measurement; the levels are state in the `quant_stats` collection, updated only when
+that collection is mutable) or by gradient (`update='gradient'`, the levels are `params`). See
+docs/method.md.
 """
 import functools
 import itertools
