@@ -47,8 +47,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get('dtype') not in COMPUTE_DTYPES:
     problems.append(f'dtype={config.get("dtype")!r}: the compute dtype is one of '
                     f'{", ".join(COMPUTE_DTYPES)}.')
-  if config.get('num_train_steps', -1) <= 0 and config.get('num_epochs', 0) <= 0:
-    problems.append('num_train_steps and num_epochs are both <= 0: nothing to train.')
+  steps = config.get('num_train_steps', -1)
+  if not _is_int(steps) or (steps != -1 and steps < 1):
+    problems.append(f'num_train_steps={steps!r}: a number of steps >= 1, or -1 to train for '
+                    'num_epochs.')
+  elif steps == -1 and not (_is_number(config.get('num_epochs')) and config.num_epochs > 0):
+    problems.append(f'num_epochs={config.get("num_epochs")!r}: must be > 0 when '
+                    'num_train_steps=-1; nothing to train.')
+  keep = config.get('keep_checkpoints', 1)
+  if not _is_int(keep) or keep < 1:
+    # Orbax's max_to_keep=0 deletes every checkpoint, older runs' included.
+    problems.append(f'keep_checkpoints={keep!r}: must be an integer >= 1 (the newest '
+                    'checkpoint is always kept).')
+  for name in ('eval_every_steps', 'checkpoint_every_steps'):
+    value = config.get(name, 0)
+    if not _is_int(value) or value < 0:
+      problems.append(f'{name}={value!r}: an integer >= 1, or 0 for only at the end.')
+  smoothing = config.get('label_smoothing', 0.0)
+  if not _is_number(smoothing) or not 0 <= smoothing < 1:
+    problems.append(f'label_smoothing={smoothing!r}: must be in [0, 1).')
+  problems += _optimizer_problems(config.get('optimizer', {}))
   if config.get('on_corrupt_checkpoint', 'fallback') not in ON_CORRUPT_CHECKPOINT:
     problems.append(f'on_corrupt_checkpoint={config.on_corrupt_checkpoint!r}: one of '
                     f'{", ".join(ON_CORRUPT_CHECKPOINT)}.')
@@ -56,6 +74,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems += _quantization_problems(config.quant)
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _optimizer_problems(optimizer: Mapping[str, Any]) -> list[str]:
+  """Rates that would make SGD ascend or stall: positive rates, momentum in [0, 1)."""
+  problems = []
+  checks = (('learning_rate', lambda v: v > 0, '> 0'),
+            ('learning_rate_batch_size', lambda v: v > 0, '> 0'),
+            ('weight_decay', lambda v: v >= 0, '>= 0'),
+            ('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+            ('level_lr_scale', lambda v: v >= 0, '>= 0'),
+            ('quantizer_lr_scale', lambda v: v >= 0, '>= 0'))
+  for name, ok, rule in checks:
+    if name in optimizer:
+      value = optimizer[name]
+      if not _is_number(value) or not ok(value):
+        problems.append(f'optimizer.{name}={value!r}: must be {rule}.')
+  return problems
 
 
 def _quantization_problems(quant: ml_collections.ConfigDict) -> list[str]:

@@ -21,8 +21,19 @@ def test_every_unusable_field_is_listed_in_one_error():
       '  global_batch_size=0: must be a positive integer.',
       '  eval_batch_size=-8: must be a positive integer.',
       "  dtype='int8': the compute dtype is one of float32, bfloat16, float16.",
-      '  num_train_steps and num_epochs are both <= 0: nothing to train.']
+      '  num_epochs=0: must be > 0 when num_train_steps=-1; nothing to train.']
   run_config.validate(tiny_config())
+
+
+def test_values_that_lose_checkpoints_or_train_wrongly_are_refused():
+  config = tiny_config(num_train_steps=0, keep_checkpoints=0, eval_every_steps=-1,
+                       label_smoothing=5.0)
+  config.optimizer.learning_rate = -0.1
+  with pytest.raises(run_config.ConfigError) as error:
+    run_config.validate(config)
+  assert [line.split('=')[0].strip() for line in str(error.value).splitlines()[1:]] == [
+      'num_train_steps', 'keep_checkpoints', 'eval_every_steps', 'label_smoothing',
+      'optimizer.learning_rate']
 
 
 def test_quantizers_and_their_options_are_checked_before_any_model_is_built():
