@@ -12,11 +12,14 @@ from dqnn.quantizers import dq_weight
 
 
 @pytest.mark.parametrize('name', sorted(optimizer_reference.OPTIONS))
-def test_create_optimizer_results_are_unchanged_bitwise(name):
+def test_create_optimizer_results_are_unchanged(name):
+  # XLA's CPU code differs by a few ulps between CPU models, so the pin holds to 1e-5, not bitwise:
+  # any change to the update rule moves these values by far more.
   pinned = np.load(optimizer_reference.REFERENCE)
   result = optimizer_reference.reference_run(optimizer_reference.OPTIONS[name])
   for path, value in result.items():
-    np.testing.assert_array_equal(np.asarray(value), pinned[f'{name}:{path}'], err_msg=path)
+    np.testing.assert_allclose(np.asarray(value), pinned[f'{name}:{path}'], rtol=1e-5, atol=1e-7,
+                               err_msg=path)
 
 
 def _params(seed=0):
