@@ -84,6 +84,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Faults (docs/failure_behaviour.md). A corrupt latest checkpoint: 'fallback' moves it aside
   # and resumes from the previous one; 'stop' ends the run with an error.
   config.on_corrupt_checkpoint = 'fallback'
+  # A checkpoint without its digest (saved by a dqnn older than digests, or damaged) cannot be
+  # verified and counts as corrupt; True restores it unverified.
+  config.trust_checkpoints_without_digest = False
   # Resume even though the config differs from the workdir's config.json beyond the fields
   # dqnn.run_config.RESUMABLE_FIELDS lists; the old config is kept as config.<step>.json.
   config.allow_config_change = False

@@ -8,9 +8,10 @@ resumed run continues with exactly the next batch).
 
 Restoring checks every array's path, shape and dtype against the run's abstract state first and
 raises one `CheckpointMismatchError` naming the differences. A checkpoint that cannot be read,
-whose arrays differ from their digest or whose DQ parameters are malformed is corrupt: by
-default it is moved aside (to `<workdir>/corrupt_checkpoints/`, never deleted) and the previous
-checkpoint is used; with `on_corrupt='stop'` the run stops, leaving it in place.
+whose arrays differ from their digest (or that has none, unless the run trusts such), or whose
+DQ parameters are malformed is corrupt: by default it is moved aside (to
+`<workdir>/corrupt_checkpoints/`, never deleted) and the previous checkpoint is used; with
+`on_corrupt='stop'` the run stops, leaving it in place.
 """
 import errno
 import hashlib
@@ -197,12 +198,20 @@ def _has_item(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
   return (epath.Path(manager.directory) / str(step) / item).exists()
 
 
-def _read(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+def _read(manager: ocp.CheckpointManager, step: int, target: Any, *,
+          trust_without_digest: bool) -> tuple[Any, dict[str, Any]]:
   """(state dict, train_metrics) of `step`, checked against its digest.
 
-  Raises `CorruptCheckpointError` naming the checkpoint if it cannot be read or differs.
+  Raises `CorruptCheckpointError` naming the checkpoint if it cannot be read or differs, or if
+  it has no digest and `trust_without_digest` is False.
   """
   name = f'{manager.directory}/{step}'
+  if not trust_without_digest and not _has_item(manager, step, 'digest'):
+    # Without it a copied or swapped step would be restored as if it were this one.
+    raise CorruptCheckpointError(
+        f'Checkpoint {name} has no digest, so its arrays cannot be verified (it was saved by a '
+        'dqnn older than digests, or its digest/ folder was removed). To restore it unverified, '
+        'run with --config.trust_checkpoints_without_digest=True.')
   items = {'state': ocp.args.StandardRestore(target)}
   for item in ('digest', 'train_metrics', 'input'):
     if _has_item(manager, step, item):
@@ -214,8 +223,7 @@ def _read(manager: ocp.CheckpointManager, step: int, target: Any) -> tuple[Any, 
     raise CorruptCheckpointError(
         f'Checkpoint {name} cannot be read ({_first_line(error)}).') from None
   if 'digest' not in items:
-    logging.warning('Checkpoint %s has no digest (saved by an older dqnn); restored unverified.',
-                    name)
+    logging.warning('Checkpoint %s has no digest; restored unverified.', name)
   else:
     saved, actual = restored.digest, digest(restored.state)
     actual[_TRAIN_METRICS_KEY] = _json_digest(dict(restored.get('train_metrics') or {}))
@@ -273,8 +281,8 @@ def _move_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any,
-            config: ml_collections.ConfigDict, *,
-            on_corrupt: str = 'fallback') -> tuple[Any, int, dict[str, Any]]:
+            config: ml_collections.ConfigDict, *, on_corrupt: str = 'fallback',
+            trust_without_digest: bool = False) -> tuple[Any, int, dict[str, Any]]:
   """Restores the latest intact checkpoint into `abstract_state`'s structure and shardings.
 
   `abstract_state` holds `jax.ShapeDtypeStruct`s with shardings (from `jax.eval_shape`).
@@ -282,6 +290,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   reading any array if the checkpoint does not fit. A corrupt checkpoint (see the module doc)
   is moved aside and the previous one tried (`on_corrupt='fallback'`), or raises
   `CorruptCheckpointError` (`'stop'`, or when no intact checkpoint is left), leaving it in place.
+  A checkpoint without a digest counts as corrupt unless `trust_without_digest`.
   """
   if on_corrupt not in ON_CORRUPT:
     raise ValueError(f'on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}.')
@@ -290,7 +299,8 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       _check_structure(manager, step, target, config)
-      restored, train_metrics = _read(manager, step, target)
+      restored, train_metrics = _read(manager, step, target,
+                                      trust_without_digest=trust_without_digest)
       state = serialization.from_state_dict(abstract_state, restored)
       try:
         dq_weight.validate(state.params)
@@ -320,7 +330,8 @@ def restore_state_dict(workdir: str, step: int | None = None) -> dict[str, Any]:
   """Another run's saved state as host arrays, whatever devices it was saved from.
 
   Reads the latest step unless `step` is given; raises FileNotFoundError if there is none and
-  `CorruptCheckpointError` if it differs from what was saved.
+  `CorruptCheckpointError` if it differs from what was saved. A checkpoint without a digest is
+  read with a warning: reading never writes to that run.
   """
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with create_manager(workdir, read_only=True) as manager:
@@ -330,7 +341,7 @@ def restore_state_dict(workdir: str, step: int | None = None) -> dict[str, Any]:
     # Without a target orbax would place arrays on the saving run's devices.
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           _state_metadata(manager, step))
-    state, _ = _read(manager, step, target)
+    state, _ = _read(manager, step, target, trust_without_digest=True)
   return jax.device_get(state)
 
 

@@ -11,6 +11,10 @@ Several processes (TPU pod slices, multi-node GPU; see launch/README.md) run the
 with --config.multi_host=True (settings auto-detected on Cloud TPU, SLURM, Open MPI) or with
 --coordinator_address, --num_processes, --process_id (or JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID), and a --workdir shared by all of them.
+
+Exit status: 0 when training finished, 75 (EX_TEMPFAIL: try again) when SIGTERM stopped it after
+saving a checkpoint, so that a scheduler can requeue it; 1 with one `ERROR:` line for a problem
+to fix first.
 """
 from absl import app
 from absl import flags
@@ -25,6 +29,8 @@ from dqnn import run_config
 from dqnn import train
 from dqnn import warm_start
 
+# sysexits.h's EX_TEMPFAIL: stopped by SIGTERM after saving; re-running resumes.
+PREEMPTED_EXIT_CODE = 75
 # Errors whose message says what to do; shown without a traceback.
 _USER_ERRORS = (data.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                 checkpoint.CorruptCheckpointError, run_config.ConfigError,
@@ -58,10 +64,12 @@ def main(argv):
           process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value)
       distributed.initialize(settings, multi_host=config.multi_host)
       logging.info(distributed.describe())
-      train.train_and_evaluate(config, _WORKDIR.value)
+      final = train.train_and_evaluate(config, _WORKDIR.value)
     except _USER_ERRORS as error:
       # Every process of a run meets these at the same point, so all exit together.
       raise SystemExit(f'ERROR: {error}') from None
+  if final['preempted']:
+    raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,8 @@ ON_CORRUPT_CHECKPOINT = ('fallback', 'stop')
 RESUMABLE_FIELDS = frozenset({
     'num_train_steps', 'num_epochs', 'data_dir', 'download', 'eval_batch_size',
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'weight_images', 'multi_host', 'allow_config_change', 'on_corrupt_checkpoint'})
+    'weight_images', 'multi_host', 'allow_config_change', 'on_corrupt_checkpoint',
+    'trust_checkpoints_without_digest'})
 
 
 class ConfigError(ValueError):
@@ -70,6 +71,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get('on_corrupt_checkpoint', 'fallback') not in ON_CORRUPT_CHECKPOINT:
     problems.append(f'on_corrupt_checkpoint={config.on_corrupt_checkpoint!r}: one of '
                     f'{", ".join(ON_CORRUPT_CHECKPOINT)}.')
+  for name in ('trust_checkpoints_without_digest', 'allow_config_change'):
+    if not isinstance(config.get(name, False), bool):
+      problems.append(f'{name}={config.get(name)!r}: must be True or False.')
   if 'quant' in config:
     problems += _quantization_problems(config.quant)
   if problems:

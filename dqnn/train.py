@@ -211,13 +211,13 @@ def _check_finite(pending: list[tuple[int, jax.Array]]) -> None:
   pending.clear()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
   Writes `workdir/config.json`, `workdir/metrics.jsonl` (one JSON object per record, with
   'step' and 'split'), TensorBoard events and `workdir/checkpoints/<step>`. Returns
-  `{'<split>/<name>': value}` from this call's last train and eval records, plus 'step' (short
-  of the run's total when SIGTERM stopped it).
+  `{'<split>/<name>': value}` from this call's last train and eval records, plus 'step' and
+  'preempted' (True when SIGTERM stopped it after saving, short of the run's total).
   """
   # Fails here, before anything is written, if the config is unusable or the dataset missing.
   run_config.validate(config)
@@ -264,7 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_metrics = {}
   if manager.latest_step() is not None:
     state, start_step, train_metrics = checkpoint.restore(
-        manager, abstract_state, config, on_corrupt=config.on_corrupt_checkpoint)
+        manager, abstract_state, config, on_corrupt=config.on_corrupt_checkpoint,
+        trust_without_digest=config.get('trust_checkpoints_without_digest', False))
     run_config.check_resume(config, run_config.read(workdir) or checkpoint.saved_config(
         manager, start_step), workdir=workdir, step=start_step)
     input_state = checkpoint.restore_input_state(manager, start_step)
@@ -313,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending_finite = []
   train_sums, train_count = metrics.resumed_sums(train_metrics)
   step = last_step = start_step
+  preempted = False
   last_time = time.monotonic()
   try:
     with _Preemption(manager) as preemption:
@@ -368,5 +370,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     checkpoint.finish(manager)
     log.close()
-  final['step'] = step
+  final.update(step=step, preempted=preempted)
   return final

@@ -1,6 +1,7 @@
 """Checkpoint faults: corrupt or truncated files are named, never restored; the previous is used."""
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -133,15 +134,39 @@ def test_edited_train_metrics_are_detected(tmp_path):
     _restore(workdir, on_corrupt='stop')
 
 
-def test_checkpoint_without_digest_restores_unverified(tmp_path):
+def _saved_without_digest(workdir, step: int) -> str:
   # As an older dqnn saved them: the state and the config only.
-  with checkpoint.create_manager(str(tmp_path)) as manager:
-    manager.save(1, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(serialization.to_state_dict(_state(1))),
+  with checkpoint.create_manager(str(workdir), max_to_keep=5) as manager:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(serialization.to_state_dict(_state(step))),
         config=ocp.args.JsonSave(_CONFIG.to_dict())))
-  state, step, train_metrics = _restore(str(tmp_path))
+  return str(workdir)
+
+
+def test_checkpoint_without_digest_is_refused_unless_trusted(tmp_path):
+  workdir = _saved_without_digest(tmp_path, 1)
+  with pytest.raises(checkpoint.CorruptCheckpointError,
+                     match='has no digest.*trust_checkpoints_without_digest=True'):
+    _restore(workdir)
+  assert _steps(workdir) == [1] and not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+  with checkpoint.create_manager(workdir, max_to_keep=5) as manager:
+    state, step, train_metrics = checkpoint.restore(manager, _ABSTRACT, _CONFIG,
+                                                    trust_without_digest=True)
   assert step == 1 and train_metrics == {}
   jax.tree.map(np.testing.assert_array_equal, state, _state(1))
+
+
+def test_a_step_whose_digest_was_removed_is_set_aside_for_the_previous_one(tmp_path):
+  # Step 1's files copied over step 2's, digest dropped: restoring it would resume on wrong weights.
+  workdir = _saved(tmp_path, steps=(1, 2))
+  root = pathlib.Path(workdir, checkpoint.CHECKPOINT_DIR)
+  (root / '2' / 'state').rename(tmp_path / 'step2_state')
+  shutil.copytree(root / '1' / 'state', root / '2' / 'state')
+  shutil.rmtree(root / '2' / 'digest')
+  state, step, _ = _restore(workdir)
+  assert step == 1
+  jax.tree.map(np.testing.assert_array_equal, state, _state(1))
+  assert _steps(workdir) == [1] and (tmp_path / checkpoint.CORRUPT_DIR / '2').is_dir()
 
 
 def test_full_disk_during_a_save_is_one_clear_error(tmp_path, monkeypatch):

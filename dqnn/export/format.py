@@ -216,6 +216,10 @@ def from_bytes(raw: bytes, *, expected_model: str | None = None,
   if len(raw) < _PREAMBLE.size:
     raise ExportFormatError(f'{source} is truncated: {len(raw)} bytes, inside the preamble.')
   _, version, header_nbytes = _PREAMBLE.unpack_from(raw)
+  if version > VERSION:
+    raise ExportFormatError(f'{source} is dqnn export format version {version}, written by a '
+                            f'newer dqnn; this dqnn reads version {VERSION}. Upgrade dqnn to '
+                            'load it.')
   if version != VERSION:
     raise ExportFormatError(f'{source} is dqnn export format version {version}; this dqnn '
                             f'reads version {VERSION}. Re-export it with this version.')
@@ -227,8 +231,9 @@ def from_bytes(raw: bytes, *, expected_model: str | None = None,
     header = json.loads(raw[_PREAMBLE.size:header_end].decode('utf-8'))
     if not isinstance(header, dict) or not _is_int(header.get('data_nbytes')):
       raise ValueError('no integer data_nbytes')
-  except (UnicodeDecodeError, ValueError) as error:
-    raise ExportFormatError(f'{source} has a corrupt header: {error}.') from None
+  except (UnicodeDecodeError, ValueError, RecursionError) as error:
+    # A header nested deeper than Python's recursion limit is no header dqnn writes.
+    raise ExportFormatError(f'{source} has a corrupt header: {_first_line(error)}.') from None
   expected_nbytes = _align(header_end) + header['data_nbytes'] + _CHECKSUM_NBYTES
   if len(raw) != expected_nbytes:
     raise ExportFormatError(f'{source} is truncated or corrupt: {len(raw)} bytes, but its '
@@ -239,8 +244,8 @@ def from_bytes(raw: bytes, *, expected_model: str | None = None,
                             'model again.')
   try:
     _check_header(header)
-  except (ValueError, TypeError, KeyError, AttributeError) as error:
-    raise ExportFormatError(f'{source} has a malformed header: {error}.') from None
+  except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+    raise ExportFormatError(f'{source} has a malformed header: {_first_line(error)}.') from None
   if expected_model is not None and header['model'] != expected_model:
     raise ExportFormatError(f'{source} holds model {header["model"]!r}, not the expected '
                             f'{expected_model!r}.')
@@ -252,6 +257,10 @@ def from_bytes(raw: bytes, *, expected_model: str | None = None,
     tensors[name] = np.frombuffer(raw[start:start + meta['nbytes']], dtype).reshape(meta['shape'])
   header.pop('data_nbytes')
   return ExportedModel(header, tensors)
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def _corrupt_part(raw: bytes, header: dict[str, Any], data_start: int) -> str:

@@ -67,11 +67,25 @@ def test_truncated_file_is_one_clear_error(tmp_path, cut):
     fmt.from_bytes(raw[:cut])
 
 
-def test_other_version_is_an_error():
+def test_a_newer_version_asks_to_upgrade_dqnn():
   raw = bytearray(fmt.to_bytes(_small_export()))
   struct.pack_into('<I', raw, 8, fmt.VERSION + 1)
-  with pytest.raises(fmt.ExportFormatError, match=f'version {fmt.VERSION + 1}.*reads version'):
+  with pytest.raises(fmt.ExportFormatError,
+                     match=f'version {fmt.VERSION + 1}, written by a newer dqnn.*Upgrade dqnn'):
     fmt.from_bytes(bytes(raw))
+
+
+def _around_header(header_bytes: bytes) -> bytes:
+  """A well-formed file around `header_bytes`: right length, right checksum."""
+  body = bytearray(struct.pack('<8sIQ', fmt.MAGIC, fmt.VERSION, len(header_bytes)) + header_bytes)
+  body += bytes(-len(body) % 64)
+  return bytes(body) + hashlib.sha256(body).digest()
+
+
+def test_a_deeply_nested_header_is_a_format_error():
+  deep = b'{"data_nbytes": 0, "model": ' + b'[' * 100_000 + b']' * 100_000 + b'}'
+  with pytest.raises(fmt.ExportFormatError, match='corrupt header'):
+    fmt.from_bytes(_around_header(deep))
 
 
 def test_other_model_and_other_file_are_errors(tmp_path):

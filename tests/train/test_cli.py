@@ -1,8 +1,10 @@
 """The command line: `python -m dqnn.main --config=configs/x.py:runlocal --config.x=y ...`."""
+import signal
 import subprocess
 import sys
+import time
 
-from train_testlib import REPO, read_metrics
+from train_testlib import REPO, checkpoint_steps, read_metrics
 
 
 def _main(args, env):
@@ -44,3 +46,20 @@ def test_train_batch_that_does_not_split_over_the_devices_is_one_error(tmp_path,
           '2 (e.g. 6 or 8).') in result.stderr
   assert 'Traceback' not in result.stderr
   assert not workdir.exists()
+
+
+def test_sigterm_saves_and_exits_with_the_requeue_code(tmp_path, subprocess_env):
+  """A scheduler tells a preempted run (checkpoint saved; re-run resumes) from a finished one."""
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'dqnn.main', '--config=configs/fake_data_throughput.py:runlocal',
+       f'--workdir={tmp_path}', '--config.num_train_steps=100000', '--config.log_every_steps=1'],
+      cwd=REPO, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 300
+  while not (tmp_path / 'metrics.jsonl').exists() and time.monotonic() < deadline:
+    assert process.poll() is None, process.stderr.read()[-3000:]
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 75, stderr[-3000:]  # dqnn.main.PREEMPTED_EXIT_CODE
+  assert 'SIGTERM: saved a checkpoint at step' in stderr and 'Traceback' not in stderr
+  assert checkpoint_steps(tmp_path)
