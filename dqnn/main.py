@@ -16,9 +16,12 @@ Exit status: 0 when training finished, 75 (EX_TEMPFAIL: try again) when SIGTERM 
 saving a checkpoint, so that a scheduler can requeue it; 1 with one `ERROR:` line for a problem
 to fix first.
 """
+import contextlib
+
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 
 from dqnn import checkpoint
@@ -28,6 +31,7 @@ from dqnn import files
 from dqnn import run_config
 from dqnn import train
 from dqnn import warm_start
+from dqnn import workdir_lock
 
 # sysexits.h's EX_TEMPFAIL: stopped by SIGTERM after saving; re-running resumes.
 PREEMPTED_EXIT_CODE = 75
@@ -35,7 +39,8 @@ PREEMPTED_EXIT_CODE = 75
 _USER_ERRORS = (data.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                 checkpoint.CorruptCheckpointError, run_config.ConfigError,
                 run_config.ConfigChangedError, files.DiskFullError, train.NonFiniteError,
-                warm_start.WarmStartError, distributed.SetupError)
+                warm_start.WarmStartError, distributed.SetupError,
+                workdir_lock.WorkdirInUseError)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
@@ -64,7 +69,9 @@ def main(argv):
           process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value)
       distributed.initialize(settings, multi_host=config.multi_host)
       logging.info(distributed.describe())
-      final = train.train_and_evaluate(config, _WORKDIR.value)
+      with (workdir_lock.hold(_WORKDIR.value) if jax.process_index() == 0
+            else contextlib.nullcontext()):
+        final = train.train_and_evaluate(config, _WORKDIR.value)
     except _USER_ERRORS as error:
       # Every process of a run meets these at the same point, so all exit together.
       raise SystemExit(f'ERROR: {error}') from None

@@ -1,9 +1,11 @@
 """The command line: `python -m dqnn.main --config=configs/x.py:runlocal --config.x=y ...`."""
+import os
 import signal
 import subprocess
 import sys
 import time
 
+from dqnn import workdir_lock
 from train_testlib import REPO, checkpoint_steps, read_metrics
 
 
@@ -63,3 +65,18 @@ def test_sigterm_saves_and_exits_with_the_requeue_code(tmp_path, subprocess_env)
   assert process.returncode == 75, stderr[-3000:]  # dqnn.main.PREEMPTED_EXIT_CODE
   assert 'SIGTERM: saved a checkpoint at step' in stderr and 'Traceback' not in stderr
   assert checkpoint_steps(tmp_path)
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_and_changes_nothing(
+    cifar_data_dir, tmp_path, subprocess_env):
+  (tmp_path / 'config.json').write_text('{"optimizer": {"learning_rate": 0.1}}')
+  with workdir_lock.hold(str(tmp_path)):
+    result = _main(['--config=configs/cifar100_resnet20_w2a2.py:runlocal',
+                    f'--workdir={tmp_path}', f'--config.data_dir={cifar_data_dir}',
+                    '--config.download=False', '--config.optimizer.learning_rate=0.5'],
+                   subprocess_env)
+  assert result.returncode == 1
+  assert f'is training in --workdir={tmp_path}' in result.stderr, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  assert sorted(os.listdir(tmp_path)) == ['.dqnn_lock', 'config.json']
+  assert '0.1' in (tmp_path / 'config.json').read_text()
