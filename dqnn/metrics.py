@@ -2,6 +2,7 @@
 import json
 from typing import Any, Mapping
 
+from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
@@ -71,11 +72,24 @@ class MetricLog:
   def __init__(self, workdir: str, *, is_main_process: bool):
     self.writer = summary_writer.SummaryWriter(workdir if is_main_process else None)
     self._jsonl = epath.Path(workdir) / METRICS_FILE if is_main_process else None
-    self._lines = (self._jsonl.read_text().splitlines(keepends=True)
-                   if self._jsonl and self._jsonl.exists() else [])
+    self._lines = self._read_records() if self._jsonl and self._jsonl.exists() else []
+
+  def _read_records(self) -> list[str]:
+    """The file's records; lines that are not one (damaged outside dqnn) are set aside."""
+    lines = self._jsonl.read_text().splitlines(keepends=True)
+    records = [line for line in lines if _is_record(line)]
+    if len(records) != len(lines):
+      damaged = self._jsonl.with_name(f'{METRICS_FILE}.damaged')
+      files.atomic_write_text(damaged, ''.join(lines))
+      logging.warning('%s: %d line(s) are not metric records and were dropped; the file as it '
+                      'was is kept as %s.', self._jsonl, len(lines) - len(records), damaged)
+    return records
 
   def truncate_after(self, step: int) -> None:
     """Drops records past `step`: after a resume they are recomputed, so keep one copy."""
+    if self._jsonl and step > 0 and not self._lines:
+      logging.warning('%s is missing or empty although the run resumes from step %d: the '
+                      'records before it are lost; new ones start after it.', self._jsonl, step)
     kept = [line for line in self._lines if json.loads(line)['step'] <= step]
     if self._jsonl and kept != self._lines:
       self._lines = kept
@@ -91,3 +105,11 @@ class MetricLog:
   def close(self) -> None:
     self.writer.flush()
     self.writer.close()
+
+
+def _is_record(line: str) -> bool:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return False
+  return isinstance(record, dict) and isinstance(record.get('step'), int)

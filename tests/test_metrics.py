@@ -43,3 +43,24 @@ def test_pending_sums_resume_exactly():
     assert resumed[name].dtype == jnp.float32
     np.testing.assert_array_equal(resumed[name], value)
   assert metrics.pending_sums(None, 0) == {} and metrics.resumed_sums({}) == (None, 0)
+
+
+def test_a_torn_record_is_dropped_and_the_file_as_it_was_kept(tmp_path, caplog):
+  torn = '{"step": 1, "split": "train", "loss": 1.0}\n{"step": 2, "spl'
+  (tmp_path / metrics.METRICS_FILE).write_text(torn)
+  log = metrics.MetricLog(str(tmp_path), is_main_process=True)
+  log.truncate_after(2)
+  log.write(3, 'train', {'loss': 3})
+  log.close()
+  assert [r['step'] for r in _records(tmp_path)] == [1, 3]
+  assert (tmp_path / f'{metrics.METRICS_FILE}.damaged').read_text() == torn
+  assert '1 line(s) are not metric records' in caplog.text
+
+
+def test_a_resume_without_its_metric_log_says_records_are_lost(tmp_path, caplog):
+  log = metrics.MetricLog(str(tmp_path), is_main_process=True)
+  log.truncate_after(0)
+  assert 'records before it are lost' not in caplog.text  # A fresh run has none yet.
+  log.truncate_after(8)
+  log.close()
+  assert 'resumes from step 8: the records before it are lost' in caplog.text
