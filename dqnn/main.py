@@ -17,6 +17,8 @@ saving a checkpoint, so that a scheduler can requeue it; 1 with one `ERROR:` lin
 to fix first.
 """
 import contextlib
+import sys
+import time
 
 from absl import app
 from absl import flags
@@ -25,10 +27,13 @@ import jax
 from ml_collections import config_flags
 
 from dqnn import checkpoint
+from dqnn import config_flag
+from dqnn import console
 from dqnn import data
 from dqnn import distributed
 from dqnn import files
 from dqnn import run_config
+from dqnn import runs
 from dqnn import train
 from dqnn import warm_start
 from dqnn import workdir_lock
@@ -43,6 +48,9 @@ _USER_ERRORS = (data.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
                 workdir_lock.WorkdirInUseError)
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+_LIBRARY_LOGS = flags.DEFINE_bool(
+    'library_logs', False, "Show the INFO logs of orbax, jax and other libraries (dqnn's own "
+    'INFO logs and every warning are always shown).')
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 # Multi-process settings; each defaults to its environment variable (distributed.ENV_VARS).
@@ -61,6 +69,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   config = flags.FLAGS.config
+  if not _LIBRARY_LOGS.value:
+    console.hide_library_info_logs()
   with distributed.failing_fast():
     try:
       # Before any other JAX call.
@@ -69,15 +79,23 @@ def main(argv):
           process_id=_PROCESS_ID.value, local_device_ids=_LOCAL_DEVICE_IDS.value)
       distributed.initialize(settings, multi_host=config.multi_host)
       logging.info(distributed.describe())
-      with (workdir_lock.hold(_WORKDIR.value) if jax.process_index() == 0
-            else contextlib.nullcontext()):
+      is_main = jax.process_index() == 0
+      started = time.monotonic()
+      with workdir_lock.hold(_WORKDIR.value) if is_main else contextlib.nullcontext():
         final = train.train_and_evaluate(config, _WORKDIR.value)
     except _USER_ERRORS as error:
       # Every process of a run meets these at the same point, so all exit together.
       raise SystemExit(f'ERROR: {error}') from None
+  if is_main:
+    print(console.closing_summary(final, runs.read_metrics(_WORKDIR.value), _WORKDIR.value,
+                                  time.monotonic() - started), flush=True)
   if final['preempted']:
     raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':
+  try:
+    config_flag.check(sys.argv[1:])
+  except config_flag.ConfigFlagError as error:
+    raise SystemExit(f'ERROR: {error}') from None
   app.run(main)

@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dqnn import bn_reestimation
 from dqnn import checkpoint
+from dqnn import console
 from dqnn import data
 from dqnn import distributed
 from dqnn import metrics
@@ -336,8 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          'steps_per_sec': (step - last_step) / (now - last_time),
                          **{name: lr * scale for name, scale in group_scales.items()}})
           log.write(step, 'train', record)
-          logging.info('Step %d/%d: loss %.4f, %.2f steps/s.', step, total_steps,
-                       record['loss'], record['steps_per_sec'])
+          logging.info(console.progress_line(step, total_steps, record, config.global_batch_size,
+                                             1 / record['steps_per_sec']))
           final.update({f'train/{k}': v for k, v in record.items()})
           train_sums, train_count, last_time, last_step = None, 0, now, step
         if is_last and reestimation_batches:

@@ -80,3 +80,12 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_changes_nothing(
   assert 'Traceback' not in result.stderr
   assert sorted(os.listdir(tmp_path)) == ['.dqnn_lock', 'config.json']
   assert '0.1' in (tmp_path / 'config.json').read_text()
+
+
+def test_a_misplaced_override_is_one_line_naming_the_field(tmp_path, subprocess_env):
+  result = _main(['--config=configs/cifar100_resnet20_w2a2.py', f'--workdir={tmp_path / "w"}',
+                  '--config.w_bits=2'], subprocess_env)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "ERROR: --config.w_bits: configs/cifar100_resnet20_w2a2.py has no field 'w_bits'. "
+      'Did you mean --config.quant.w_bits?']

@@ -4,6 +4,7 @@ Each run starts multiprocess_worker.py once per process; see its scenarios.
 """
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -167,10 +168,13 @@ def test_unshared_workdir_fails_on_every_process(runs):
 
 def test_sigterm_on_one_process_stops_all_at_one_step(runs):
   workdir, outputs = runs['two_by_two']
-  stopped = {line.split("'step': ")[1].rstrip('}') for output in outputs
+  stopped = {(re.search(r"'step': (\d+)", line)[1], "'preempted': True" in line)
+             for output in outputs
              for line in output.splitlines() if line.startswith('sigterm_to_last_process')}
   assert len(stopped) == 1, stopped
-  step = int(stopped.pop())
+  step, preempted = stopped.pop()
+  step = int(step)
+  assert preempted
   assert step < 8  # The run's length: it stopped early, every process at the same step.
   assert checkpoint_steps(workdir / 'sigterm_to_last_process')[-1] == step
   # Process 0 was not signalled; its message says another process was.
