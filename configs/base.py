@@ -69,7 +69,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the final network over this many training batches (0 = keep the moving averages); see
   # dqnn/bn_reestimation.py. The final eval before it is logged as 'eval_before_bn_reestimation'.
   config.bn_reestimation_batches = 0
-  config.init_from = ''  # Workdir of a float run to initialise weights from.
+  # Workdir of a float run to initialise weights from; '' or 'none' = from scratch. A recipe
+  # that only makes sense as a fine-tune sets 'required': the run then needs one or 'none'.
+  config.init_from = ''
   config.seed = 0
 
   # Evaluation and bookkeeping (in steps; eval 0 = only at the end).
@@ -148,6 +150,8 @@ def imagenet(model: str, w_bits: int = 32, a_bits: int = 32,
   config.model = model
   _quant(config, w_bits, a_bits)
   quantized = min(w_bits, a_bits) < 32
+  if quantized:
+    config.init_from = 'required'
   config.global_batch_size = 256
   config.num_epochs = 90
   config.optimizer.learning_rate_batch_size = 256
@@ -177,6 +181,8 @@ def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   images), so no download or prepare is needed; --config.dataset=cifar100 uses the real data.
   """
   config.model = MODELS[config.model].tiny or config.model
+  if config.init_from == 'required':  # A full-size float run cannot initialise the tiny model.
+    config.init_from = 'none'
   if config.dataset == 'cifar100':
     config.dataset = 'cifar100_sample'
     config.download = False

@@ -13,6 +13,7 @@ from configs import base
 def get_config(arg=None):
   config = base.imagenet('resnet50', w_bits=2, a_bits=2, arg=arg)
   config.dataset = 'fake'
+  config.init_from = 'none'  # Throughput only: random weights serve.
   config.num_classes = 1000
   config.image_size = config.image_size or 224
   config.dtype = 'bfloat16'

@@ -17,6 +17,8 @@ from dqnn.quantizers import registry
 CONFIG_FILE = 'config.json'
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 ON_CORRUPT_CHECKPOINT = ('fallback', 'stop')
+# `init_from` values that name no run: a fine-tune recipe's placeholder, and "from scratch".
+INIT_FROM_REQUIRED, INIT_FROM_NONE = 'required', 'none'
 # Fields a resumed run may change freely: how long it trains (a longer run also stretches the
 # learning-rate schedule), where the data lies, and bookkeeping. Nothing here changes what the
 # steps already taken computed.
@@ -71,6 +73,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get('on_corrupt_checkpoint', 'fallback') not in ON_CORRUPT_CHECKPOINT:
     problems.append(f'on_corrupt_checkpoint={config.on_corrupt_checkpoint!r}: one of '
                     f'{", ".join(ON_CORRUPT_CHECKPOINT)}.')
+  if config.get('init_from') == INIT_FROM_REQUIRED:
+    problems.append(
+        f'init_from: this recipe fine-tunes a float run (learning rate '
+        f'{config.optimizer.learning_rate}, {config.get("num_epochs")} epochs). Pass '
+        f'--config.init_from=<float run workdir>, or --config.init_from={INIT_FROM_NONE} to train '
+        'from scratch with it.')
   for name in ('trust_checkpoints_without_digest', 'allow_config_change'):
     if not isinstance(config.get(name, False), bool):
       problems.append(f'{name}={config.get(name)!r}: must be True or False.')
@@ -78,6 +86,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     problems += _quantization_problems(config.quant)
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def init_from_workdir(config: ml_collections.ConfigDict) -> str:
+  """The float run `config` initialises from, or '' when it trains from scratch."""
+  return '' if config.get('init_from', '') in ('', INIT_FROM_NONE) else config.init_from
 
 
 def _is_int(value) -> bool:

@@ -287,14 +287,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     images = np.asarray(data.normalize(distributed.gather_global_batch(first['image']),
                                        normalization))
     state = initial_state(model, tx, rng, images)
-    if config.init_from:
+    if init_from := run_config.init_from_workdir(config):
       variables = warm_start.from_float(model, jax.device_get(state.variables()),
-                                        checkpoint.restore_variables(config.init_from),
-                                        images, rng)
+                                        checkpoint.restore_variables(init_from), images, rng)
       state = state.replace(params=variables['params'],
                             opt_state=tx.init(variables['params']),
                             **{name: variables[name] for name in MODEL_STATE})
-      logging.info('Initialised from the float run in %s.', config.init_from)
+      logging.info('Initialised from the float run in %s.', init_from)
     state = _replicate(state, replicated)
   if is_main:
     run_config.write(config, workdir, step=start_step)

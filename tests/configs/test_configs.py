@@ -11,6 +11,7 @@ import ml_collections
 import pytest
 
 from dqnn import models
+from dqnn import run_config
 from dqnn import runs
 from dqnn.data import datasets
 
@@ -95,3 +96,20 @@ def test_config_loads_and_builds_its_model(path):
     has_quantizer = any('weight_quantizer' in jax.tree_util.keystr(path)
                         for path, _ in jax.tree_util.tree_leaves_with_path(variables['params']))
     assert has_quantizer == quantized
+
+
+@pytest.mark.parametrize('name', ['imagenet_resnet18_w2a2', 'imagenet_mobilenetv2_w2a2'])
+def test_imagenet_fine_tune_recipes_need_a_float_run_or_an_explicit_none(name):
+  config = _load(REPO / 'configs' / f'{name}.py').get_config()
+  with pytest.raises(run_config.ConfigError,
+                     match='init_from: this recipe fine-tunes a float run .*init_from=none'):
+    run_config.validate(config)
+  config.init_from = run_config.INIT_FROM_NONE
+  run_config.validate(config)
+  assert run_config.init_from_workdir(config) == ''
+  config.init_from = '/runs/float'
+  assert run_config.init_from_workdir(config) == '/runs/float'
+  # A smoke run trains a tiny model, which no full-size float run can initialise.
+  run_config.validate(_load(REPO / 'configs' / f'{name}.py').get_config('runlocal'))
+  float_config = _load(REPO / 'configs' / f'{name.replace("w2a2", "fp")}.py').get_config()
+  assert float_config.init_from == ''
