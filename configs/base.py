@@ -90,7 +90,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # verified and counts as corrupt; True restores it unverified.
   config.trust_checkpoints_without_digest = False
   # Resume even though the config differs from the workdir's config.json beyond the fields
-  # dqnn.run_config.RESUMABLE_FIELDS lists; the old config is kept as config.<step>.json.
+  # dqnn.run_config.SCHEMA marks resumable; the old config is kept as config.<step>.json.
   config.allow_config_change = False
   return config
 

@@ -28,14 +28,12 @@ from flax import serialization
 from jax.experimental import multihost_utils
 
 from dqnn import files
+from dqnn import run_config
 from dqnn.quantizers import dq_weight
 from dqnn.variables import COLLECTIONS
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
-ON_CORRUPT = ('fallback', 'stop')
-# Config fields that decide the state's structure; differences in them explain a mismatch.
-STRUCTURAL_FIELDS = ('model', 'quant', 'dataset', 'num_classes', 'optimizer')
 _MAX_LISTED = 12
 _TRAIN_METRICS_KEY = '(train_metrics)'
 _INPUT_KEY = '(input)'
@@ -148,16 +146,6 @@ def _flat(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _flat_config(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  flat = {}
-  for key, value in config.items():
-    if isinstance(value, Mapping):
-      flat.update(_flat_config(value, f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = list(value) if isinstance(value, tuple) else value
-  return flat
-
-
 def _differences(saved: Any, wanted: Any) -> list[str]:
   saved, wanted = _flat(saved), _flat(wanted)
   lines = [f'{path}: checkpoint {saved[path][0]} {saved[path][1]}, this run '
@@ -166,15 +154,6 @@ def _differences(saved: Any, wanted: Any) -> list[str]:
   lines += [f'{path}: only in the checkpoint' for path in sorted(saved.keys() - wanted.keys())]
   lines += [f'{path}: missing from the checkpoint' for path in sorted(wanted.keys() - saved.keys())]
   return lines
-
-
-def structural_differences(saved: Mapping[str, Any],
-                           config: ml_collections.ConfigDict) -> list[str]:
-  """`'field: checkpoint x, this run y'` for each differing field that shapes the state."""
-  saved = _flat_config({k: v for k, v in saved.items() if k in STRUCTURAL_FIELDS})
-  now = _flat_config({k: v for k, v in config.to_dict().items() if k in STRUCTURAL_FIELDS})
-  return [f'{key}: checkpoint {saved.get(key)!r}, this run {now.get(key)!r}'
-          for key in sorted(saved.keys() | now.keys()) if saved.get(key) != now.get(key)]
 
 
 def restore_input_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
@@ -252,7 +231,7 @@ def _check_structure(manager: ocp.CheckpointManager, step: int, target: Any,
   """Raises `CheckpointMismatchError` before any array is read."""
   differences = _differences(_state_metadata(manager, step), target)
   if differences:
-    config_lines = structural_differences(saved_config(manager, step), config) or ['(none)']
+    config_lines = run_config.state_differences(saved_config(manager, step), config) or ['(none)']
     listed = differences[:_MAX_LISTED] + (
         [f'... and {len(differences) - _MAX_LISTED} more'] if len(differences) > _MAX_LISTED
         else [])
@@ -292,8 +271,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   `CorruptCheckpointError` (`'stop'`, or when no intact checkpoint is left), leaving it in place.
   A checkpoint without a digest counts as corrupt unless `trust_without_digest`.
   """
-  if on_corrupt not in ON_CORRUPT:
-    raise ValueError(f'on_corrupt={on_corrupt!r}; choose one of {ON_CORRUPT}.')
+  if on_corrupt not in run_config.ON_CORRUPT_CHECKPOINT:
+    raise ValueError(f'on_corrupt={on_corrupt!r}; choose one of '
+                     f'{run_config.ON_CORRUPT_CHECKPOINT}.')
   target = serialization.to_state_dict(abstract_state)
   corrupt = []
   for step in sorted(manager.all_steps(), reverse=True):

@@ -220,9 +220,12 @@ def eval_batch_size(batch_size: int, num_devices: int) -> int:
   return rounded
 
 
-def _process_zero_succeeded(succeeded: bool) -> bool:
-  """Process 0's `succeeded`, on every process; a barrier."""
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(succeeded)))
+def process_zero_flag(flag: bool) -> bool:
+  """Process 0's `flag`, on every process (a barrier): for decisions only process 0 can make,
+  such as those that read files only it writes."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def process_zero_first(fn: Callable[[], _T], what: str) -> _T:
@@ -237,11 +240,11 @@ def process_zero_first(fn: Callable[[], _T], what: str) -> _T:
     try:
       result = fn()
     except Exception:
-      _process_zero_succeeded(False)
+      process_zero_flag(False)
       raise
-    _process_zero_succeeded(True)
+    process_zero_flag(True)
     return result
-  if not _process_zero_succeeded(True):  # Only process 0's value counts.
+  if not process_zero_flag(True):  # Only process 0's value counts.
     raise SetupError(f'Process 0 failed {what}; its log says why.')
   return fn()
 
@@ -293,7 +296,7 @@ def check_shared_workdir(workdir: str) -> None:
       token.write_text(str(nonce))
     except OSError as write_error:
       error = str(write_error)
-  if not _process_zero_succeeded(not error):
+  if not process_zero_flag(not error):
     raise SetupError(f'Process 0 cannot write to --workdir={workdir}: '
                      f'{error or "its log says why"}')
   try:

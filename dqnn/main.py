@@ -41,8 +41,9 @@ from dqnn import workdir_lock
 # sysexits.h's EX_TEMPFAIL: stopped by SIGTERM after saving; re-running resumes.
 PREEMPTED_EXIT_CODE = 75
 # Errors whose message says what to do; shown without a traceback.
-_USER_ERRORS = (data.DatasetNotFoundError, checkpoint.CheckpointMismatchError,
-                checkpoint.CorruptCheckpointError, run_config.ConfigError,
+_USER_ERRORS = (data.DatasetNotFoundError, data.DatasetDamagedError,
+                checkpoint.CheckpointMismatchError, checkpoint.CorruptCheckpointError,
+                run_config.ConfigError,
                 run_config.ConfigChangedError, files.DiskFullError, train.NonFiniteError,
                 warm_start.WarmStartError, distributed.SetupError,
                 workdir_lock.WorkdirInUseError)

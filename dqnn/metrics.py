@@ -95,6 +95,11 @@ class MetricLog:
       self._lines = kept
       files.atomic_write_text(self._jsonl, ''.join(kept))
 
+  def has_record(self, step: int, split: str) -> bool:
+    """Whether the log holds a `split` record at `step` (main process only; False elsewhere)."""
+    return any(json.loads(line)['step'] == step and json.loads(line)['split'] == split
+               for line in self._lines)
+
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     scalars = {name: float(value) for name, value in scalars.items()}
     self.writer.write_scalars(step, {f'{split}/{name}': v for name, v in scalars.items()})

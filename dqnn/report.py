@@ -145,7 +145,7 @@ def _costs(config, workdir: str | None) -> list[LayerCost]:
   variables = None
   if workdir:
     saved, variables = runs.read_workdir(workdir)
-    differences = checkpoint.structural_differences(saved.to_dict(), config) if config else []
+    differences = run_config.state_differences(saved.to_dict(), config) if config else []
     if differences:
       raise checkpoint.CheckpointMismatchError('\n  '.join([
           f'--workdir {workdir} was trained with another model than --config builds:',

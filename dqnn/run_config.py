@@ -1,32 +1,31 @@
 """A run's config: checked before training, kept in the workdir, compared when a run resumes.
 
 `workdir/config.json` is the config the run trains with. Resuming with a config that differs in
-a field outside `RESUMABLE_FIELDS` is refused (`ConfigChangedError`, naming the fields) unless
+a field `SCHEMA` does not mark resumable is refused (`ConfigChangedError`, naming the fields) unless
 `allow_config_change` is set; the previous config.json is then kept as `config.<step>.json`.
 """
+import dataclasses
+import difflib
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from etils import epath
 import ml_collections
 
 from dqnn import files
+from dqnn.data import datasets
+from dqnn.models import MODELS
 from dqnn.models.policy import QuantPolicy
+from dqnn.optim.direct_update import LEVEL_UPDATES
+from dqnn.optim.optimizer import LEVEL_GRADIENTS, QUANTIZER_OPTIMIZERS
 from dqnn.quantizers import registry
+from dqnn.schedules import SCHEDULES
 
 CONFIG_FILE = 'config.json'
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 ON_CORRUPT_CHECKPOINT = ('fallback', 'stop')
 # `init_from` values that name no run: a fine-tune recipe's placeholder, and "from scratch".
 INIT_FROM_REQUIRED, INIT_FROM_NONE = 'required', 'none'
-# Fields a resumed run may change freely: how long it trains (a longer run also stretches the
-# learning-rate schedule), where the data lies, and bookkeeping. Nothing here changes what the
-# steps already taken computed.
-RESUMABLE_FIELDS = frozenset({
-    'num_train_steps', 'num_epochs', 'data_dir', 'download', 'eval_batch_size',
-    'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-    'weight_images', 'multi_host', 'allow_config_change', 'on_corrupt_checkpoint',
-    'trust_checkpoints_without_digest'})
 
 
 class ConfigError(ValueError):
@@ -37,60 +36,19 @@ class ConfigChangedError(ValueError):
   """A resumed run's config differs from the one its workdir was trained with."""
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises one `ConfigError` listing every field with an unusable value."""
-  problems = []
-  for name in ('global_batch_size', 'eval_batch_size', 'log_every_steps'):
-    value = config.get(name)
-    if not isinstance(value, int) or value <= 0:
-      problems.append(f'{name}={value!r}: must be a positive integer.')
-  batches = config.get('bn_reestimation_batches', 0)
-  if not isinstance(batches, int) or batches < 0:
-    problems.append(f'bn_reestimation_batches={batches!r}: must be an integer >= 0 (0 = off).')
-  if config.get('dtype') not in COMPUTE_DTYPES:
-    problems.append(f'dtype={config.get("dtype")!r}: the compute dtype is one of '
-                    f'{", ".join(COMPUTE_DTYPES)}.')
-  steps = config.get('num_train_steps', -1)
-  if not _is_int(steps) or (steps != -1 and steps < 1):
-    problems.append(f'num_train_steps={steps!r}: a number of steps >= 1, or -1 to train for '
-                    'num_epochs.')
-  elif steps == -1 and not (_is_number(config.get('num_epochs')) and config.num_epochs > 0):
-    problems.append(f'num_epochs={config.get("num_epochs")!r}: must be > 0 when '
-                    'num_train_steps=-1; nothing to train.')
-  keep = config.get('keep_checkpoints', 1)
-  if not _is_int(keep) or keep < 1:
-    # Orbax's max_to_keep=0 deletes every checkpoint, older runs' included.
-    problems.append(f'keep_checkpoints={keep!r}: must be an integer >= 1 (the newest '
-                    'checkpoint is always kept).')
-  for name in ('eval_every_steps', 'checkpoint_every_steps'):
-    value = config.get(name, 0)
-    if not _is_int(value) or value < 0:
-      problems.append(f'{name}={value!r}: an integer >= 1, or 0 for only at the end.')
-  smoothing = config.get('label_smoothing', 0.0)
-  if not _is_number(smoothing) or not 0 <= smoothing < 1:
-    problems.append(f'label_smoothing={smoothing!r}: must be in [0, 1).')
-  problems += _optimizer_problems(config.get('optimizer', {}))
-  if config.get('on_corrupt_checkpoint', 'fallback') not in ON_CORRUPT_CHECKPOINT:
-    problems.append(f'on_corrupt_checkpoint={config.on_corrupt_checkpoint!r}: one of '
-                    f'{", ".join(ON_CORRUPT_CHECKPOINT)}.')
-  if config.get('init_from') == INIT_FROM_REQUIRED:
-    problems.append(
-        f'init_from: this recipe fine-tunes a float run (learning rate '
-        f'{config.optimizer.learning_rate}, {config.get("num_epochs")} epochs). Pass '
-        f'--config.init_from=<float run workdir>, or --config.init_from={INIT_FROM_NONE} to train '
-        'from scratch with it.')
-  for name in ('trust_checkpoints_without_digest', 'allow_config_change'):
-    if not isinstance(config.get(name, False), bool):
-      problems.append(f'{name}={config.get(name)!r}: must be True or False.')
-  if 'quant' in config:
-    problems += _quantization_problems(config.quant)
-  if problems:
-    raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """What one config field may hold, and what a change to it means.
 
-
-def init_from_workdir(config: ml_collections.ConfigDict) -> str:
-  """The float run `config` initialises from, or '' when it trains from scratch."""
-  return '' if config.get('init_from', '') in ('', INIT_FROM_NONE) else config.init_from
+  `resumable`: a resumed run may change it (nothing the steps taken so far computed depends on
+  it). `shapes_state`: it decides the structure of the saved state, so a checkpoint that does not
+  fit this run is explained by differences in these fields.
+  """
+  rule: str  # The valid values, as the error states them.
+  valid: Callable[[Any], bool]
+  resumable: bool = False
+  shapes_state: bool = False
+  choices: tuple[str, ...] = ()  # For a name: the nearest one is suggested.
 
 
 def _is_int(value) -> bool:
@@ -101,21 +59,138 @@ def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _optimizer_problems(optimizer: Mapping[str, Any]) -> list[str]:
-  """Rates that would make SGD ascend or stall: positive rates, momentum in [0, 1)."""
+def _int(minimum: int, **kwargs) -> Field:
+  rule = 'a positive integer' if minimum == 1 else f'an integer >= {minimum}'
+  return Field(rule, lambda v: _is_int(v) and v >= minimum, **kwargs)
+
+
+def _number(rule: str, ok: Callable[[float], bool], **kwargs) -> Field:
+  return Field(f'a number {rule}', lambda v: _is_number(v) and ok(v), **kwargs)
+
+
+def _choice(options, **kwargs) -> Field:
+  options = tuple(options)
+  shown = [o for o in options if not o.startswith('_')]  # Test-only models stay unlisted.
+  return Field(f'one of {", ".join(map(repr, shown))}', lambda v: v in options,
+               choices=options, **kwargs)
+
+
+def _bool(**kwargs) -> Field:
+  return Field('True or False', lambda v: isinstance(v, bool), **kwargs)
+
+
+def _string(rule: str, **kwargs) -> Field:
+  return Field(rule, lambda v: isinstance(v, str), **kwargs)
+
+
+# Every config field, its valid values and its resume/state roles: the one source `validate`,
+# `changed_fields` and `state_differences` read (configs/base.py documents what each field does).
+# `quant` is checked as a whole by its owner, `QuantPolicy`, and the quantizer registry.
+SCHEMA: dict[str, Field] = {
+    'dataset': _choice((*datasets.SUPPORTED_DATASETS, datasets.FAKE), shapes_state=True),
+    'data_dir': _string('a directory ("" = $TFDS_DATA_DIR or the TFDS default)', resumable=True),
+    'download': _bool(resumable=True),
+    'image_size': _int(0),
+    'input_on_device': _bool(),
+    'input_workers': _int(0),
+    'num_classes': _int(0, shapes_state=True),
+    'model': _choice(MODELS, shapes_state=True),
+    'dtype': _choice(COMPUTE_DTYPES),
+    'quant': Field('a quantization policy', lambda v: True, shapes_state=True),
+    'global_batch_size': _int(1),
+    'num_epochs': _number('>= 0', lambda v: v >= 0, resumable=True),
+    # A longer run also stretches the learning-rate schedule.
+    'num_train_steps': Field('a number of steps >= 1, or -1 to train for num_epochs',
+                             lambda v: _is_int(v) and (v == -1 or v >= 1), resumable=True),
+    'optimizer.learning_rate': _number('> 0', lambda v: v > 0, shapes_state=True),
+    'optimizer.learning_rate_batch_size': _number('> 0', lambda v: v > 0, shapes_state=True),
+    'optimizer.momentum': _number('in [0, 1)', lambda v: 0 <= v < 1, shapes_state=True),
+    'optimizer.nesterov': _bool(shapes_state=True),
+    'optimizer.weight_decay': _number('>= 0', lambda v: v >= 0, shapes_state=True),
+    'optimizer.level_lr_scale': _number('>= 0', lambda v: v >= 0, shapes_state=True),
+    'optimizer.level_gradient': _choice(LEVEL_GRADIENTS, shapes_state=True),
+    'optimizer.quantizer_optimizer': _choice(QUANTIZER_OPTIMIZERS, shapes_state=True),
+    'optimizer.quantizer_lr_scale': _number('>= 0', lambda v: v >= 0, shapes_state=True),
+    'optimizer.residual': _bool(shapes_state=True),
+    'optimizer.level_update': _choice(LEVEL_UPDATES, shapes_state=True),
+    'schedule.name': _choice(SCHEDULES),
+    'schedule.warmup_epochs': _number('>= 0', lambda v: v >= 0),
+    'schedule.decay_epochs': Field('a list of epochs (numbers)', lambda v: isinstance(
+        v, (list, tuple)) and all(_is_number(e) and e >= 0 for e in v)),
+    'schedule.decay_factor': _number('> 0', lambda v: v > 0),
+    'label_smoothing': _number('in [0, 1)', lambda v: 0 <= v < 1),
+    'bn_reestimation_batches': _int(0),
+    'init_from': _string(f'a float run\'s workdir, or "" / {INIT_FROM_NONE!r} for none'),
+    'seed': _int(0),
+    'eval_batch_size': _int(1, resumable=True),
+    'log_every_steps': _int(1, resumable=True),
+    'eval_every_steps': _int(0, resumable=True),  # 0 = only at the end.
+    'checkpoint_every_steps': _int(0, resumable=True),  # 0 = only at the end.
+    # >= 1: Orbax's max_to_keep=0 deletes every checkpoint, older runs' included.
+    'keep_checkpoints': _int(1, resumable=True),
+    'weight_images': _bool(resumable=True),
+    'multi_host': _bool(resumable=True),
+    'on_corrupt_checkpoint': _choice(ON_CORRUPT_CHECKPOINT, resumable=True),
+    'trust_checkpoints_without_digest': _bool(resumable=True),
+    'allow_config_change': _bool(resumable=True),
+}
+RESUMABLE_FIELDS = frozenset(name for name, field in SCHEMA.items() if field.resumable)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises one `ConfigError` listing every field with an unusable value.
+
+  Each field is checked against `SCHEMA`; then the relations between fields, and `quant` by its
+  owner. A field the schema does not know (a misspelt name in a config file) is an error too.
+  """
+  flat = _flat(config.to_dict(), groups=_GROUPS)
+  problems = [_problem(name, flat[name], field)
+              for name, field in SCHEMA.items() if name in flat and not field.valid(flat[name])]
+  for name in sorted(flat.keys() - SCHEMA.keys()):
+    nearest = difflib.get_close_matches(name, SCHEMA, n=1)
+    hint = f' Did you mean {nearest[0]!r}?' if nearest else ''
+    problems.append(f'{name}: not a dqnn config field.{hint}')
+  problems += _relation_problems(config)
+  if 'quant' in config:
+    problems += _quantization_problems(config.quant)
+  if problems:
+    raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def _problem(name: str, value: Any, field: Field) -> str:
+  nearest = difflib.get_close_matches(str(value), field.choices, n=1)
+  hint = f' Did you mean {nearest[0]!r}?' if nearest else ''
+  return f'{name}={value!r}: must be {field.rule}.{hint}'
+
+
+# Sub-configs whose fields the schema lists one by one (`quant` is checked as a whole).
+_GROUPS = frozenset(name.split('.')[0] for name in SCHEMA if '.' in name)
+
+
+def _relation_problems(config: ml_collections.ConfigDict) -> list[str]:
   problems = []
-  checks = (('learning_rate', lambda v: v > 0, '> 0'),
-            ('learning_rate_batch_size', lambda v: v > 0, '> 0'),
-            ('weight_decay', lambda v: v >= 0, '>= 0'),
-            ('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
-            ('level_lr_scale', lambda v: v >= 0, '>= 0'),
-            ('quantizer_lr_scale', lambda v: v >= 0, '>= 0'))
-  for name, ok, rule in checks:
-    if name in optimizer:
-      value = optimizer[name]
-      if not _is_number(value) or not ok(value):
-        problems.append(f'optimizer.{name}={value!r}: must be {rule}.')
+  if config.get('num_train_steps') == -1 and not (
+      _is_number(config.get('num_epochs')) and config.num_epochs > 0):
+    problems.append(f'num_epochs={config.get("num_epochs")!r}: must be > 0 when '
+                    'num_train_steps=-1; nothing to train.')
+  if config.get('dataset') == datasets.FAKE and not (
+      _is_int(config.get('num_train_steps')) and config.num_train_steps > 0
+      and config.get('num_classes') and config.get('image_size')):
+    problems.append(f'dataset={datasets.FAKE!r}: set num_train_steps, num_classes and '
+                    'image_size (synthetic data has no size of its own).')
+  if config.get('init_from') == INIT_FROM_REQUIRED:
+    problems.append(
+        f'init_from: this recipe fine-tunes a float run (learning rate '
+        f'{config.optimizer.learning_rate}, {config.get("num_epochs")} epochs). Pass '
+        f'--config.init_from=<float run workdir>, or --config.init_from={INIT_FROM_NONE} to train '
+        'from scratch with it.')
   return problems
+
+
+def init_from_workdir(config: ml_collections.ConfigDict) -> str:
+  """The float run `config` initialises from, or '' when it trains from scratch."""
+  return '' if config.get('init_from', '') in ('', INIT_FROM_NONE) else config.init_from
+
 
 
 def _quantization_problems(quant: ml_collections.ConfigDict) -> list[str]:
@@ -147,24 +222,43 @@ def as_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, 
   return json.loads(json.dumps(as_dict, default=str))
 
 
-def _flat(config: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def _flat(config: Mapping[str, Any], prefix: str = '', *,
+          groups: frozenset[str] | None = None) -> dict[str, Any]:
+  """Dotted field names to values; only `groups` (all sub-configs if None) are descended into."""
   flat = {}
   for key, value in config.items():
-    if isinstance(value, Mapping) and value:
-      flat.update(_flat(value, f'{prefix}{key}.'))
+    if isinstance(value, Mapping) and value and (groups is None or prefix + key in groups):
+      flat.update(_flat(value, f'{prefix}{key}.', groups=groups))
     else:
       flat[prefix + key] = value
   return flat
 
 
-def changed_fields(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """`'field: was x, now y'` for each differing field outside `RESUMABLE_FIELDS`."""
-  before, now = _flat(as_json(saved)), _flat(as_json(config))
+def _differing(before: Mapping[str, Any], now: Mapping[str, Any],
+               wanted: Callable[[str], bool]) -> list[tuple[str, Any, Any]]:
+  before, now = _flat(as_json(before)), _flat(as_json(now))
   missing = object()
-  return [f'{key}: was {before.get(key, "(absent)")!r}, now {now.get(key, "(absent)")!r}'
+  return [(key, before.get(key, '(absent)'), now.get(key, '(absent)'))
           for key in sorted(before.keys() | now.keys())
-          if key.split('.')[0] not in RESUMABLE_FIELDS
-          and before.get(key, missing) != now.get(key, missing)]
+          if wanted(key) and before.get(key, missing) != now.get(key, missing)]
+
+
+def _schema_field(key: str) -> Field | None:
+  """The schema entry a flat key falls under (`quant.w_bits` under `quant`)."""
+  parts = key.split('.')
+  return SCHEMA.get(key) or SCHEMA.get(parts[0])
+
+
+def changed_fields(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """`'field: was x, now y'` for each differing field a resumed run may not change."""
+  return [f'{key}: was {was!r}, now {now!r}' for key, was, now in _differing(
+      saved, config, lambda key: not getattr(_schema_field(key), 'resumable', False))]
+
+
+def state_differences(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """`'field: checkpoint x, this run y'` for each differing field that shapes the saved state."""
+  return [f'{key}: checkpoint {was!r}, this run {now!r}' for key, was, now in _differing(
+      saved, config, lambda key: getattr(_schema_field(key), 'shapes_state', False))]
 
 
 def read(workdir: str) -> dict[str, Any] | None:

@@ -89,16 +89,19 @@ class _Preemption:
 
 
 def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
-  """The dataset's facts; raises `data.DatasetNotFoundError` if it is not prepared."""
-  if config.dataset == 'fake':
-    if config.num_train_steps <= 0 or not config.num_classes or not config.image_size:
-      raise ValueError("dataset 'fake' needs num_train_steps, num_classes and image_size.")
-    return data.DatasetInfo(name='fake', num_classes=config.num_classes,
+  """The dataset's facts; raises `data.DatasetNotFoundError` if it is not prepared,
+  `data.DatasetDamagedError` if a file of it is truncated or replaced."""
+  if config.dataset == data.FAKE:  # run_config.validate checked its sizes.
+    return data.DatasetInfo(name=data.FAKE, num_classes=config.num_classes,
                             image_size=config.image_size, train_split='train', eval_split='',
                             num_train=config.num_train_steps * config.global_batch_size,
                             num_eval=0)
-  return data.get_dataset_info(config.dataset, config.data_dir or None,
+  info = data.get_dataset_info(config.dataset, config.data_dir or None,
                                download=config.download)
+  # Both splits, so that a damaged eval file stops the run now, not at its first eval.
+  for split in (info.train_split, info.eval_split):
+    data.check_split(info.name, config.data_dir or None, split)
+  return info
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
@@ -269,6 +272,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         trust_without_digest=config.get('trust_checkpoints_without_digest', False))
     run_config.check_resume(config, run_config.read(workdir) or checkpoint.saved_config(
         manager, start_step), workdir=workdir, step=start_step)
+    if start_step > total_steps:
+      raise run_config.ConfigError(
+          f'{workdir} is at step {start_step}, past this run\'s {total_steps} steps: a run does '
+          f'not train backwards. Use --config.num_train_steps >= {start_step} to go on, a new '
+          '--workdir for a shorter run, or dqnn.export / dqnn.report to use its checkpoint.')
     input_state = checkpoint.restore_input_state(manager, start_step)
     if input_state is None:
       logging.warning('The checkpoint of step %d has no input position (saved by an older '
@@ -310,6 +318,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   group_scales = {'learning_rate/levels': config.optimizer.level_lr_scale,
                   'learning_rate/quantizer': config.optimizer.quantizer_lr_scale}
 
+  def eval_due(step: int) -> bool:
+    return bool(info.num_eval) and (step == total_steps or (
+        config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+
+  def run_eval(step: int, state: TrainState) -> dict[str, float]:
+    record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
+    log.write(step, 'eval', record)
+    if config.weight_images and is_main:
+      summaries.write_weight_images(log.writer, step, model, state.variables(),
+                                    (info.image_size, info.image_size, 3))
+    return record
+
   final = {}
   pending_finite = []
   train_sums, train_count = metrics.resumed_sums(train_metrics)
@@ -317,6 +337,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   preempted = False
   last_time = time.monotonic()
   try:
+    # A step's checkpoint is saved before its eval, so an eval that did not finish is redone.
+    if start_step and eval_due(start_step) and distributed.process_zero_flag(
+        not log.has_record(start_step, 'eval')):
+      logging.info('Step %d has no eval record (its eval did not finish); evaluating now.',
+                   start_step)
+      final.update({f'eval/{k}': v for k, v in run_eval(start_step, state).items()})
     with _Preemption(manager) as preemption:
       while step < total_steps:
         state, step_metrics, finite = step_fn(state, train_input.next())
@@ -348,14 +374,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
               model, state.variables(), (bn_images(train_input.next())
                                           for _ in range(reestimation_batches)),
               bn_statistics_fn)[BATCH_STATS])
-        if info.num_eval and (is_last or (config.eval_every_steps
-                                          and step % config.eval_every_steps == 0)):
-          record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
-          log.write(step, 'eval', record)
-          if config.weight_images and is_main:
-            summaries.write_weight_images(log.writer, step, model, state.variables(),
-                                          (info.image_size, info.image_size, 3))
-          final.update({f'eval/{k}': v for k, v in record.items()})
         preempted = preemption.reached(step)
         if is_last or preempted or (config.checkpoint_every_steps
                                     and step % config.checkpoint_every_steps == 0):
@@ -364,6 +382,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           checkpoint.save(manager, step, state, config,
                           train_metrics=metrics.pending_sums(train_sums, train_count),
                           input_state=train_input.get_state())
+        if eval_due(step) and not preempted:  # A preempted run's resume evaluates.
+          final.update({f'eval/{k}': v for k, v in run_eval(step, state).items()})
         if preempted:
           logging.warning(distributed.preemption_message(step))
           break

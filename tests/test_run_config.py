@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
+from configs import base
 from dqnn import run_config
+from dqnn.models import MODELS
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'train'))
 from train_testlib import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -14,15 +16,60 @@ from train_testlib import tiny_config  # pylint: disable=g-import-not-at-top,wro
 
 def test_every_unusable_field_is_listed_in_one_error():
   config = tiny_config(global_batch_size=0, eval_batch_size=-8, dtype='int8',
-                       num_train_steps=-1, num_epochs=0)
+                       num_train_steps=-1, num_epochs=0, model='resnet81')
+  config.dataset = 'cifar1000'
   with pytest.raises(run_config.ConfigError) as error:
     run_config.validate(config)
-  assert str(error.value).splitlines()[1:] == [
-      '  global_batch_size=0: must be a positive integer.',
+  lines = sorted(str(error.value).splitlines()[1:])
+  assert lines[:5] == [
+      "  dataset='cifar1000': must be one of 'cifar100', 'cifar100_sample', 'imagenet2012', "
+      "'fake'. Did you mean 'cifar100'?",
+      "  dtype='int8': must be one of 'float32', 'bfloat16', 'float16'.",
       '  eval_batch_size=-8: must be a positive integer.',
-      "  dtype='int8': the compute dtype is one of float32, bfloat16, float16.",
-      '  num_epochs=0: must be > 0 when num_train_steps=-1; nothing to train.']
+      '  global_batch_size=0: must be a positive integer.',
+      "  model='resnet81': must be one of " + ', '.join(
+          repr(name) for name in MODELS if not name.startswith('_')) + ". Did you mean "
+      "'resnet18'?"]
+  assert lines[5:] == ['  num_epochs=0: must be > 0 when num_train_steps=-1; nothing to train.']
   run_config.validate(tiny_config())
+
+
+def test_a_field_the_schema_does_not_know_is_refused_with_the_nearest_name():
+  config = tiny_config()
+  config.lable_smoothing = 0.1
+  config.optimizer.momentun = 0.8
+  with pytest.raises(run_config.ConfigError) as error:
+    run_config.validate(config)
+  assert sorted(str(error.value).splitlines()[1:]) == [
+      "  lable_smoothing: not a dqnn config field. Did you mean 'label_smoothing'?",
+      "  optimizer.momentun: not a dqnn config field. Did you mean 'optimizer.momentum'?"]
+
+
+def test_the_schema_lists_exactly_the_fields_of_the_base_config():
+  fields = set(run_config._flat(base.get_base_config().to_dict(),  # pylint: disable=protected-access
+                                groups=frozenset({'optimizer', 'schedule'})))
+  assert fields == set(run_config.SCHEMA)
+  for name in run_config.RESUMABLE_FIELDS:  # What may change on resume is stated in base.py too.
+    assert run_config.SCHEMA[name].resumable
+
+
+def test_synthetic_data_needs_its_sizes():
+  config = tiny_config(num_classes=0, image_size=32)
+  config.dataset = 'fake'
+  with pytest.raises(run_config.ConfigError, match="dataset='fake': set num_train_steps"):
+    run_config.validate(config)
+  config.num_classes = 10
+  run_config.validate(config)
+
+
+def test_state_differences_name_the_fields_that_shape_the_saved_state():
+  saved = run_config.as_json(tiny_config())
+  config = tiny_config(seed=3, num_train_steps=99)
+  config.quant.w_bits = 3
+  config.optimizer.momentum = 0.5
+  assert run_config.state_differences(saved, config) == [
+      'optimizer.momentum: checkpoint 0.9, this run 0.5',
+      'quant.w_bits: checkpoint 2, this run 3']
 
 
 def test_values_that_lose_checkpoints_or_train_wrongly_are_refused():
@@ -32,8 +79,8 @@ def test_values_that_lose_checkpoints_or_train_wrongly_are_refused():
   with pytest.raises(run_config.ConfigError) as error:
     run_config.validate(config)
   assert [line.split('=')[0].strip() for line in str(error.value).splitlines()[1:]] == [
-      'num_train_steps', 'keep_checkpoints', 'eval_every_steps', 'label_smoothing',
-      'optimizer.learning_rate']
+      'num_train_steps', 'optimizer.learning_rate', 'label_smoothing', 'eval_every_steps',
+      'keep_checkpoints']
 
 
 def test_quantizers_and_their_options_are_checked_before_any_model_is_built():

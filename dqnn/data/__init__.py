@@ -5,11 +5,14 @@ See `pipeline` (host pipelines), `on_device` (a small split held on the accelera
 normalisation), `prepare` (offline prepare tool) and `mock` (offline mock data for tests).
 """
 
+from dqnn.data.datasets import check_split
 from dqnn.data.datasets import DatasetInfo
+from dqnn.data.datasets import FAKE
 from dqnn.data.datasets import get_dataset_info
 from dqnn.data.datasets import normalization
 from dqnn.data.datasets import SAMPLE
 from dqnn.data.datasets import SUPPORTED_DATASETS
+from dqnn.data.errors import DatasetDamagedError
 from dqnn.data.errors import DatasetNotFoundError
 from dqnn.data.mock import mock_dataset
 from dqnn.data.on_device import DeviceTrainData
@@ -19,7 +22,7 @@ from dqnn.data.pipeline import train_dataset
 from dqnn.data.transforms import normalize
 
 __all__ = [
-    'DatasetInfo', 'DatasetNotFoundError', 'DeviceTrainData', 'SAMPLE', 'SUPPORTED_DATASETS',
-    'eval_batches', 'fake_batches', 'get_dataset_info', 'mock_dataset', 'normalization', 'normalize',
-    'train_dataset',
+    'DatasetDamagedError', 'DatasetInfo', 'DatasetNotFoundError', 'DeviceTrainData', 'FAKE',
+    'SAMPLE', 'SUPPORTED_DATASETS', 'check_split', 'eval_batches', 'fake_batches',
+    'get_dataset_info', 'mock_dataset', 'normalization', 'normalize', 'train_dataset',
 ]

@@ -18,12 +18,15 @@ import os
 import shlex
 import socket
 
+from array_record.python import array_record_module
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dqnn.data.errors import DatasetDamagedError
 from dqnn.data.errors import DatasetNotFoundError
 
 SAMPLE = 'cifar100_sample'
+FAKE = 'fake'  # Synthetic batches for throughput runs: no files, sizes from the config.
 _SAMPLE_FILE = 'cifar100_sample.npz'
 # TFDS downloads CIFAR-100 from here; checked first so an offline host fails in seconds.
 _DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
@@ -203,6 +206,72 @@ def get_dataset_info(name: str,
                      num_train=num_train, num_eval=num_eval)
 
 
+def _damaged_message(name: str, data_dir: str, version_dir: str, what: str, reason: str) -> str:
+  return '\n'.join([
+      f'Dataset {name!r} is damaged: {what} {reason}.',
+      'Set it aside and prepare it again (checkpoints are not affected; training resumes):',
+      f'  mv {shlex.quote(version_dir)} {shlex.quote(version_dir.rstrip(os.sep) + ".damaged")}',
+      f'  {prepare_command(name, data_dir)}'])
+
+
+def check_split(name: str, data_dir: str | None, split: str) -> None:
+  """Raises `DatasetDamagedError` unless every file of a prepared split holds the records its
+  metadata lists. Small (CIFAR-size) splits are read whole, checksums included (a fraction of a
+  second); ImageNet's only by their footers (milliseconds): a truncated or replaced shard is
+  found before training, a damaged block inside one when it is read."""
+  if name in (SAMPLE, FAKE):
+    return
+  data_dir = resolve_data_dir(data_dir)
+  split_info = load_builder(name, data_dir).info.splits[split]
+  for path, expected in zip(split_info.filepaths, split_info.shard_lengths):
+    path = os.fspath(path)
+    try:
+      reader = array_record_module.ArrayRecordReader(path, 'readahead_buffer_size:0')
+      found = reader.num_records()
+      if is_small(name):
+        reader.read_all()
+      reader.close()
+    except (OSError, RuntimeError, ValueError) as error:
+      raise DatasetDamagedError(_damaged_message(
+          name, data_dir, os.path.dirname(path), path,
+          f'cannot be read ({_first_line(error) or "truncated, or not array_record"})'
+      )) from None
+    if found != expected:
+      raise DatasetDamagedError(_damaged_message(
+          name, data_dir, os.path.dirname(path), path,
+          f'holds {found} records where {expected} were written'))
+
+
+def _first_line(error: Exception) -> str:
+  return (str(error).strip().splitlines() or [''])[0][:300]
+
+
+class _NamedDamage:
+  """A source whose read errors (Riegeli's checksum mismatches) name the dataset and its fix."""
+
+  def __init__(self, source, name: str, data_dir: str, version_dir: str, split: str):
+    self._source, self._name, self._split = source, name, split
+    self._data_dir, self._version_dir = data_dir, version_dir
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _read(self, read, indices):
+    try:
+      return read(indices)
+    except RuntimeError as error:  # array_record reports damage as RuntimeError.
+      raise DatasetDamagedError(_damaged_message(
+          self._name, self._data_dir, self._version_dir,
+          f'a file of its {self._split!r} split in {self._version_dir}',
+          f'cannot be read ({_first_line(error)})')) from None
+
+  def __getitem__(self, index):
+    return self._read(self._source.__getitem__, index)
+
+  def __getitems__(self, indices):
+    return self._read(self._source.__getitems__, indices)
+
+
 def open_split(name: str, data_dir: str | None, split: str, start: int, end: int):
   """Examples [start, end) of a split, as a random-access source of {'image', 'label'}.
 
@@ -214,8 +283,9 @@ def open_split(name: str, data_dir: str | None, split: str, start: int, end: int
     return InMemorySource(arrays[f'{split}_image'][start:end],
                           arrays[f'{split}_label'][start:end])
   builder = load_builder(name, data_dir)
-  source = builder.as_data_source(split=f'{split}[{start}:{end}]',
-                                  decoders={'image': tfds.decode.SkipDecoding()})
+  source = _NamedDamage(builder.as_data_source(split=f'{split}[{start}:{end}]',
+                                               decoders={'image': tfds.decode.SkipDecoding()}),
+                        name, resolve_data_dir(data_dir), os.fspath(builder.data_dir), split)
   if not is_small(name):
     return source
   examples = source.__getitems__(range(len(source)))

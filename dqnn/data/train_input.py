@@ -66,7 +66,7 @@ def training_input(config: ml_collections.ConfigDict, info: datasets.DatasetInfo
   """This run's training input, positioned at its first batch."""
   batch_sharding = NamedSharding(mesh, P('data'))
   steps_per_epoch = info.num_train // config.global_batch_size
-  if info.name == 'fake':
+  if info.name == datasets.FAKE:
     return HostInput(pipeline.fake_batches(global_batch_size=config.global_batch_size,
                                            image_size=info.image_size,
                                            num_classes=info.num_classes, seed=config.seed),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from dqnn import checkpoint
+from dqnn import data
 from dqnn import files
 from dqnn import metrics
 from dqnn import run_config
@@ -101,7 +102,9 @@ def test_resumable_fields_change_without_opting_in(finished_run):
 @pytest.mark.parametrize('field, value, named', [
     ('global_batch_size', 0, 'global_batch_size=0: must be a positive integer'),
     ('global_batch_size', -8, 'global_batch_size=-8: must be a positive integer'),
-    ('dtype', 'int8', "dtype='int8': the compute dtype is one of float32, bfloat16, float16"),
+    ('dtype', 'int8', "dtype='int8': must be one of 'float32', 'bfloat16', 'float16'"),
+    ('model', 'resnet81', "model='resnet81': must be one of 'resnet18', .*'cifar_mobilenet_v2'. "
+     "Did you mean 'resnet18'"),
     ('on_corrupt_checkpoint', 'ignore', "on_corrupt_checkpoint='ignore'"),
 ])
 def test_unusable_config_is_one_clear_error_before_any_write(tmp_path, field, value, named):
@@ -134,3 +137,56 @@ def test_full_disk_mid_run_loses_nothing_and_the_run_resumes(tmp_path_factory, t
 
   assert train.train_and_evaluate(config, workdir)['step'] == 4
   assert _without_timing(read_metrics(workdir)) == _without_timing(read_metrics(straight))
+
+
+def test_an_eval_that_fails_comes_after_its_checkpoint_and_is_redone_on_resume(
+    tmp_path_factory, tmp_path, monkeypatch):
+  straight, data_dir = trained_run(tmp_path_factory)
+  config, workdir = tiny_config(data_dir=str(data_dir)), str(tmp_path / 'run')
+  with monkeypatch.context() as patch:
+    patch.setattr(train, 'evaluate', lambda *args: (_ for _ in ()).throw(MemoryError('eval')))
+    with pytest.raises(MemoryError):
+      train.train_and_evaluate(config, workdir)
+  assert checkpoint_steps(workdir) == [2, 4]  # Step 4's training is not lost.
+  assert 'eval' not in {r['split'] for r in read_metrics(workdir)}
+
+  assert train.train_and_evaluate(config, workdir)['eval/top1'] >= 0
+  assert _without_timing(read_metrics(workdir)) == _without_timing(read_metrics(straight))
+
+
+def test_a_shorter_run_on_a_workdir_past_its_end_is_refused_and_changes_nothing(finished_run):
+  workdir, config = finished_run
+  config.num_train_steps = 2
+  before = snapshot(workdir)
+  with pytest.raises(run_config.ConfigError, match='at step 4, past this run.s 2 steps'):
+    train.train_and_evaluate(config, workdir)
+  assert snapshot(workdir) == before
+
+
+def test_a_smaller_keep_removes_only_the_checkpoints_beyond_it_once_a_newer_one_is_saved(
+    finished_run):
+  workdir, config = finished_run
+  config.num_train_steps, config.keep_checkpoints = 6, 1
+  assert train.train_and_evaluate(config, workdir)['step'] == 6
+  assert checkpoint_steps(workdir) == [6]
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'flipped block'])
+def test_a_damaged_eval_file_stops_the_run_before_any_write(tmp_path_factory, tmp_path, damage):
+  _, data_dir = trained_run(tmp_path_factory)
+  shutil.copytree(data_dir, tmp_path / 'data')
+  shard, = (tmp_path / 'data').rglob('cifar100-test.array_record-*')
+  raw = bytearray(shard.read_bytes())
+  if damage == 'truncated':
+    raw = raw[:len(raw) // 2]
+  else:
+    raw[len(raw) // 3] ^= 0xFF
+  shard.write_bytes(bytes(raw))
+  config = tiny_config(data_dir=str(tmp_path / 'data'))
+  with pytest.raises(data.DatasetDamagedError) as error:
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  lines = str(error.value).splitlines()
+  assert lines[0].startswith("Dataset 'cifar100' is damaged: ") and str(shard) in lines[0]
+  assert lines[2] == f'  mv {shard.parent} {shard.parent}.damaged'
+  assert lines[3].startswith('  python -m dqnn.data.prepare --source=npz')
+  assert not (tmp_path / 'run').exists()
