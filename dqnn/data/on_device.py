@@ -32,7 +32,7 @@ class DeviceTrainData:
                        '--config.input_on_device=False.')
     self._mesh = mesh
     self._seed = seed
-    num_devices = mesh.devices.size
+    self.num_devices = num_devices = mesh.devices.size
     self.per_device = info.num_train // num_devices
     self.batch_per_device = global_batch_size // num_devices
     if self.per_device < self.batch_per_device:

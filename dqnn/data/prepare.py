@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import io
 import os
+import signal
 import sys
 
 import numpy as np
@@ -253,6 +254,8 @@ def main(argv):
   f = flags.FLAGS
   if not f.verbose:
     tfds.disable_progress_bar()
+  # SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the staging folder is removed.
+  signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
   data_dir = resolve_data_dir(f.data_dir)
   try:
     if f.source == 'npz':

@@ -6,6 +6,7 @@ exactly the next batch.
 """
 from typing import Any, Iterator
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -55,10 +56,20 @@ class DeviceInput:
     return inputs
 
   def get_state(self) -> dict[str, Any]:
-    return {'next_step': self._step}
+    return {'next_step': self._step, 'num_devices': self._data.num_devices}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._step = int(state['next_step'])
+    saved = state.get('num_devices', self._data.num_devices)
+    if saved != self._data.num_devices:
+      # Each device draws from its own shard of the split, so the shards, and with them the
+      # batches, depend on the device count. Training stays correct; only its data order moves.
+      logging.warning(
+          'The run trained to step %d on %d devices and resumes on %d: the on-device input '
+          'draws other batches from here on than a run on %d devices would. Resume on %d '
+          'devices to continue it exactly (with a new --workdir, '
+          '--config.input_on_device=False draws batches independent of the device count).',
+          self._step, saved, self._data.num_devices, saved, saved)
 
 
 def training_input(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,

@@ -7,16 +7,23 @@ result is a normal TFDS directory `<data_dir>/<name>/<version>/` (dataset_info.j
 features.json, `<name>-<split>.array_record-*`) with exactly the builder's features. Images are
 passed already encoded (PNG / JPEG bytes), which keeps TensorFlow out of the writing too.
 
-The new dataset is written completely beside the old one and only then renamed into place, so
-a failed prepare never leaves a half-written dataset nor loses the one that was there.
+The new dataset is written completely beside the old one, in a staging folder
+`<data_dir>/.<name>-prepare-<host>-<pid>-*`, and only then renamed into place, so a failed
+prepare never leaves a half-written dataset nor loses the one that was there. The staging folder
+is removed however the prepare ends; one left by a killed prepare (its process gone) is removed
+by the next prepare on that host.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
+import socket
 import tempfile
+
+from absl import logging
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -55,6 +62,31 @@ def png(image: np.ndarray) -> io.BytesIO:
   return buf
 
 
+def _staging_prefix(name: str, host: str, pid: int | str) -> str:
+  return f'.{name}-prepare-{host}-{pid}-'
+
+
+def _is_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    return True
+  return True
+
+
+def remove_stale_staging(name: str, data_dir: str) -> None:
+  """Removes the staging folders of killed prepares of `name` on this host."""
+  host = socket.gethostname()
+  stale = re.compile(re.escape(_staging_prefix(name, host, 'PID')).replace('PID', r'(\d+)'))
+  for entry in os.scandir(data_dir):
+    match = stale.match(entry.name)
+    if match and entry.is_dir() and not _is_running(int(match.group(1))):
+      shutil.rmtree(entry.path, ignore_errors=True)
+      logging.info('Removed %s, left by a prepare that was killed.', entry.path)
+
+
 class DatasetExistsError(FileExistsError):
   """A prepared dataset already exists and overwrite=False."""
 
@@ -76,7 +108,9 @@ def write_tfds_dataset(
     raise DatasetExistsError(
         f'{out} already exists; pass --overwrite (overwrite=True) to replace it.')
   os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f'.{name}-prepare-', dir=data_dir)
+  remove_stale_staging(name, data_dir)
+  staging = tempfile.mkdtemp(prefix=_staging_prefix(name, socket.gethostname(), os.getpid()),
+                             dir=data_dir)
   try:
     builder = tfds.builder(name, data_dir=staging)
 

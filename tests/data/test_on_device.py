@@ -9,6 +9,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 import dqnn.data as data
+from dqnn.data import train_input
 from dqnn.data import transforms
 
 
@@ -63,3 +64,18 @@ def test_sharded_over_devices_each_device_reads_its_own_shard():
   r = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
                      env={**os.environ, **env}, timeout=300)
   assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-3000:]
+
+
+def test_resuming_on_another_device_count_warns_that_the_batches_change(caplog):
+  info = data.get_dataset_info(data.SAMPLE)
+  mesh = Mesh(np.array(jax.devices()[:1]), ('data',))
+  device_input = train_input.DeviceInput(
+      data.DeviceTrainData(info, None, mesh, global_batch_size=100, seed=0))
+  saved = device_input.get_state()
+  assert saved == {'next_step': 0, 'num_devices': 1}
+  device_input.set_state(saved)
+  assert 'devices' not in caplog.text
+  device_input.set_state({'next_step': 7, 'num_devices': 2})
+  assert 'trained to step 7 on 2 devices and resumes on 1' in caplog.text
+  assert 'input_on_device=False' in caplog.text
+  assert device_input.get_state()['next_step'] == 7

@@ -4,8 +4,11 @@ import collections
 import io
 import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -242,3 +245,42 @@ def test_not_an_npz_is_named(tmp_path):
   path.write_bytes(b'not a zip file at all')
   with pytest.raises(ValueError, match='not a readable .npz'):
     prepare.prepare_cifar100_npz(str(path), str(tmp_path / 'out'))
+
+
+def _tiny_image_folder(directory: pathlib.Path) -> pathlib.Path:
+  from PIL import Image
+  directory.mkdir()
+  for i, wnid in enumerate(('n01440764', 'n01443537')):
+    for j in range(2):
+      Image.new('RGB', (40, 30), (i * 90, j * 90, 20)).save(directory / f'{wnid}_{j}.JPEG')
+  return directory
+
+
+def test_a_killed_prepares_staging_folder_is_removed_by_the_next_prepare(tmp_path):
+  out = tmp_path / 'tfds'
+  out.mkdir()
+  finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                            capture_output=True, text=True, check=True)
+  host = socket.gethostname()
+  dead = out / f'.imagenet2012-prepare-{host}-{finished.stdout.strip()}-abc'
+  running = out / f'.imagenet2012-prepare-{host}-{os.getppid()}-def'  # A live process's.
+  for staging in (dead, running):
+    (staging / 'imagenet2012').mkdir(parents=True)
+  prepare.prepare_imagenet_folder(str(_tiny_image_folder(tmp_path / 'images')), str(out),
+                                  holdout_per_class=1)
+  assert sorted(p.name for p in out.iterdir()) == sorted(['imagenet2012', running.name])
+
+
+def test_sigterm_during_prepare_removes_its_staging_folder(tmp_path):
+  npz = _require('cifar100/train.npz')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'dqnn.data.prepare', '--source=npz', f'--input={npz}',
+       f'--data_dir={tmp_path}', '--limit_per_class=200'], cwd=REPO,
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 120
+  while not list(tmp_path.glob('.cifar100-prepare-*')) and time.monotonic() < deadline:
+    time.sleep(0.05)
+  assert process.poll() is None, 'prepare finished before it could be interrupted'
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=60) == 128 + signal.SIGTERM
+  assert list(tmp_path.iterdir()) == []
