@@ -170,6 +170,7 @@ def saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 
 def _first_line(error: Exception) -> str:
   line = (str(error).strip().splitlines() or [''])[0]
+  line = line.split(' See full TensorStore details')[0]  # The rest is a repr of a method.
   return f'{type(error).__name__}: {line[:300]}'
 
 

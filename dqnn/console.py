@@ -56,7 +56,8 @@ def closing_summary(final: Mapping[str, Any], records: Sequence[Mapping[str, Any
   result = (f': eval top-1 {100 * evals[-1]["top1"]:.2f}%, top-5 {100 * evals[-1]["top5"]:.2f}%'
             f' at step {evals[-1]["step"]}' if evals else '')
   if final.get('preempted'):
-    head = f'Stopped by SIGTERM at step {step}, checkpoint saved; run the same command to resume.'
+    head = (f'Stopped by a signal at step {step}, checkpoint saved; run the same command to '
+            'resume.')
   elif any(name.startswith('train/') for name in final):
     head = f'Finished step {step}{result} ({_duration(wall_seconds)}).'
   else:

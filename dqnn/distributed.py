@@ -334,6 +334,6 @@ def gather_global_batch(local_images: np.ndarray) -> np.ndarray:
 
 def preemption_message(step: int) -> str:
   if jax.process_count() == 1:
-    return f'SIGTERM: saved a checkpoint at step {step} and stopped.'
+    return f'Saved a checkpoint at step {step} and stopped.'
   return (f'A preemption notice (SIGTERM) reached one of the {jax.process_count()} processes: '
           f'all saved a checkpoint at step {step} and stopped. Re-run to resume.')

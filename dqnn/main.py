@@ -12,8 +12,9 @@ with --config.multi_host=True (settings auto-detected on Cloud TPU, SLURM, Open 
 --coordinator_address, --num_processes, --process_id (or JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID), and a --workdir shared by all of them.
 
-Exit status: 0 when training finished, 75 (EX_TEMPFAIL: try again) when SIGTERM stopped it after
-saving a checkpoint, so that a scheduler can requeue it; 1 with one `ERROR:` line for a problem
+Exit status: 0 when training finished, 75 (EX_TEMPFAIL: try again) when SIGTERM or Ctrl-C
+stopped it after saving a checkpoint, so that a scheduler can requeue it; 130 when a second Ctrl-C
+ended it at once (the last committed checkpoint is kept); 1 with one `ERROR:` line for a problem
 to fix first.
 """
 import contextlib
@@ -38,7 +39,7 @@ from dqnn import train
 from dqnn import warm_start
 from dqnn import workdir_lock
 
-# sysexits.h's EX_TEMPFAIL: stopped by SIGTERM after saving; re-running resumes.
+# sysexits.h's EX_TEMPFAIL: stopped by SIGTERM or Ctrl-C after saving; re-running resumes.
 PREEMPTED_EXIT_CODE = 75
 # Errors whose message says what to do; shown without a traceback.
 _USER_ERRORS = (data.DatasetNotFoundError, data.DatasetDamagedError,

@@ -5,6 +5,7 @@ the train state replicated. Under `jax.jit` the model sees the global batch, so 
 quantizer statistics are global-batch statistics whatever the device count.
 """
 import functools
+import os
 import signal
 import time
 from typing import Any
@@ -58,31 +59,41 @@ class TrainState:
 
 
 class _Preemption:
-  """Whether to save and stop after this step: SIGTERM (preemption) was received.
+  """Whether to save and stop after this step: SIGTERM (preemption) or Ctrl-C was received.
 
-  One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption service
-  (started by `jax.distributed.initialize`) catches SIGTERM and names a step at which every
-  process stops together, so they all join the final save.
+  One process: SIGTERM and SIGINT set a flag; a second SIGINT ends the process at once (os._exit:
+  no Python unwinding inside XLA; checkpoints are committed atomically, so the last committed one
+  survives and a half-written one is discarded when the run resumes). Several processes: JAX's
+  preemption service (started by `jax.distributed.initialize`) catches SIGTERM and names a step
+  at which every process stops together, so they all join the final save.
   """
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self, manager):
     self._manager = manager
     self._multi_process = jax.process_count() > 1
     self._received = False
-    self._previous = None
+    self._previous = {}
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self._received and signum == signal.SIGINT:
+      os.write(2, b'\nInterrupted again: exiting now, without saving; the last committed '
+                  b'checkpoint is kept.\n')
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    if not self._received:
+      os.write(2, f'\n{signal.Signals(signum).name}: saving a checkpoint after this step, then '
+                  'stopping (Ctrl-C again exits at once).\n'.encode())
     self._received = True
 
   def __enter__(self):
     if not self._multi_process:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
     return self
 
   def __exit__(self, *exc):
-    if not self._multi_process:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def reached(self, step: int) -> bool:
     return self._manager.reached_preemption(step) if self._multi_process else self._received

@@ -19,7 +19,7 @@ def test_closing_summary_says_what_happened_and_what_to_run_next():
   again = console.closing_summary({'step': 4, 'preempted': False}, records, '/w', 1.0)
   assert again.startswith('Already finished at step 4: eval top-1 50.00%')
   stopped = console.closing_summary({'step': 2, 'train/loss': 1.0, 'preempted': True}, [], '/w', 1)
-  assert stopped.startswith('Stopped by SIGTERM at step 2')
+  assert stopped.startswith('Stopped by a signal at step 2, checkpoint saved')
 
 
 def test_library_info_logs_are_hidden_but_their_warnings_and_dqnn_logs_stay(tmp_path):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from dqnn import workdir_lock
 from train_testlib import REPO, checkpoint_steps, read_metrics
 
@@ -50,20 +52,29 @@ def test_train_batch_that_does_not_split_over_the_devices_is_one_error(tmp_path,
   assert not workdir.exists()
 
 
-def test_sigterm_saves_and_exits_with_the_requeue_code(tmp_path, subprocess_env):
-  """A scheduler tells a preempted run (checkpoint saved; re-run resumes) from a finished one."""
+def _training_process(workdir, env, steps=100000):
+  """A long fake-data run, returned once it has logged its first step."""
   process = subprocess.Popen(
       [sys.executable, '-m', 'dqnn.main', '--config=configs/fake_data_throughput.py:runlocal',
-       f'--workdir={tmp_path}', '--config.num_train_steps=100000', '--config.log_every_steps=1'],
-      cwd=REPO, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+       f'--workdir={workdir}', f'--config.num_train_steps={steps}', '--config.log_every_steps=1'],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 300
-  while not (tmp_path / 'metrics.jsonl').exists() and time.monotonic() < deadline:
+  while not (workdir / 'metrics.jsonl').exists() and time.monotonic() < deadline:
     assert process.poll() is None, process.stderr.read()[-3000:]
     time.sleep(0.5)
-  process.send_signal(signal.SIGTERM)
+  return process
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_and_exits_with_the_requeue_code(tmp_path, subprocess_env,
+                                                                 signum):
+  """A scheduler tells a preempted run (checkpoint saved; re-run resumes) from a finished one."""
+  process = _training_process(tmp_path, subprocess_env)
+  process.send_signal(signum)
   _, stderr = process.communicate(timeout=300)
   assert process.returncode == 75, stderr[-3000:]  # dqnn.main.PREEMPTED_EXIT_CODE
-  assert 'SIGTERM: saved a checkpoint at step' in stderr and 'Traceback' not in stderr
+  assert f'{signal.Signals(signum).name}: saving a checkpoint after this step' in stderr
+  assert 'Saved a checkpoint at step' in stderr and 'Traceback' not in stderr
   assert checkpoint_steps(tmp_path)
 
 
@@ -89,3 +100,22 @@ def test_a_misplaced_override_is_one_line_naming_the_field(tmp_path, subprocess_
   assert result.stderr.strip().splitlines() == [
       "ERROR: --config.w_bits: configs/cifar100_resnet20_w2a2.py has no field 'w_bits'. "
       'Did you mean --config.quant.w_bits?']
+
+
+def test_a_fallback_to_the_previous_checkpoint_ends_cleanly(tmp_path, subprocess_env):
+  command = [sys.executable, '-m', 'dqnn.main',
+             '--config=configs/fake_data_throughput.py:runlocal', f'--workdir={tmp_path}',
+             '--config.checkpoint_every_steps=2']
+  first = subprocess.run(command, cwd=REPO, env=subprocess_env, capture_output=True, text=True,
+                         timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  latest = checkpoint_steps(tmp_path)[-1]
+  data_files = (tmp_path / 'checkpoints' / str(latest) / 'state').rglob('d/*')
+  max(data_files, key=lambda path: path.stat().st_size).unlink()
+  again = subprocess.run(command, cwd=REPO, env=subprocess_env, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'the latest intact checkpoint' in again.stderr
+  assert 'Traceback' not in again.stderr and 'Event loop is closed' not in again.stderr
+  assert 'TensorStore details' not in again.stderr  # The error is cut to its useful part.
+  assert checkpoint_steps(tmp_path)[-1] == latest

@@ -179,7 +179,7 @@ def test_sigterm_on_one_process_stops_all_at_one_step(runs):
   assert checkpoint_steps(workdir / 'sigterm_to_last_process')[-1] == step
   # Process 0 was not signalled; its message says another process was.
   assert 'reached one of the 2 processes' in outputs[0]
-  assert 'SIGTERM: saved' not in outputs[0]
+  assert 'Saved a checkpoint at step' not in outputs[0]
 
 
 def test_death_of_a_process_ends_the_others_fast_with_a_hint(runs):

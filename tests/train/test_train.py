@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -84,3 +85,21 @@ def test_batch_must_divide_over_devices(cifar_data_dir, tmp_path, monkeypatch):
                                        r'devices; use a multiple of 3 \(e.g. 6 or 9\)'):
     train.train_and_evaluate(tiny_config(data_dir=cifar_data_dir), str(workdir))
   assert not workdir.exists()
+
+
+def test_ctrl_c_asks_for_a_save_and_a_second_one_exits_at_once(monkeypatch, capfd):
+  exits = []
+  monkeypatch.setattr(os, '_exit', exits.append)
+  previous = signal.getsignal(signal.SIGINT)
+  with train._Preemption(manager=None) as preemption:  # pylint: disable=protected-access
+    assert not preemption.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.reached(1) and not exits
+    os.kill(os.getpid(), signal.SIGTERM)  # Already stopping: no second message, no exit.
+    assert not exits
+    os.kill(os.getpid(), signal.SIGINT)
+    assert exits == [128 + signal.SIGINT]
+  assert signal.getsignal(signal.SIGINT) is previous
+  stderr = capfd.readouterr().err
+  assert stderr.count('saving a checkpoint after this step') == 1
+  assert 'Interrupted again: exiting now' in stderr
