@@ -29,6 +29,7 @@ as BatchNorm's, `sync_quant_stats(new_state['quant_stats'], axis_name)`, next to
 `lax.pmean(batch_stats, axis_name)`. Under `jax.jit` with a sharded batch there is nothing to do.
 """
 import dataclasses
+import functools
 from typing import Any, Mapping
 import warnings
 
@@ -166,6 +167,46 @@ def _check_stats_mutable(module: nn.Module) -> None:
         f'TrainState), or pass use_running_average=True to evaluate.')
 
 
+def _differentiated_while_evaluating(layer: str) -> QuantStateError:
+  return QuantStateError(
+      f'{layer} is being differentiated (training) but was applied with nothing mutable and '
+      f'use_running_average=None, which means evaluation: its quantizer statistics '
+      f'({QUANT_STATS!r}) would silently stay frozen. Linen: apply with mutable=['
+      f"'batch_stats', '{QUANT_STATS}'] (or build the layer with use_running_average=not "
+      f'train). NNX through flax.nnx.bridge.ToNNX: call the layer with mutable='
+      f"['{QUANT_STATS}'] while training, e.g. self.conv(x, mutable=False if "
+      f"self.use_running_average else ['{QUANT_STATS}']). To train with frozen statistics on "
+      f'purpose, build the layer with use_running_average=True.')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _evaluation_kernel(kernel: jax.Array, layer: str) -> jax.Array:
+  """`kernel`, whose gradient is a `QuantStateError`: the layer inferred evaluation."""
+  return kernel
+
+
+def _evaluation_kernel_fwd(kernel, layer):
+  return kernel, None
+
+
+def _evaluation_kernel_bwd(layer, _, cotangent):
+  # Runs when the backward pass is traced (or run eagerly), so the error is raised at once.
+  raise _differentiated_while_evaluating(layer)
+
+
+_evaluation_kernel.defvjp(_evaluation_kernel_fwd, _evaluation_kernel_bwd)
+
+
+def _infers_evaluation(module: nn.Module) -> bool:
+  """Whether a layer with quantizer statistics evaluates only because nothing is mutable.
+
+  Then a gradient of its kernel means it is trained with its statistics silently frozen (e.g.
+  `nnx.bridge.ToNNX` called without `mutable`, whose linen layer sees nothing mutable).
+  """
+  return (module.use_running_average is None and not _training(module)
+          and not module.is_initializing() and bool(module.variables.get(QUANT_STATS)))
+
+
 def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int,
                          options: Mapping[str, Any] | None, signed: bool, name: str) -> jax.Array:
   """Builds and applies the activation quantizer `method` as the child `name` of `module`."""
@@ -209,13 +250,18 @@ class _Quantized(nn.Module):
   def param(self, name, init_fn, *init_args, **init_kwargs):
     # nn.Conv / nn.Dense create their kernel through self.param('kernel', ...): a quantized layer
     # hands back the quantizer's kernel instead, so all of the float layer's logic is reused.
-    if name != 'kernel' or self.w_bits == FULL_PRECISION:
+    if name != 'kernel':
       return super().param(name, init_fn, *init_args, **init_kwargs)
-    shape = tuple(init_args[0])
-    return _run_quantizer(self, quantizers.WEIGHT_QUANTIZERS, self.weight_quantizer,
-                          lambda extra: quantizers.weight_quantizer(
-                              self.weight_quantizer, self.w_bits, init_fn, self.weight_options,
-                              name=WEIGHT_QUANTIZER, **extra)(shape))
+    if self.w_bits == FULL_PRECISION:
+      kernel = super().param(name, init_fn, *init_args, **init_kwargs)
+    else:
+      shape = tuple(init_args[0])
+      kernel = _run_quantizer(self, quantizers.WEIGHT_QUANTIZERS, self.weight_quantizer,
+                              lambda extra: quantizers.weight_quantizer(
+                                  self.weight_quantizer, self.w_bits, init_fn,
+                                  self.weight_options, name=WEIGHT_QUANTIZER, **extra)(shape))
+    # The activation quantizer has run by now, so its statistics are in the variables.
+    return _evaluation_kernel(kernel, _layer_name(self)) if _infers_evaluation(self) else kernel
 
 
 class QuantConv(_Quantized, nn.Conv):
