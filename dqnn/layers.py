@@ -27,6 +27,8 @@ checked on the device; the host is called only when there is something to report
 Data parallel with `pmap`/`shard_map` (per-device batches): average the refitted statistics
 as BatchNorm's, `sync_quant_stats(new_state['quant_stats'], axis_name)`, next to
 `lax.pmean(batch_stats, axis_name)`. Under `jax.jit` with a sharded batch there is nothing to do.
+`check_replicated(state.quant_stats)` (on the host, e.g. before saving) raises if the devices'
+copies differ, naming `sync_quant_stats`.
 """
 import dataclasses
 import functools
@@ -37,6 +39,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dqnn import quantizers
 from dqnn.quantizers import FULL_PRECISION, check_bits, dq_weight
@@ -64,6 +67,46 @@ def sync_quant_stats(quant_stats: Any, axis_name: str) -> Any:
   its own. Not needed under `jax.jit` with a sharded batch, which already sees the whole batch.
   """
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name), quant_stats)
+
+
+def _device_copies(leaf: Any) -> list[list[np.ndarray]]:
+  """Groups of per-device values that must be equal: under `pmap`, every device's entry of the
+  leading axis (one per device, as `flax.jax_utils.replicate` lays state out); otherwise the
+  shards that hold the same slice of a replicated `jax.Array`."""
+  if not isinstance(leaf, jax.Array) or len(leaf.addressable_shards) < 2:
+    return []
+  shards = leaf.addressable_shards
+  if leaf.ndim and leaf.shape[0] == len(shards) and all(
+      shard.data.shape == (1, *leaf.shape[1:]) for shard in shards):
+    return [[np.asarray(shard.data)[0] for shard in shards]]
+  groups: dict[tuple, list[np.ndarray]] = {}
+  for shard in shards:
+    where = tuple((part.start, part.stop, part.step) for part in shard.index)
+    groups.setdefault(where, []).append(np.asarray(shard.data))
+  return list(groups.values())
+
+
+def check_replicated(quant_stats: Any) -> None:
+  """Raises `QuantStateError` if the devices' copies of `quant_stats` differ.
+
+  Under `pmap` (or `shard_map` without its replication check) each device refits the
+  statistics on its own batch; unless the step averages them with `sync_quant_stats`, the
+  copies of what should be one replicated state diverge, and a checkpoint of it keeps a mix.
+  Call it on the training state's `quant_stats` (e.g. before saving); it compares the copies
+  on the host, so call it every so many steps, not inside the step.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(quant_stats)[0]:
+    for copies in _device_copies(leaf):
+      if not all(np.allclose(copy, copies[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+                 for copy in copies):
+        difference = max(float(np.nanmax(np.abs(copy - copies[0]), initial=0.0))
+                         for copy in copies)
+        raise QuantStateError(
+            f'{QUANT_STATS}{jax.tree_util.keystr(path)} differs between devices (largest '
+            f'difference {difference:.3g} between its {len(copies)} copies): each device kept '
+            f'the statistics refitted on its own batch. Average them in the pmap / shard_map '
+            f'step where batch_stats are averaged: '
+            f"quant_stats=dqnn.layers.sync_quant_stats(new['{QUANT_STATS}'], axis_name).")
 
 
 _warned: set[tuple[str, str]] = set()
