@@ -11,7 +11,9 @@ LQ-Nets bases) live in the `quant_stats` collection, which is state like BatchNo
 Training vs evaluation, as BatchNorm's `use_running_average`: `use_running_average=True`
 uses the stored statistics; `False` refits them, and `quant_stats` must then be mutable. Left
 `None`, a layer trains when `quant_stats` or `batch_stats` is mutable — so applying with
-`mutable=['batch_stats']` alone is an error, not a silent freeze of the quantizers.
+`mutable=['batch_stats']` alone is an error, not a silent freeze of the quantizers; so is
+differentiating the kernel of a layer applied with nothing mutable (a model without BatchNorm,
+or `nnx.bridge.ToNNX` called without `mutable=['quant_stats']`).
 
 DQ's activation quantizer weights each channel's error by its energy (`weighting='channel'`).
 Where no BatchNorm precedes the layer, or at `a_bits=1`, pass
@@ -73,9 +75,9 @@ def _device_copies(leaf: Any) -> list[list[np.ndarray]]:
   """Groups of per-device values that must be equal: under `pmap`, every device's entry of the
   leading axis (one per device, as `flax.jax_utils.replicate` lays state out); otherwise the
   shards that hold the same slice of a replicated `jax.Array`."""
-  if not isinstance(leaf, jax.Array) or len(leaf.addressable_shards) < 2:
+  shards = leaf.addressable_shards if isinstance(leaf, jax.Array) else []
+  if len(shards) < 2:
     return []
-  shards = leaf.addressable_shards
   if leaf.ndim and leaf.shape[0] == len(shards) and all(
       shard.data.shape == (1, *leaf.shape[1:]) for shard in shards):
     return [[np.asarray(shard.data)[0] for shard in shards]]
