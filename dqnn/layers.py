@@ -11,7 +11,9 @@ LQ-Nets bases) live in the `quant_stats` collection, which is state like BatchNo
 Training vs evaluation, as BatchNorm's `use_running_average`: `use_running_average=True`
 uses the stored statistics; `False` refits them, and `quant_stats` must then be mutable. Left
 `None`, a layer trains when `quant_stats` or `batch_stats` is mutable — so applying with
-`mutable=['batch_stats']` alone is an error, not a silent freeze of the quantizers.
+`mutable=['batch_stats']` alone is an error, not a silent freeze of the quantizers; so is
+differentiating the kernel of a layer applied with nothing mutable (a model without BatchNorm,
+or `nnx.bridge.ToNNX` called without `mutable=['quant_stats']`).
 
 DQ's activation quantizer weights each channel's error by its energy (`weighting='channel'`).
 Where no BatchNorm precedes the layer, or at `a_bits=1`, pass
@@ -27,8 +29,11 @@ checked on the device; the host is called only when there is something to report
 Data parallel with `pmap`/`shard_map` (per-device batches): average the refitted statistics
 as BatchNorm's, `sync_quant_stats(new_state['quant_stats'], axis_name)`, next to
 `lax.pmean(batch_stats, axis_name)`. Under `jax.jit` with a sharded batch there is nothing to do.
+`check_replicated(state.quant_stats)` (on the host, e.g. before saving) raises if the devices'
+copies differ, naming `sync_quant_stats`.
 """
 import dataclasses
+import functools
 from typing import Any, Mapping
 import warnings
 
@@ -36,6 +41,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dqnn import quantizers
 from dqnn.quantizers import FULL_PRECISION, check_bits, dq_weight
@@ -63,6 +69,46 @@ def sync_quant_stats(quant_stats: Any, axis_name: str) -> Any:
   its own. Not needed under `jax.jit` with a sharded batch, which already sees the whole batch.
   """
   return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name), quant_stats)
+
+
+def _device_copies(leaf: Any) -> list[list[np.ndarray]]:
+  """Groups of per-device values that must be equal: under `pmap`, every device's entry of the
+  leading axis (one per device, as `flax.jax_utils.replicate` lays state out); otherwise the
+  shards that hold the same slice of a replicated `jax.Array`."""
+  shards = leaf.addressable_shards if isinstance(leaf, jax.Array) else []
+  if len(shards) < 2:
+    return []
+  if leaf.ndim and leaf.shape[0] == len(shards) and all(
+      shard.data.shape == (1, *leaf.shape[1:]) for shard in shards):
+    return [[np.asarray(shard.data)[0] for shard in shards]]
+  groups: dict[tuple, list[np.ndarray]] = {}
+  for shard in shards:
+    where = tuple((part.start, part.stop, part.step) for part in shard.index)
+    groups.setdefault(where, []).append(np.asarray(shard.data))
+  return list(groups.values())
+
+
+def check_replicated(quant_stats: Any) -> None:
+  """Raises `QuantStateError` if the devices' copies of `quant_stats` differ.
+
+  Under `pmap` (or `shard_map` without its replication check) each device refits the
+  statistics on its own batch; unless the step averages them with `sync_quant_stats`, the
+  copies of what should be one replicated state diverge, and a checkpoint of it keeps a mix.
+  Call it on the training state's `quant_stats` (e.g. before saving); it compares the copies
+  on the host, so call it every so many steps, not inside the step.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(quant_stats)[0]:
+    for copies in _device_copies(leaf):
+      if not all(np.allclose(copy, copies[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+                 for copy in copies):
+        difference = max(float(np.nanmax(np.abs(copy - copies[0]), initial=0.0))
+                         for copy in copies)
+        raise QuantStateError(
+            f'{QUANT_STATS}{jax.tree_util.keystr(path)} differs between devices (largest '
+            f'difference {difference:.3g} between its {len(copies)} copies): each device kept '
+            f'the statistics refitted on its own batch. Average them in the pmap / shard_map '
+            f'step where batch_stats are averaged: '
+            f"quant_stats=dqnn.layers.sync_quant_stats(new['{QUANT_STATS}'], axis_name).")
 
 
 _warned: set[tuple[str, str]] = set()
@@ -166,6 +212,46 @@ def _check_stats_mutable(module: nn.Module) -> None:
         f'TrainState), or pass use_running_average=True to evaluate.')
 
 
+def _differentiated_while_evaluating(layer: str) -> QuantStateError:
+  return QuantStateError(
+      f'{layer} is being differentiated (training) but was applied with nothing mutable and '
+      f'use_running_average=None, which means evaluation: its quantizer statistics '
+      f'({QUANT_STATS!r}) would silently stay frozen. Linen: apply with mutable=['
+      f"'batch_stats', '{QUANT_STATS}'] (or build the layer with use_running_average=not "
+      f'train). NNX through flax.nnx.bridge.ToNNX: call the layer with mutable='
+      f"['{QUANT_STATS}'] while training, e.g. self.conv(x, mutable=False if "
+      f"self.use_running_average else ['{QUANT_STATS}']). To train with frozen statistics on "
+      f'purpose, build the layer with use_running_average=True.')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _evaluation_kernel(kernel: jax.Array, layer: str) -> jax.Array:
+  """`kernel`, whose gradient is a `QuantStateError`: the layer inferred evaluation."""
+  return kernel
+
+
+def _evaluation_kernel_fwd(kernel, layer):
+  return kernel, None
+
+
+def _evaluation_kernel_bwd(layer, _, cotangent):
+  # Runs when the backward pass is traced (or run eagerly), so the error is raised at once.
+  raise _differentiated_while_evaluating(layer)
+
+
+_evaluation_kernel.defvjp(_evaluation_kernel_fwd, _evaluation_kernel_bwd)
+
+
+def _infers_evaluation(module: nn.Module) -> bool:
+  """Whether a layer with quantizer statistics evaluates only because nothing is mutable.
+
+  Then a gradient of its kernel means it is trained with its statistics silently frozen (e.g.
+  `nnx.bridge.ToNNX` called without `mutable`, whose linen layer sees nothing mutable).
+  """
+  return (module.use_running_average is None and not _training(module)
+          and not module.is_initializing() and bool(module.variables.get(QUANT_STATS)))
+
+
 def _quantize_activation(module: nn.Module, x: jax.Array, method: str, bits: int,
                          options: Mapping[str, Any] | None, signed: bool, name: str) -> jax.Array:
   """Builds and applies the activation quantizer `method` as the child `name` of `module`."""
@@ -209,13 +295,18 @@ class _Quantized(nn.Module):
   def param(self, name, init_fn, *init_args, **init_kwargs):
     # nn.Conv / nn.Dense create their kernel through self.param('kernel', ...): a quantized layer
     # hands back the quantizer's kernel instead, so all of the float layer's logic is reused.
-    if name != 'kernel' or self.w_bits == FULL_PRECISION:
+    if name != 'kernel':
       return super().param(name, init_fn, *init_args, **init_kwargs)
-    shape = tuple(init_args[0])
-    return _run_quantizer(self, quantizers.WEIGHT_QUANTIZERS, self.weight_quantizer,
-                          lambda extra: quantizers.weight_quantizer(
-                              self.weight_quantizer, self.w_bits, init_fn, self.weight_options,
-                              name=WEIGHT_QUANTIZER, **extra)(shape))
+    if self.w_bits == FULL_PRECISION:
+      kernel = super().param(name, init_fn, *init_args, **init_kwargs)
+    else:
+      shape = tuple(init_args[0])
+      kernel = _run_quantizer(self, quantizers.WEIGHT_QUANTIZERS, self.weight_quantizer,
+                              lambda extra: quantizers.weight_quantizer(
+                                  self.weight_quantizer, self.w_bits, init_fn,
+                                  self.weight_options, name=WEIGHT_QUANTIZER, **extra)(shape))
+    # The activation quantizer has run by now, so its statistics are in the variables.
+    return _evaluation_kernel(kernel, _layer_name(self)) if _infers_evaluation(self) else kernel
 
 
 class QuantConv(_Quantized, nn.Conv):

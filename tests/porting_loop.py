@@ -3,13 +3,15 @@
 A typical Flax loop — `flax.training.train_state.TrainState`, `apply_gradients`, a per-device
 step under `jax.shard_map` with `lax.pmean` — with the guide's changes applied. Checks every DQ
 invariant after each step and prints a JSON report. Run by tests/test_porting.py in a
-subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=2), with `l2_in_loss` as argv[1]
-for the variant that keeps its L2 term in the loss.
+subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=2) with argv[1] the variant:
+`wrap_decays`, `l2_in_loss` (the loss keeps its L2 term, masked with `decay_mask`) or
+`l2_unmasked` (the original example's term, on every matrix: wrap_optimizer warns).
 """
 import functools
 import json
 import sys
 import tempfile
+import warnings
 
 import flax.linen as nn
 import jax
@@ -21,7 +23,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec as P
 
 from dqnn import optim
-from dqnn.layers import QuantConv, sync_quant_stats
+from dqnn.layers import QuantConv, check_replicated, sync_quant_stats
 from dqnn.quantizers import dq_weight
 
 WEIGHT_DECAY = 1e-4
@@ -55,8 +57,9 @@ def train_step(state, images, labels, l2_in_loss):
     # parameters are then the global-batch gradients).
     loss = jax.lax.pmean(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
                          'batch')
-    if l2_in_loss:  # only the float kernels: L2 on a DQ index or on levels breaks DQ
-      mask = optim.decay_mask(params)
+    if l2_in_loss:  # masked: only the float kernels (L2 on a DQ index or on levels breaks DQ)
+      mask = (optim.decay_mask(params) if l2_in_loss == 'masked'
+              else jax.tree.map(lambda p: p.ndim > 1, params))  # the original example's term
       squares = [jnp.sum(p ** 2)
                  for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
       loss = loss + WEIGHT_DECAY / 2 * sum(squares)
@@ -98,10 +101,14 @@ def main(l2_in_loss):
   step = jax.jit(jax.shard_map(functools.partial(train_step, l2_in_loss=l2_in_loss), mesh=mesh,
                                in_specs=(P(), P('batch'), P('batch')), out_specs=(P(), P())))
   losses = []
-  for _ in range(3):
-    new_state, loss = step(state, images, labels)
-    check_invariants(state, new_state)
-    state, losses = new_state, losses + [float(loss)]
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    for _ in range(3):
+      new_state, loss = step(state, images, labels)
+      check_invariants(state, new_state)
+      state, losses = new_state, losses + [float(loss)]
+    jax.effects_barrier()
+  check_replicated(state.quant_stats)  # every device holds the same statistics
 
   with tempfile.TemporaryDirectory() as directory:  # quant_stats is saved with the rest
     with ocp.StandardCheckpointer() as checkpointer:
@@ -112,8 +119,10 @@ def main(l2_in_loss):
   evaluated = model.apply({'params': restored.params, 'batch_stats': restored.batch_stats,
                            'quant_stats': restored.quant_stats}, images, train=False)
   print(json.dumps({'losses': losses, 'restored_equal': all(jax.tree.leaves(same)),
+                    'warnings': [str(w.message) for w in caught],
                     'eval_finite': bool(jnp.all(jnp.isfinite(evaluated)))}))
 
 
 if __name__ == '__main__':
-  main(l2_in_loss=sys.argv[1:] == ['l2_in_loss'])
+  main(l2_in_loss={'wrap_decays': None, 'l2_in_loss': 'masked',
+                   'l2_unmasked': 'unmasked'}[sys.argv[1]])

@@ -105,6 +105,22 @@ def test_training_with_immutable_quant_stats_is_an_error_not_a_freeze():
       lambda a, b: bool(jnp.array_equal(a, b)), state['quant_stats'], variables['quant_stats']))
 
 
+def test_gradient_of_a_layer_evaluating_by_default_is_an_error_not_a_freeze():
+  # No BatchNorm and nothing mutable: the layer evaluates, so training it would freeze its
+  # statistics (what nnx.bridge.ToNNX without mutable does).
+  dense = QuantDense(3, w_bits=2, a_bits=2, name='head')
+  x = jax.nn.relu(X.reshape(2, -1))
+  variables = dense.init(jax.random.PRNGKey(0), x)
+  loss = lambda params, x: jnp.sum(dense.apply({**variables, 'params': params}, x))
+  for grad in (jax.grad(loss), jax.jit(jax.grad(loss))):
+    with pytest.raises(QuantStateError, match=r"head is being differentiated.*mutable=\["
+                       r"'batch_stats', 'quant_stats'\].*use_running_average=True"):
+      grad(variables['params'], x)
+  jax.grad(loss, argnums=1)(variables['params'], x)  # input gradients of an evaluating layer
+  frozen = dense.clone(use_running_average=True)  # frozen statistics, on purpose
+  jax.grad(lambda p: jnp.sum(frozen.apply({**variables, 'params': p}, x)))(variables['params'])
+
+
 def test_lqnets_weights_follow_the_train_flag():
   conv = QuantConv(4, (3, 3), w_bits=2, weight_quantizer='lqnets', use_running_average=True)
   variables = conv.init(jax.random.PRNGKey(0), X)

@@ -4,10 +4,11 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 from flax.nnx import bridge
 
 from dqnn import optim
-from dqnn.layers import QuantConv
+from dqnn.layers import QuantConv, QuantStateError
 from dqnn.quantizers import dq_weight
 
 
@@ -59,3 +60,20 @@ def test_nnx_model_with_quantized_layers_trains_and_keeps_dq_invariants():
   before = [jnp.array(a) for a in stats()]
   model(x)
   assert all(bool(jnp.array_equal(a, b)) for a, b in zip(before, stats()))
+
+
+class _NetWithoutMutable(Net):
+  def __call__(self, x):  # forgets mutable=['quant_stats'] while training
+    return self.head(nnx.relu(self.conv(nnx.relu(self.norm(self.stem(x))))).mean((1, 2)))
+
+
+def test_nnx_training_without_mutable_quant_stats_is_an_error_not_a_freeze():
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  model = _NetWithoutMutable(nnx.Rngs(0))
+  bridge.lazy_init(model.conv, jnp.zeros((4, 8, 8, 8)))
+  model.train()
+  with pytest.raises(QuantStateError, match=r"ToNNX: call the layer with mutable=\['quant_stats'\]"):
+    nnx.jit(nnx.grad(lambda m: m(x).sum()))(model)
+  model.eval()
+  model(x)  # evaluation with nothing mutable keeps the statistics, as it should
+  nnx.grad(lambda m, x: m(x).sum(), argnums=1)(model, x)  # of the input only: evaluation

@@ -1,7 +1,9 @@
 """Any Optax optimizer made DQ-correct (`wrap_optimizer`), and dqnn's own (`create_optimizer`).
 
 `wrap_optimizer(base_tx)` chains
-1. weight decay on `w_q` for DQ weights (and on float kernels, optionally);
+1. a check that DQ gradients are those of the quantized forward pass (an L2 term of the loss
+   on the DQ index or levels warns once, naming `dqnn.optim.decay_mask`);
+   then weight decay on `w_q` for DQ weights (and on float kernels, optionally);
 2. level-gradient normalisation (each level's summed gradient divided by its number of weights);
 3. the optimizers, one per parameter group (`dqnn.optim.groups`): the base optimizer for weights
    (DQ indices included: it turns their gradient into a step in weight units), the levels and
@@ -34,6 +36,18 @@ def _in_weight_units(inner: optax.GradientTransformation) -> optax.GradientTrans
     if params is not None:
       params = map_dq_weights(
           lambda _, p: {**p, dq_weight.INDEX: dq_weight.quantized_weight(p)}, params, params)
+    return inner.update(updates, state, params)
+
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
+def _checking_dq_gradients(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner`, after warning about gradients the DQ forward pass does not produce (its state
+  unchanged, so optimizer states saved before the check still restore)."""
+
+  def update_fn(updates, state, params=None):
+    if params is not None:
+      gradients.warn_on_foreign_dq_gradients(updates, params)
     return inner.update(updates, state, params)
 
   return optax.GradientTransformation(inner.init, update_fn)
@@ -89,7 +103,8 @@ def wrap_optimizer(
     per_group['other'] = other_tx
   labels = parameter_groups if other_tx is not None else _merge_other_into_weights
   return optax.chain(
-      gradients.weight_decay(weight_decay, float_kernels=decay_float_kernels),
+      _checking_dq_gradients(
+          gradients.weight_decay(weight_decay, float_kernels=decay_float_kernels)),
       gradients.normalize_level_gradients() if level_gradient == 'mean' else optax.identity(),
       _in_weight_units(optax.partition(per_group, labels)),
       direct_update(residual=residual, level_update=level_update),
