@@ -24,7 +24,9 @@ pieces a quantized step has on top of (or instead of) the float one.
 import argparse
 import functools
 import json
+import os
 import statistics
+import sys
 import time
 
 import flax.linen as nn
@@ -32,9 +34,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
+from dqnn import data as dqnn_data
 from dqnn import runs
 from dqnn import train
+from dqnn.data import train_input
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.models import MODELS
 from dqnn.quantizers import activation_quantizer, weight_quantizer
@@ -88,10 +94,13 @@ class Step:
     self.images = jax.ShapeDtypeStruct((batch, self.size, self.size, 3), jnp.float32)
     self.init = jax.jit(functools.partial(train.initial_state, self.model, self.tx))
     self.state_shape = jax.eval_shape(self.init, jax.random.key(1), self.images)
-    self.data_shape = {'image': self.images,
+    # The step reads uint8 batches, as from the input pipelines, and normalises them itself.
+    self.data_shape = {'image': jax.ShapeDtypeStruct(self.images.shape, jnp.uint8),
                        'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
     self.step = jax.jit(
-        functools.partial(train.train_step, model=self.model, tx=self.tx, label_smoothing=0.0,
+        functools.partial(train.train_step, model=self.model, tx=self.tx,
+                          make_batch=train_input.HostInput.make_batch,
+                          normalization='imagenet2012', label_smoothing=0.0,
                           dropout_key=jax.random.key(2)),
         donate_argnums=0)
     start = time.perf_counter()
@@ -102,9 +111,9 @@ class Step:
   def timer(self):
     """A function running `steps` steps and returning the seconds per step."""
     batch = self.images.shape[0]
-    images = jax.random.uniform(jax.random.key(0), self.images.shape)
+    images = jax.random.randint(jax.random.key(0), self.images.shape, 0, 256).astype(jnp.uint8)
     data = {'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % self.num_classes}
-    carry = [self.init(jax.random.key(1), images)]
+    carry = [self.init(jax.random.key(1), dqnn_data.normalize(images, 'imagenet2012'))]
 
     def run(steps):
       start = time.perf_counter()

@@ -14,7 +14,9 @@ at 32x32, ImageNet models at 224x224 with a CPU-sized batch (flags change both).
 import argparse
 import functools
 import json
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -23,6 +25,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
 from dqnn import data as dqnn_data
 from dqnn import runs

@@ -1,0 +1,33 @@
+"""The benchmarks run as their docstrings say (from the repository root, as plain scripts) on a
+tiny model: a change to the train step cannot leave them broken until someone has an accelerator.
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> str:
+  result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def test_step_cost_reports_dq_bytes_and_flops_against_float():
+  report = json.loads(_run('benchmarks/step_cost.py', '--model=_cifar_resnet_tiny', '--batch=8',
+                           '--variants=float,dq', '--no-time', '--json'))
+  float_step, dq_step = report['steps']
+  assert (float_step['variant'], dq_step['variant']) == ('float', 'DQ W2A2')
+  assert float_step['bytes_vs_float'] == 1.0 and dq_step['bytes'] > 0 and dq_step['flops'] > 0
+  assert dq_step['bytes_vs_float'] == pytest.approx(dq_step['bytes'] / float_step['bytes'])
+
+
+def test_train_throughput_quick_times_both_policies():
+  rows = json.loads(_run('benchmarks/train_throughput.py', '--quick', '--json'))
+  assert {row['policy'] for row in rows} == {'FP', 'DQ W2A2'}
+  assert all(row['img_per_s'] > 0 for row in rows), rows
