@@ -101,6 +101,9 @@ def prepare_command(name: str, data_dir: str) -> str:
           f'--input=/path/to/imagenet/images --data_dir={d}')
 
 
+_DOWNLOAD_OFF = 'not prepared and download=False'
+
+
 def _not_found_message(name: str, data_dir: str, reason: str) -> str:
   lines = [
       f'Dataset {name!r} is not available in data_dir={data_dir!r} ({reason}).',
@@ -111,7 +114,7 @@ def _not_found_message(name: str, data_dir: str, reason: str) -> str:
     lines.append(
         '(--input is an .npz with uint8 `image` [N,32,32,3] and `label` [N]; '
         'the `test` split is then a held-out carve of that file.)')
-    if not reason.startswith(('download failed', 'no network')):
+    if reason == _DOWNLOAD_OFF:  # Otherwise the download was asked for and could not work.
       lines.append('Or pass --config.download=True to download it via TFDS (needs internet and '
                    "the TensorFlow extra: pip install -e '.[tf]').")
     lines.append(f"Or try the embedded sample: --config.dataset={SAMPLE}.")
@@ -166,7 +169,7 @@ def load_builder(name: str,
   if not builder.is_prepared():
     if not (download and dataset_spec.downloadable):
       reason = ('not prepared; TFDS cannot download it' if not dataset_spec.downloadable
-                else 'not prepared and download=False')
+                else _DOWNLOAD_OFF)
       raise DatasetNotFoundError(_not_found_message(name, data_dir, reason))
     _download(builder, name, data_dir)
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
