@@ -1,5 +1,7 @@
-import multiprocessing
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -20,18 +22,18 @@ def test_a_second_holder_is_refused_with_who_holds_it(tmp_path):
   assert (tmp_path / 'run' / 'config.json').read_text() == '{}'
 
 
-def _hold_and_die(workdir):
-  with workdir_lock.hold(workdir):
-    os._exit(1)  # Killed mid-run: no cleanup code runs.
-
-
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
   workdir = str(tmp_path / 'run')
   os.makedirs(workdir)
-  process = multiprocessing.get_context('fork').Process(target=_hold_and_die, args=(workdir,))
-  process.start()
-  process.join()
-  assert process.exitcode == 1 and os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
+  # Killed mid-run: os._exit runs no cleanup code. A fresh interpreter, not a fork of this
+  # multithreaded (JAX) process.
+  holder = subprocess.run([sys.executable, '-c', textwrap.dedent(f'''
+      import os
+      from dqnn import workdir_lock
+      with workdir_lock.hold({workdir!r}):
+        os._exit(1)
+      ''')], check=False)
+  assert holder.returncode == 1 and os.path.exists(os.path.join(workdir, workdir_lock.LOCK_FILE))
   with workdir_lock.hold(workdir):
     pass
 

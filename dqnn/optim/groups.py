@@ -13,7 +13,7 @@ grouped the same inside `QuantConv`, inside `QuantizeActivation` or under any na
 model. Outside
 quantizers, a leaf named `kernel` is a weight and everything else is `other`.
 """
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 
@@ -22,15 +22,7 @@ from dqnn.quantizers import dq_weight, registry
 from dqnn.quantizers.dq_weight import DQWeight
 from dqnn.variables import PARAM_GROUPS
 
-GROUPS = PARAM_GROUPS
-WEIGHTS, LEVELS, QUANTIZER, OTHER = GROUPS
-
-
-def register_quantizer_params(quantizer: type, groups: Mapping[str, str]) -> None:
-  """Declares that a module of class `quantizer` creating exactly the parameters `groups` names
-  is a quantizer, and which group each of them belongs to. `dqnn.quantizers.register_*_quantizer`
-  does this through its `param_groups`; call it for a quantizer used outside the registries."""
-  registry.register_param_groups(quantizer, groups)
+WEIGHTS, LEVELS, QUANTIZER, OTHER = PARAM_GROUPS
 
 
 def _leaf_groups(params: Any) -> tuple[list[str], list[bool], Any]:
