@@ -16,13 +16,13 @@ def _brute_force(choices, budget):
 
 
 def test_hand_made_optimum():
-  # Two layers; the budget of 10 fits (a: 6, b: 4) or (a: 2, b: 8), not both expensive ones.
-  choices = [[Choice('a2', 2, 5.0), Choice('a6', 6, 1.0)],
+  # Two layers; a budget of 10 fits (a6, b4) or (a2, b8), not both dear choices.
+  choices = [[Choice('a2', 2, 5.0), Choice('a6', 6, 3.0)],
              [Choice('b4', 4, 3.0), Choice('b8', 8, 0.5)]]
   allocation = bit_allocation.allocate(choices, 10)
-  assert allocation.indices == (0, 1)  # 5.0 + 0.5 beats 1.0 + 3.0.
+  assert allocation.indices == (0, 1)  # 5.0 + 0.5 beats 3.0 + 3.0.
   assert (allocation.cost, allocation.sensitivity) == (10, 5.5)
-  assert bit_allocation.allocate(choices, 9).indices == (1, 0)  # Only 6 + 4 fits under 10.
+  assert bit_allocation.allocate(choices, 9).indices == (0, 0)  # Only a2 + b4 fits.
   assert bit_allocation.allocate(choices, 100).indices == (1, 1)
 
 
