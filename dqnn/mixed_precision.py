@@ -63,7 +63,7 @@ from dqnn import runs
 from dqnn import tracing
 from dqnn import train
 from dqnn import warm_start
-from dqnn.quantizers import FULL_PRECISION, readout
+from dqnn.quantizers import FULL_PRECISION, check_bits, readout
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANTIZER,
                             WEIGHT_QUANTIZER, layer_variables)
 
@@ -212,9 +212,13 @@ class Probe:
     """Loss and per-layer relative errors with the run's config under `overrides`."""
     model = runs.model_from_config(_with_overrides(self.config, overrides))
     images = self.batches[0][0]
-    initial = model.init({'params': self.rng, 'dropout': self.rng}, images, train=True)
-    variables = warm_start.from_float(model, jax.device_get(initial), self.source, images,
-                                      self.rng)
+    # Only shapes are needed: every value is fitted to the run's weights or calibrated anew,
+    # and initialising for real would run each quantizer's k-means for nothing.
+    shapes = jax.eval_shape(functools.partial(model.init, train=True),
+                            {'params': self.rng, 'dropout': self.rng}, images)
+    variables = warm_start.from_float(
+        model, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes), self.source, images,
+        self.rng)
     step = jax.jit(functools.partial(_masked_loss_and_errors, model))
     losses, errors = [], []
     for batch in self.batches:
@@ -404,13 +408,22 @@ def budget_from(config: ml_collections.ConfigDict, *, budget_bops: float | None,
   return _cost(report.total(theirs), cost), cost
 
 
+def candidate_bits(values: Sequence[str]) -> list[int]:
+  """--bits as distinct supported bit widths; `app.UsageError` names a bad one."""
+  try:
+    return sorted({check_bits(int(value) if value.isdigit() else value, '--bits')
+                   for value in values})
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   options = flags.FLAGS
   try:
+    bits = candidate_bits(options.bits)
     config, variables = runs.read_workdir(options.workdir)
-    bits = [int(b) for b in options.bits]
     budget, kind = budget_from(config, budget_bops=options.budget_bops,
                                budget_bytes=options.budget_bytes, like=options.like,
                                cost=options.cost)

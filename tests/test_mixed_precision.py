@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from dqnn import bit_allocation
@@ -64,6 +65,22 @@ def test_loss_sensitivity_is_measured_with_one_layer_quantized(float_run):
   for operand in ('weights', 'activations'):
     assert math.isfinite(by_key[operand, 2].loss_increase)
     assert 0 < by_key[operand, 2].relative_error < 1
+
+
+def test_a_quantized_run_is_measured_against_its_own_bits(float_run):
+  # A W2A2 model's initial variables stand in for a quantized run (on the float run's data).
+  config = tiny_config('cifar100', w_bits=2, a_bits=2, data_dir=float_run[1].data_dir)
+  key = jax.random.key(0)
+  variables = runs.model_from_config(config).init(
+      {'params': key, 'dropout': key}, jax.random.normal(key, (8, 32, 32, 3)), train=True)
+  probe = mixed_precision.Probe(config, variables, num_batches=1)
+  layer = probe.source['params']['stage1']['block0']['conv1']
+  assert 'kernel' in layer and 'weight_quantizer' not in layer  # Its w_q, as a float kernel.
+  by_key = {(s.operand, s.bits): s
+            for s in mixed_precision.measure(probe, _BODY[:1], [2, 4], 'loss')}
+  assert by_key['weights', 2].loss_increase == by_key['activations', 2].loss_increase == 0
+  assert math.isfinite(by_key['weights', 4].loss_increase)
+  assert math.isfinite(by_key['activations', 4].loss_increase)
 
 
 def test_written_config_trains_and_reports_within_the_budget(float_run, tmp_path):
