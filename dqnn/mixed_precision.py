@@ -29,6 +29,10 @@ Sensitivity of a layer at b bits, for weights and activations separately:
   (weights) or the layer's mean per-channel relative error of its input (the error DQ sows,
   `quant_metrics`), with every body layer quantized at b bits at once: one build per bit width.
 A pair's sensitivity is the weights' plus the activations' (assumed additive).
+Why 'loss' is the default, measured on a float tiny ResNet (15% top-1 on a CIFAR-100 subset; command
+in docs/mixed_precision.md): over layers x bits 1-4 the proxy's Spearman correlation with the loss
+increase is 0.68 (weights) and 0.92 (activations), but it ranks bit widths, not layers: at 1 bit
+every kernel's relative error is 0.33-0.36 while the loss increase spans 0.13-4.47.
 
 The allocation minimises the total sensitivity within the budget: `dqnn.bit_allocation`, an
 exact multiple-choice knapsack over Pareto frontiers. Costs come from `dqnn.report`.
