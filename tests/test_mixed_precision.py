@@ -1,4 +1,4 @@
-"""Budgeted mixed precision on a tiny float run: layers, costs, sensitivities, the written config."""
+"""Budgeted mixed precision on a tiny float run: layers, costs, sensitivities, written config."""
 import math
 import os
 import pathlib
@@ -102,7 +102,8 @@ def test_written_config_trains_and_reports_within_the_budget(float_run, tmp_path
       [sys.executable, '-m', 'dqnn.main', f'--config={output}', f'--workdir={mixed_run}'],
       capture_output=True, text=True, check=False, cwd=REPO, env=env)
   assert trained.returncode == 0, trained.stderr[-2000:]
-  rows = {row.name: row for row in report._costs(None, str(mixed_run))}  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  rows = {row.name: row for row in report._costs(None, str(mixed_run))}
   assert report.total(list(rows.values())).bops <= budget
   overrides = run_config.read(str(mixed_run))['quant']['overrides']
   assert sorted(overrides) == _BODY
