@@ -26,15 +26,22 @@ def check(argv: Sequence[str]) -> None:
   spec = _config_spec(argv)
   if spec is None:
     return  # absl reports the missing required flag itself.
-  path, arg = spec.split(':', 1) if ':' in spec else (spec, None)
-  if not os.path.isfile(path):
-    raise ConfigFlagError(_missing_file_message(path))
-  _make_configs_importable(path)
-  config = _load(path, arg)
+  config = load(spec)
+  path = spec.split(':', 1)[0]
   fields = _field_paths(config)
   for name in _override_names(argv):
     if name not in fields and not any(field.startswith(name + '.') for field in fields):
       raise ConfigFlagError(_unknown_field_message(name, fields, path))
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of `spec`, '<file>[:arg]', loaded as `--config=<spec>` is; `ConfigFlagError`
+  for a missing file."""
+  path, arg = spec.split(':', 1) if ':' in spec else (spec, None)
+  if not os.path.isfile(path):
+    raise ConfigFlagError(_missing_file_message(path))
+  _make_configs_importable(path)
+  return _load(path, arg)
 
 
 def _config_spec(argv: Sequence[str]) -> str | None:
