@@ -52,3 +52,12 @@ def test_runlocal_export_and_report_without_tensorflow(tmp_path):
   _run_without_tensorflow('dqnn.export', f'--workdir={workdir}', f'--out={exported}')
   assert exported.stat().st_size > 0
   assert 'BOPs' in _run_without_tensorflow('dqnn.report', config, f'--workdir={workdir}')
+
+
+def test_training_on_a_prepared_tfds_dataset_without_tensorflow(tmp_path):
+  from dqnn.data import mock  # pylint: disable=g-import-not-at-top
+  mock.write_mock_dataset('cifar100', str(tmp_path / 'tfds'), num_examples=64)
+  _run_without_tensorflow('dqnn.main', '--config=configs/cifar100_resnet20_w2a2.py:runlocal',
+                          f'--workdir={tmp_path / "run"}', '--config.dataset=cifar100',
+                          f'--config.data_dir={tmp_path / "tfds"}')
+  assert (tmp_path / 'run' / 'metrics.jsonl').exists()
