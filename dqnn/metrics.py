@@ -97,8 +97,8 @@ class MetricLog:
 
   def has_record(self, step: int, split: str) -> bool:
     """Whether the log holds a `split` record at `step` (main process only; False elsewhere)."""
-    return any(json.loads(line)['step'] == step and json.loads(line)['split'] == split
-               for line in self._lines)
+    return any((record['step'], record.get('split')) == (step, split)
+               for record in map(json.loads, self._lines))
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     scalars = {name: float(value) for name, value in scalars.items()}

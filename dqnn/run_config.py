@@ -1,8 +1,8 @@
 """A run's config: checked before training, kept in the workdir, compared when a run resumes.
 
 `workdir/config.json` is the config the run trains with. Resuming with a config that differs in
-a field `SCHEMA` does not mark resumable is refused (`ConfigChangedError`, naming the fields) unless
-`allow_config_change` is set; the previous config.json is then kept as `config.<step>.json`.
+a field `SCHEMA` does not mark resumable is refused (`ConfigChangedError`, naming the fields)
+unless `allow_config_change` is set; the previous config.json is then kept as `config.<step>.json`.
 """
 import dataclasses
 import difflib
@@ -146,10 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   flat = _flat(config.to_dict(), groups=_GROUPS)
   problems = [_problem(name, flat[name], field)
               for name, field in SCHEMA.items() if name in flat and not field.valid(flat[name])]
-  for name in sorted(flat.keys() - SCHEMA.keys()):
-    nearest = difflib.get_close_matches(name, SCHEMA, n=1)
-    hint = f' Did you mean {nearest[0]!r}?' if nearest else ''
-    problems.append(f'{name}: not a dqnn config field.{hint}')
+  problems += [f'{name}: not a dqnn config field.{_nearest_hint(name, SCHEMA)}'
+               for name in sorted(flat.keys() - SCHEMA.keys())]
   problems += _relation_problems(config)
   if 'quant' in config:
     problems += _quantization_problems(config.quant)
@@ -157,10 +155,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
+def _nearest_hint(word: str, options) -> str:
+  nearest = difflib.get_close_matches(word, options, n=1)
+  return f' Did you mean {nearest[0]!r}?' if nearest else ''
+
+
 def _problem(name: str, value: Any, field: Field) -> str:
-  nearest = difflib.get_close_matches(str(value), field.choices, n=1)
-  hint = f' Did you mean {nearest[0]!r}?' if nearest else ''
-  return f'{name}={value!r}: must be {field.rule}.{hint}'
+  return f'{name}={value!r}: must be {field.rule}.{_nearest_hint(str(value), field.choices)}'
 
 
 # Sub-configs whose fields the schema lists one by one (`quant` is checked as a whole).
@@ -190,7 +191,6 @@ def _relation_problems(config: ml_collections.ConfigDict) -> list[str]:
 def init_from_workdir(config: ml_collections.ConfigDict) -> str:
   """The float run `config` initialises from, or '' when it trains from scratch."""
   return '' if config.get('init_from', '') in ('', INIT_FROM_NONE) else config.init_from
-
 
 
 def _quantization_problems(quant: ml_collections.ConfigDict) -> list[str]:
@@ -245,8 +245,7 @@ def _differing(before: Mapping[str, Any], now: Mapping[str, Any],
 
 def _schema_field(key: str) -> Field | None:
   """The schema entry a flat key falls under (`quant.w_bits` under `quant`)."""
-  parts = key.split('.')
-  return SCHEMA.get(key) or SCHEMA.get(parts[0])
+  return SCHEMA.get(key) or SCHEMA.get(key.split('.')[0])
 
 
 def changed_fields(saved: Mapping[str, Any], config: ml_collections.ConfigDict) -> list[str]:

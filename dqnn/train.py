@@ -329,19 +329,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   group_scales = {'learning_rate/levels': config.optimizer.level_lr_scale,
                   'learning_rate/quantizer': config.optimizer.quantizer_lr_scale}
 
+  final = {}
+
   def eval_due(step: int) -> bool:
     return bool(info.num_eval) and (step == total_steps or (
         config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
 
-  def run_eval(step: int, state: TrainState) -> dict[str, float]:
+  def run_eval(step: int, state: TrainState) -> None:
     record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
     log.write(step, 'eval', record)
     if config.weight_images and is_main:
       summaries.write_weight_images(log.writer, step, model, state.variables(),
                                     (info.image_size, info.image_size, 3))
-    return record
+    final.update({f'eval/{k}': v for k, v in record.items()})
 
-  final = {}
   pending_finite = []
   train_sums, train_count = metrics.resumed_sums(train_metrics)
   step = last_step = start_step
@@ -353,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         not log.has_record(start_step, 'eval')):
       logging.info('Step %d has no eval record (its eval did not finish); evaluating now.',
                    start_step)
-      final.update({f'eval/{k}': v for k, v in run_eval(start_step, state).items()})
+      run_eval(start_step, state)
     with _Preemption(manager) as preemption:
       while step < total_steps:
         state, step_metrics, finite = step_fn(state, train_input.next())
@@ -394,7 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                           train_metrics=metrics.pending_sums(train_sums, train_count),
                           input_state=train_input.get_state())
         if eval_due(step) and not preempted:  # A preempted run's resume evaluates.
-          final.update({f'eval/{k}': v for k, v in run_eval(step, state).items()})
+          run_eval(step, state)
         if preempted:
           logging.warning(distributed.preemption_message(step))
           break

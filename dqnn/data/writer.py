@@ -22,10 +22,9 @@ import re
 import shutil
 import socket
 import tempfile
-
-from absl import logging
 from typing import Callable, Iterable, Mapping
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -62,24 +61,20 @@ def png(image: np.ndarray) -> io.BytesIO:
   return buf
 
 
-def _staging_prefix(name: str, host: str, pid: int | str) -> str:
-  return f'.{name}-prepare-{host}-{pid}-'
-
-
 def _is_running(pid: int) -> bool:
   try:
-    os.kill(pid, 0)
+    os.kill(pid, 0)  # PermissionError: it runs, as another user.
   except ProcessLookupError:
     return False
-  except PermissionError:  # Another user's process.
-    return True
+  except PermissionError:
+    pass
   return True
 
 
 def remove_stale_staging(name: str, data_dir: str) -> None:
   """Removes the staging folders of killed prepares of `name` on this host."""
   host = socket.gethostname()
-  stale = re.compile(re.escape(_staging_prefix(name, host, 'PID')).replace('PID', r'(\d+)'))
+  stale = re.compile(re.escape(f'.{name}-prepare-{host}-') + r'(\d+)-')
   for entry in os.scandir(data_dir):
     match = stale.match(entry.name)
     if match and entry.is_dir() and not _is_running(int(match.group(1))):
@@ -109,7 +104,7 @@ def write_tfds_dataset(
         f'{out} already exists; pass --overwrite (overwrite=True) to replace it.')
   os.makedirs(data_dir, exist_ok=True)
   remove_stale_staging(name, data_dir)
-  staging = tempfile.mkdtemp(prefix=_staging_prefix(name, socket.gethostname(), os.getpid()),
+  staging = tempfile.mkdtemp(prefix=f'.{name}-prepare-{socket.gethostname()}-{os.getpid()}-',
                              dir=data_dir)
   try:
     builder = tfds.builder(name, data_dir=staging)
