@@ -43,21 +43,15 @@ def _run_without_tensorflow(module: str, *args: str) -> str:
   return r.stdout
 
 
-def test_runlocal_export_and_report_without_tensorflow(tmp_path):
-  workdir, exported = tmp_path / 'run', tmp_path / 'model.dqnn'
-  config = '--config=configs/cifar100_resnet20_w2a2.py:runlocal'
-  _run_without_tensorflow('dqnn.main', config, f'--workdir={workdir}')
+def test_training_on_a_prepared_dataset_export_and_report_without_tensorflow(tmp_path):
+  from dqnn.data import mock  # pylint: disable=g-import-not-at-top
+  workdir, exported, tfds_dir = tmp_path / 'run', tmp_path / 'model.dqnn', tmp_path / 'tfds'
+  mock.write_mock_dataset('cifar100', str(tfds_dir), num_examples=64)
+  _run_without_tensorflow('dqnn.main', '--config=configs/cifar100_resnet20_w2a2.py:runlocal',
+                          f'--workdir={workdir}', '--config.dataset=cifar100',
+                          f'--config.data_dir={tfds_dir}')
   assert (workdir / 'metrics.jsonl').exists()
   assert any(p.name.startswith('events.out.tfevents') for p in workdir.iterdir())
   _run_without_tensorflow('dqnn.export', f'--workdir={workdir}', f'--out={exported}')
   assert exported.stat().st_size > 0
-  assert 'BOPs' in _run_without_tensorflow('dqnn.report', config, f'--workdir={workdir}')
-
-
-def test_training_on_a_prepared_tfds_dataset_without_tensorflow(tmp_path):
-  from dqnn.data import mock  # pylint: disable=g-import-not-at-top
-  mock.write_mock_dataset('cifar100', str(tmp_path / 'tfds'), num_examples=64)
-  _run_without_tensorflow('dqnn.main', '--config=configs/cifar100_resnet20_w2a2.py:runlocal',
-                          f'--workdir={tmp_path / "run"}', '--config.dataset=cifar100',
-                          f'--config.data_dir={tmp_path / "tfds"}')
-  assert (tmp_path / 'run' / 'metrics.jsonl').exists()
+  assert 'BOPs' in _run_without_tensorflow('dqnn.report', f'--workdir={workdir}')

@@ -28,6 +28,7 @@ def test_step_cost_reports_dq_bytes_and_flops_against_float():
 
 
 def test_train_throughput_quick_times_both_policies():
-  rows = json.loads(_run('benchmarks/train_throughput.py', '--quick', '--json'))
+  rows = json.loads(_run('benchmarks/train_throughput.py', '--models=_cifar_resnet_tiny',
+                         '--cifar_batch=8', '--steps=1', '--warmup=0', '--json'))
   assert {row['policy'] for row in rows} == {'FP', 'DQ W2A2'}
   assert all(row['img_per_s'] > 0 for row in rows), rows
