@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use('Agg')  # Files only: no display, also on headless machines.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 import numpy as np
 
 from dqnn import data
@@ -123,25 +124,27 @@ def weight_figure(module: nn.Module, variables):
   else:
     weights, what = readout.quantized_kernel(module, quantizer), 'w_q'
   groups, count = table.shape
+  rows_are = 'channel' if groups == module.features else 'level table'
   fig, (hist, strip) = plt.subplots(
       2, 1, figsize=(6, 4.5), sharex=True, layout='constrained',
       gridspec_kw={'height_ratios': (3, 2 if groups > 1 else 1)})
   hist.hist(weights.reshape(-1), bins=100, color='tab:blue')
   hist.set_ylabel('count')
-  hist.set_title(f'{name}: {what}, W{module.w_bits} ({module.weight_quantizer}), '
+  hist.set_title(f'{name}\n{what}, W{module.w_bits} ({module.weight_quantizer}), '
                  f'{groups} x {count} levels', fontsize=9)
   if groups <= MAX_CHANNEL_ROWS:
     rows = np.repeat(np.arange(groups), count)
     strip.scatter(table.reshape(-1), rows, s=12, color='tab:red', zorder=2)
-    strip.set_yticks(np.arange(groups), [str(g) for g in range(groups)],
-                     fontsize=7 if groups > 8 else 8)
+    # As many channel numbers as the figure's height fits.
+    strip.yaxis.set_major_locator(ticker.MaxNLocator('auto', integer=True))
+    strip.tick_params(axis='y', labelsize=8)
     strip.set_ylim(groups - 0.5, -0.5)
-    strip.set_ylabel('channel' if groups > 1 else 'shared', fontsize=8)
+    strip.set_ylabel(rows_are if groups > 1 else 'shared', fontsize=8)
   else:
     low, median, high = np.percentile(table, (0, 50, 100), axis=0)
     index = np.arange(count)
     strip.hlines(index, low, high, color='tab:red', linewidth=3, alpha=0.5,
-                 label=f'min-max over {groups} channels')
+                 label=f'min-max over {groups} {rows_are}s')
     strip.plot(median, index, '|', color='black', markersize=10, label='median')
     strip.set_ylim(count - 0.5, -0.5)
     strip.yaxis.get_major_locator().set_params(integer=True)
