@@ -1,17 +1,23 @@
-r"""Diagnostic plots of a run, written as PNGs under `<workdir>/plots/`.
+r"""Diagnostic plots of a run, written under `<workdir>/plots/` (PNG by default, or PDF/SVG).
 
   python -m dqnn.plots --workdir=/tmp/dqnn/r20_w2a2 [--compare=/tmp/dqnn/r20_fp ...]
+      [--format=png|pdf|svg] [--dpi=150] [--width_in=W] [--height_in=H]
+
+`--width_in`/`--height_in` set every figure's size in inches (one of them alone keeps each
+figure's aspect ratio); a PNG is that size times `--dpi` in pixels.
 
 - `weights/<layer>.png`: per quantized layer, a histogram of the weights (`w_q` for DQ, the
-  latent kernel for LQ-Nets/LSQ/DoReFa) with every output channel's levels marked beneath.
+  latent kernel for LQ-Nets/LSQ/DoReFa) and beneath it the learned levels: one row of dots per
+  output channel up to 16 level tables, above that each level's spread over the channels.
 - `act_error/<layer>.png`: per quantized activation, the per-channel relative quantization
   error `mean (x_c - Q(x_c))^2 / mean x_c^2` with levels fitted in closed form on one batch
   under DQ's channel weighting and under pooled weighting (LQ-Nets), channels sorted by energy.
   The batch is the dataset's eval split when it is prepared, else standard-normal fake images;
   the figure title says which.
-- `curves.png`: training loss and top-1 (train and eval) from metrics.jsonl, for the run and
-  every `--compare` run on one figure.
+- `curves.png`: training loss and top-1 in percent (train and eval) from metrics.jsonl, for the
+  run and every `--compare` run on one figure.
 """
+import dataclasses
 import os
 from typing import Iterable
 
@@ -24,19 +30,19 @@ import matplotlib
 matplotlib.use('Agg')  # Files only: no display, also on headless machines.
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 import numpy as np
 
 from dqnn import data
 from dqnn import quantizers
 from dqnn import runs
-from dqnn import summaries
 from dqnn import tracing
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers import readout
 from dqnn.quantizers.dq_activation import fit_levels, per_channel_relative_error
-from dqnn.variables import ACT_QUANTIZER, layer_variables
+from dqnn.variables import ACT_QUANTIZER, WEIGHT_QUANTIZER, layer_variables
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PLOTS_DIR = 'plots'
@@ -44,13 +50,50 @@ PLOTS_DIR = 'plots'
 _FIT_ITERATIONS = 10
 
 
-def _file_name(layer: str) -> str:
-  return layer.replace('/', '.') + '.png'
+FORMATS = ('png', 'pdf', 'svg')
+# A dot per (channel, level) stays readable up to this many level tables; above it the figure
+# shows each level's spread over the channels instead.
+MAX_CHANNEL_ROWS = 16
 
 
-def _save(fig, path: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class Output:
+  """How figures are written: file format, PNG resolution, and a size overriding each figure's
+  own (0 = the figure's; one of width/height alone keeps its aspect ratio)."""
+  format: str = 'png'
+  dpi: int = 150
+  width_in: float = 0.
+  height_in: float = 0.
+
+  def __post_init__(self):
+    if self.format not in FORMATS:
+      raise ValueError(f'Unknown plot format {self.format!r}; use one of {", ".join(FORMATS)}.')
+    if self.dpi <= 0 or self.width_in < 0 or self.height_in < 0:
+      raise ValueError(f'dpi must be positive and width_in/height_in positive or 0 (the '
+                       f'figure\'s own size); got dpi={self.dpi}, width_in={self.width_in}, '
+                       f'height_in={self.height_in}.')
+
+  def size(self, own: tuple[float, float]) -> tuple[float, float]:
+    """The figure size in inches for a figure drawn at `own`."""
+    width, height = own
+    if self.width_in and self.height_in:
+      return self.width_in, self.height_in
+    if self.width_in:
+      return self.width_in, height * self.width_in / width
+    if self.height_in:
+      return width * self.height_in / height, self.height_in
+    return own
+
+
+def _file_name(layer: str, output: Output) -> str:
+  return f'{layer.replace("/", ".")}.{output.format}'
+
+
+def _save(fig, path: str, output: Output) -> str:
+  """Writes `fig` (drawn with constrained layout, so it lays out again at the new size)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=100)
+  fig.set_size_inches(output.size(tuple(fig.get_size_inches())))
+  fig.savefig(path, dpi=output.dpi, format=output.format)
   plt.close(fig)
   return path
 
@@ -61,10 +104,62 @@ def _quantized_layers(config, variables):
   return tracing.quantized_layers(runs.model_from_config(config), (size, size, 3), variables)
 
 
-def plot_weights(config, variables, out_dir: str) -> list[str]:
-  """One histogram PNG per layer with quantized weights; returns the paths."""
-  return [_save(summaries.weight_figure(module, variables),
-                os.path.join(out_dir, 'weights', _file_name('/'.join(module.path))))
+def weight_figure(module: nn.Module, variables):
+  """Histogram of one quantized layer's weights above its learned levels (a matplotlib figure).
+
+  The histogram is linear: the levels' own counts are what matters, and a log axis made the
+  rare outer levels look as common as the central ones. Beneath it, sharing the weight axis:
+  up to `MAX_CHANNEL_ROWS` level tables one row of dots per table, so each channel's levels
+  read apart; above that (64 channels x 4 levels of dots would merge) each level index's
+  min-max range over the channels with its median, which shows how far channels' levels
+  spread at any channel count.
+  """
+  name = '/'.join(module.path)
+  quantizer = layer_variables(variables, (*module.path, WEIGHT_QUANTIZER))
+  table, _ = readout.kernel_levels(module, quantizer)
+  table = np.sort(table, axis=1)  # Level index k = a channel's k-th smallest level.
+  # A latent-weight quantizer trains its float `kernel`: show that; DQ trains w_q itself.
+  if 'kernel' in quantizer['params']:
+    weights, what = np.asarray(quantizer['params']['kernel']), 'latent kernel'
+  else:
+    weights, what = readout.quantized_kernel(module, quantizer), 'w_q'
+  groups, count = table.shape
+  rows_are = 'channel' if groups == module.features else 'level table'
+  fig, (hist, strip) = plt.subplots(
+      2, 1, figsize=(6, 4.5), sharex=True, layout='constrained',
+      gridspec_kw={'height_ratios': (3, 2 if groups > 1 else 1)})
+  hist.hist(weights.reshape(-1), bins=100, color='tab:blue')
+  hist.set_ylabel('count')
+  hist.set_title(f'{name}\n{what}, W{module.w_bits} ({module.weight_quantizer}), '
+                 f'{groups} x {count} levels', fontsize=9)
+  if groups <= MAX_CHANNEL_ROWS:
+    rows = np.repeat(np.arange(groups), count)
+    strip.scatter(table.reshape(-1), rows, s=12, color='tab:red', zorder=2)
+    # As many channel numbers as the figure's height fits.
+    strip.yaxis.set_major_locator(ticker.MaxNLocator('auto', integer=True))
+    strip.tick_params(axis='y', labelsize=8)
+    strip.set_ylim(groups - 0.5, -0.5)
+    strip.set_ylabel(rows_are if groups > 1 else 'shared', fontsize=8)
+  else:
+    low, median, high = np.percentile(table, (0, 50, 100), axis=0)
+    index = np.arange(count)
+    strip.hlines(index, low, high, color='tab:red', linewidth=3, alpha=0.5,
+                 label=f'min-max over {groups} {rows_are}s')
+    strip.plot(median, index, '|', color='black', markersize=10, label='median')
+    strip.set_ylim(count - 0.5, -0.5)
+    strip.yaxis.get_major_locator().set_params(integer=True)
+    strip.set_ylabel('level index', fontsize=8)
+    strip.legend(fontsize=7, loc='lower left')  # Sorted levels leave that corner empty.
+  strip.grid(axis='x', alpha=0.3)
+  strip.set_xlabel('weight')
+  return fig
+
+
+def plot_weights(config, variables, out_dir: str, output: Output = Output()) -> list[str]:
+  """One weight figure per layer with quantized weights; returns the paths."""
+  return [_save(weight_figure(module, variables),
+                os.path.join(out_dir, 'weights', _file_name('/'.join(module.path), output)),
+                output)
           for module, _ in _quantized_layers(config, variables)
           if module.w_bits != FULL_PRECISION]
 
@@ -119,7 +214,7 @@ def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: 
     parameterisation, value = 'free', readout.activation_levels(quantizer, stored)[0]
   energy = np.asarray(jnp.mean(x.reshape(-1, x.shape[-1]) ** 2, axis=0))
   order = np.argsort(energy)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(6, 4), layout='constrained')
   for weighting, label, color in (('channel', 'DQ channel weighting', 'tab:blue'),
                                   ('pooled', 'pooled weighting (LQ-Nets)', 'tab:orange')):
     levels = fit_levels(x, parameterisation, value, module.a_bits, module.a_signed, weighting,
@@ -133,63 +228,93 @@ def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: 
   ax.set_title(f'{name}: A{module.a_bits} input, {parameterisation} levels\n{source}',
                fontsize=9)
   ax.legend(fontsize=8)
-  fig.tight_layout()
   return fig
 
 
-def plot_activation_errors(config, variables, out_dir: str, *, batch_size: int = 64) -> list[str]:
-  """One per-channel error PNG per quantized activation; returns the paths."""
+def plot_activation_errors(config, variables, out_dir: str, output: Output = Output(), *,
+                           batch_size: int = 64) -> list[str]:
+  """One per-channel error figure per quantized activation; returns the paths."""
   images, source = sample_batch(config, batch_size)
   inputs = layer_inputs(config, variables, images)
   return [_save(activation_error_figure(module, variables, inputs['/'.join(module.path)], source),
-                os.path.join(out_dir, 'act_error', _file_name('/'.join(module.path))))
+                os.path.join(out_dir, 'act_error', _file_name('/'.join(module.path), output)),
+                output)
           for module, _ in _quantized_layers(config, variables)
           if module.a_bits != FULL_PRECISION]
 
 
-def plot_curves(workdirs: Iterable[str], path: str) -> str:
-  """Loss and top-1 against step, train and eval, one colour per run."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for color, workdir in zip(plt.rcParams['axes.prop_cycle'].by_key()['color'] * 10, workdirs):
+# metrics.jsonl keeps top-1 as a fraction; the figure shows percent.
+_CURVES = (('loss', 'loss', 1.), ('top1', 'top-1 (%)', 100.))
+_SPLIT_STYLES = (('train', {'linestyle': '-'}),
+                 ('eval', {'linestyle': '--', 'marker': 'o', 'markersize': 4}))
+
+
+def curves_figure(workdirs: Iterable[str]):
+  """Loss and top-1 (%) against step, train and eval, one colour per run (a matplotlib figure).
+
+  One legend under both panels: colour names the run, line style the split, so it does not
+  repeat per panel or cover the curves.
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout='constrained')
+  colors = plt.rcParams['axes.prop_cycle'].by_key()['color']
+  handles = []
+  for i, workdir in enumerate(workdirs):
+    color = colors[i % len(colors)]
     records = runs.read_metrics(workdir)
-    run = os.path.basename(os.path.normpath(workdir))
-    for split, style in (('train', '-'), ('eval', 'o--')):
-      for ax, metric in zip(axes, ('loss', 'top1')):
-        points = [(r['step'], r[metric]) for r in records
+    for split, style in _SPLIT_STYLES:
+      for ax, (metric, _, scale) in zip(axes, _CURVES):
+        points = [(r['step'], r[metric] * scale) for r in records
                   if r['split'] == split and metric in r]
         if points:
           steps, values = zip(*points)
-          ax.plot(steps, values, style, color=color, label=f'{run} {split}')
-  for ax, metric in zip(axes, ('loss', 'top-1')):
+          ax.plot(steps, values, color=color, **style)
+    handles.append(plt.Line2D([], [], color=color, label=os.path.basename(os.path.normpath(workdir))))
+  handles += [plt.Line2D([], [], color='gray', label=split, **style)
+              for split, style in _SPLIT_STYLES]
+  for ax, (_, label, _) in zip(axes, _CURVES):
     ax.set_xlabel('step')
-    ax.set_ylabel(metric)
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  return _save(fig, path)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  fig.legend(handles=handles, loc='outside lower center', ncols=min(len(handles), 6),
+             fontsize=9, frameon=False)
+  return fig
 
 
-def plot_run(workdir: str, compare: Iterable[str] = (), *, batch_size: int = 64) -> list[str]:
-  """Every plot of a run (curves with the `compare` runs); returns the PNG paths."""
+def plot_curves(workdirs: Iterable[str], path: str, output: Output = Output()) -> str:
+  """Writes `curves_figure(workdirs)` to `path`; returns it."""
+  return _save(curves_figure(workdirs), path, output)
+
+
+def plot_run(workdir: str, compare: Iterable[str] = (), output: Output = Output(), *,
+             batch_size: int = 64) -> list[str]:
+  """Every plot of a run (curves with the `compare` runs); returns the file paths."""
   config, variables = runs.read_workdir(workdir)
   out_dir = os.path.join(workdir, PLOTS_DIR)
-  return (plot_weights(config, variables, out_dir)
-          + plot_activation_errors(config, variables, out_dir, batch_size=batch_size)
-          + [plot_curves([workdir, *compare], os.path.join(out_dir, 'curves.png'))])
+  return (plot_weights(config, variables, out_dir, output)
+          + plot_activation_errors(config, variables, out_dir, output, batch_size=batch_size)
+          + [plot_curves([workdir, *compare], os.path.join(out_dir, f'curves.{output.format}'),
+                         output)])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   options = flags.FLAGS
-  for path in plot_run(options.workdir, options.compare, batch_size=options.batch_size):
+  output = Output(options.format, options.dpi, options.width_in, options.height_in)
+  for path in plot_run(options.workdir, options.compare, output, batch_size=options.batch_size):
     print(path)
 
 
 def _define_flags():
   # Defined only when run as a program, so importing dqnn.plots adds no global flags.
-  flags.DEFINE_string('workdir', None, 'The run to plot; PNGs go to <workdir>/plots.')
+  flags.DEFINE_string('workdir', None, 'The run to plot; figures go to <workdir>/plots.')
   flags.DEFINE_multi_string('compare', [], 'Other runs for the training-curve figure.')
   flags.DEFINE_integer('batch_size', 64, 'Images for the activation-error plots.')
+  flags.DEFINE_enum('format', 'png', FORMATS, 'File format; pdf and svg are vector.')
+  flags.DEFINE_integer('dpi', 150, 'Resolution of PNGs (and of rasters inside pdf/svg).')
+  flags.DEFINE_float('width_in', 0., 'Figure width in inches (0 = each figure\'s own).')
+  flags.DEFINE_float('height_in', 0., 'Figure height in inches (0 = each figure\'s own).')
   flags.mark_flags_as_required(['workdir'])
 
 
