@@ -15,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dqnn.data import prepare
+from dqnn.data import specs
 from dqnn.data import writer
 
 tfds.disable_progress_bar()
@@ -78,7 +79,7 @@ def test_cli_npz_prepares_tfds_cifar100_and_refuses_overwrite(tmp_path, npz_labe
   expected = sorted(int(np.flatnonzero(npz_labels == c)[0]) for c in range(100))
   assert ids == expected
   for x in test:
-    assert x['coarse_label'] == writer.CIFAR100_FINE_TO_COARSE[x['label']]
+    assert x['coarse_label'] == specs.CIFAR100_FINE_TO_COARSE[x['label']]
   # Second run refuses to overwrite.
   with pytest.raises(writer.DatasetExistsError, match='--overwrite'):
     prepare.prepare_cifar100_npz(str(npz), str(tmp_path), holdout_per_class=1,
