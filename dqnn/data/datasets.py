@@ -33,7 +33,6 @@ from dqnn.data.specs import SOURCE_INPUT_HELP
 from dqnn.data.specs import SPECS
 from dqnn.data.specs import spec
 # Re-exported for the callers of datasets.
-from dqnn.data.specs import DatasetSpec  # pylint: disable=unused-import
 from dqnn.data.specs import FAKE  # pylint: disable=unused-import
 from dqnn.data.specs import SAMPLE  # pylint: disable=unused-import
 from dqnn.data.specs import SUPPORTED_DATASETS
