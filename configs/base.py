@@ -4,8 +4,11 @@ Every experiment file is `get_config(arg=None)` returning one of these builders'
 `arg='runlocal'` (`--config=configs/x.py:runlocal`) shrinks any config to a few steps with a
 tiny batch for a quick CPU run. Fields are primitives or ConfigDicts only.
 """
+import functools
+
 import ml_collections
 
+from dqnn.data import specs
 from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS, MODELS
 
 RUNLOCAL = 'runlocal'
@@ -16,9 +19,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data. data_dir '' = $TFDS_DATA_DIR or the TFDS default; image_size 0 = the dataset's.
-  config.dataset = 'cifar100'  # 'cifar100' | 'imagenet2012' | 'cifar100_sample' | 'fake'
+  config.dataset = 'cifar100'  # A name in dqnn.data.specs.SUPPORTED_DATASETS, or 'fake'.
   config.data_dir = ''
-  config.download = False  # Only cifar100 can be downloaded (needs internet).
+  config.download = False  # Only the CIFARs can be downloaded (needs internet).
   config.image_size = 0
   # CIFAR-size splits can live on the accelerators, batched and augmented in the step.
   config.input_on_device = False
@@ -100,29 +103,36 @@ def _quant(config: ml_collections.ConfigDict, w_bits: int, a_bits: int) -> None:
   config.quant.a_bits = a_bits
 
 
-def cifar100(model: str, w_bits: int = 32, a_bits: int = 32,
-             arg: str | None = None) -> ml_collections.ConfigDict:
-  """CIFAR-100: SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4, cosine, 200 epochs.
+def cifar(dataset: str, model: str, w_bits: int = 32, a_bits: int = 32,
+          arg: str | None = None) -> ml_collections.ConfigDict:
+  """CIFAR (`dataset` 'cifar10' or 'cifar100'): SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4,
+  cosine, 200 epochs.
 
   The common CIFAR recipe (e.g. DeVries & Taylor 2017 / kuangliu pytorch-cifar); quantized
   runs train from scratch with the same recipe unless `init_from` names a float run.
 
-  From scratch is chosen by measurement (docs/results.md, budgeted study): for the same total
-  epochs it beat fine-tuning a float run at lr 0.01 for every method (ResNet-20 W2A2: DQ,
-  LQ-Nets, LSQ by 2.1, 2.4, 3.4 points on a GPU, one seed; 1.0-3.0 points at dqnn's two CPU
+  From scratch is chosen by measurement on CIFAR-100 (docs/results.md, budgeted study): for the
+  same total epochs it beat fine-tuning a float run at lr 0.01 for every method (ResNet-20 W2A2:
+  DQ, LQ-Nets, LSQ by 2.1, 2.4, 3.4 points on a GPU, one seed; 1.0-3.0 points at dqnn's two CPU
   scales, two seeds). For fine-tunes, lr 0.03 was ahead of 0.01 at both CPU scales (outside the
   seed ranges at the larger); 0.1 after a warm-up was further ahead at the larger scale but
   behind at the other.
   """
   if model not in CIFAR_MODELS:
     raise ValueError(f'Not a CIFAR model: {model!r}; choose one of {CIFAR_MODELS}.')
+  dataset_spec = specs.spec(dataset)
+  if not dataset_spec.in_memory:
+    raise ValueError(f'Not a CIFAR-size dataset: {dataset!r}.')
   config = get_base_config()
-  config.dataset = 'cifar100'
-  config.download = True
+  config.dataset = dataset
+  config.download = bool(dataset_spec.download_host)
   config.input_on_device = True
   config.model = model
   _quant(config, w_bits, a_bits)
   return _variant(config, arg)
+
+
+cifar100 = functools.partial(cifar, 'cifar100')
 
 
 def imagenet(model: str, w_bits: int = 32, a_bits: int = 32,
@@ -177,14 +187,16 @@ def _variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
 def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A few steps at batch 8 with a tiny model: checks that a config runs end to end on a CPU.
 
-  CIFAR configs switch to the CIFAR-100 sample shipped inside dqnn (500 train / 100 eval real
-  images), so no download or prepare is needed; --config.dataset=cifar100 uses the real data.
+  A dataset with an embedded sample (CIFAR-100: 500 train / 100 eval real images shipped inside
+  dqnn) switches to it, so no download or prepare is needed; --config.dataset=cifar100 uses the
+  real data. Others (CIFAR-10) keep their dataset: pass --config.data_dir of a prepared one.
   """
   config.model = MODELS[config.model].tiny or config.model
   if config.init_from == 'required':  # A full-size float run cannot initialise the tiny model.
     config.init_from = 'none'
-  if config.dataset == 'cifar100':
-    config.dataset = 'cifar100_sample'
+  sample = specs.SPECS[config.dataset].sample if config.dataset in specs.SPECS else ''
+  if sample:
+    config.dataset = sample
     config.download = False
   config.input_workers = 0
   config.global_batch_size = 8

@@ -22,8 +22,8 @@ def test_every_unusable_field_is_listed_in_one_error():
     run_config.validate(config)
   lines = sorted(str(error.value).splitlines()[1:])
   assert lines[:5] == [
-      "  dataset='cifar1000': must be one of 'cifar100', 'cifar100_sample', 'imagenet2012', "
-      "'fake'. Did you mean 'cifar100'?",
+      "  dataset='cifar1000': must be one of 'cifar10', 'cifar100', 'cifar100_sample', "
+      "'imagenet2012', 'fake'. Did you mean 'cifar100'?",
       "  dtype='int8': must be one of 'float32', 'bfloat16', 'float16'.",
       '  eval_batch_size=-8: must be a positive integer.',
       '  global_batch_size=0: must be a positive integer.',

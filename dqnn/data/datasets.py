@@ -1,8 +1,11 @@
-"""Dataset registry: names, splits, `DatasetInfo`, and where each split's examples come from.
+"""Datasets on disk: `DatasetInfo`, and where each split's examples come from.
+
+What each dataset is (classes, splits, statistics, how it is prepared) is its record in
+`dqnn.data.specs`; this module reads the records and never branches on a dataset's name.
 
 Prepared datasets are TFDS directories in array_record format, `<data_dir>/<name>/<version>/`,
 read with `tfds.data_source` (random access, no TensorFlow). `python -m dqnn.data.prepare`
-writes them offline; TFDS's own download-and-prepare (CIFAR-100 only) needs the `[tf]` extra.
+writes them offline; TFDS's own download-and-prepare (the CIFARs only) needs the `[tf]` extra.
 `cifar100_sample` is a small real CIFAR-100 sample shipped inside the package, so a first run
 needs neither a download nor a prepare step.
 """
@@ -24,33 +27,17 @@ import tensorflow_datasets as tfds
 
 from dqnn.data.errors import DatasetDamagedError
 from dqnn.data.errors import DatasetNotFoundError
+from dqnn.data.specs import EMBEDDED
+from dqnn.data.specs import FAKE_NORMALIZATION
+from dqnn.data.specs import SOURCE_INPUT_HELP
+from dqnn.data.specs import SPECS
+from dqnn.data.specs import spec
+# Re-exported for the callers of datasets.
+from dqnn.data.specs import FAKE  # pylint: disable=unused-import
+from dqnn.data.specs import SAMPLE  # pylint: disable=unused-import
+from dqnn.data.specs import SUPPORTED_DATASETS
 
-SAMPLE = 'cifar100_sample'
-FAKE = 'fake'  # Synthetic batches for throughput runs: no files, sizes from the config.
-_SAMPLE_FILE = 'cifar100_sample.npz'
-# TFDS downloads CIFAR-100 from here; checked first so an offline host fails in seconds.
-_DOWNLOAD_HOST = ('www.cs.toronto.edu', 443)
 _NETWORK_TIMEOUT_S = 3.0
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-  num_classes: int
-  image_size: int
-  train_split: str
-  eval_split: str
-  downloadable: bool
-  normalization: str  # Which mean/std the images are normalised with.
-
-
-_SPECS = {
-    'cifar100': _Spec(100, 32, 'train', 'test', downloadable=True, normalization='cifar100'),
-    'imagenet2012': _Spec(1000, 224, 'train', 'validation', downloadable=False,
-                          normalization='imagenet2012'),
-    SAMPLE: _Spec(100, 32, 'train', 'test', downloadable=False, normalization='cifar100'),
-}
-
-SUPPORTED_DATASETS = tuple(sorted(_SPECS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,21 +51,14 @@ class DatasetInfo:
   num_eval: int
 
 
-def spec(name: str) -> _Spec:
-  if name not in _SPECS:
-    raise ValueError(
-        f'Unknown dataset {name!r}; supported: {", ".join(SUPPORTED_DATASETS)}.')
-  return _SPECS[name]
-
-
 def normalization(name: str) -> str:
-  """Whose mean/std normalise `name`'s images (ImageNet's for synthetic data)."""
-  return _SPECS[name].normalization if name in _SPECS else 'imagenet2012'
+  """The key of `transforms.NORMALIZATION` whose mean/std normalise `name`'s images."""
+  return name if name in SPECS else FAKE_NORMALIZATION
 
 
 def is_small(name: str) -> bool:
   """Whether the whole split is decoded into memory (and may live on the accelerators)."""
-  return spec(name).image_size == 32
+  return spec(name).in_memory
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
@@ -93,12 +73,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 
 def prepare_command(name: str, data_dir: str) -> str:
   """The offline command that builds `name` into `data_dir`."""
-  d = shlex.quote(data_dir)
-  if name == 'cifar100':
-    return ('python -m dqnn.data.prepare --source=npz '
-            f'--input=/path/to/cifar100/train.npz --data_dir={d}')
-  return ('python -m dqnn.data.prepare --source=image_folder '
-          f'--input=/path/to/imagenet/images --data_dir={d}')
+  return spec(name).prepare_command.format(data_dir=shlex.quote(data_dir))
 
 
 _DOWNLOAD_OFF = 'not prepared and download=False'
@@ -110,23 +85,20 @@ def _not_found_message(name: str, data_dir: str, reason: str) -> str:
       'Prepare it offline from local files with:',
       f'  {prepare_command(name, data_dir)}',
   ]
-  if name == 'cifar100':
-    lines.append(
-        '(--input is an .npz with uint8 `image` [N,32,32,3] and `label` [N]; '
-        'the `test` split is then a held-out carve of that file.)')
-    if reason == _DOWNLOAD_OFF:  # Otherwise the download was asked for and could not work.
-      lines.append('Or pass --config.download=True to download it via TFDS (needs internet and '
-                   "the TensorFlow extra: pip install -e '.[tf]').")
-    lines.append(f"Or try the embedded sample: --config.dataset={SAMPLE}.")
-  else:
+  dataset_spec = spec(name)
+  lines.append(SOURCE_INPUT_HELP[dataset_spec.source])
+  if dataset_spec.download_host and reason == _DOWNLOAD_OFF:
+    # Otherwise the download was asked for and could not work.
+    lines.append('Or pass --config.download=True to download it via TFDS (needs internet and '
+                 "the TensorFlow extra: pip install -e '.[tf]').")
+  if dataset_spec.sample:
+    lines.append(f'Or try the embedded sample: --config.dataset={dataset_spec.sample}.')
+  if dataset_spec.manual_archives:
     lines += [
-        '(--input is a folder of <class_wnid>/*.JPEG sub-folders or flat '
-        '<wnid>_*.JPEG files.)',
-        'Or, with the official archives (TFDS cannot download ImageNet): put '
-        'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into '
+        f'Or, with the official archives (TFDS cannot download {dataset_spec.title}): put '
+        f'{" and ".join(dataset_spec.manual_archives)} into '
         f'{os.path.join(data_dir, "downloads", "manual")} and run (needs the TensorFlow extra)',
-        f'  tfds build imagenet2012 --data_dir={shlex.quote(data_dir)} '
-        '--file_format=array_record',
+        f'  tfds build {name} --data_dir={shlex.quote(data_dir)} --file_format=array_record',
     ]
   return '\n'.join(lines)
 
@@ -141,16 +113,16 @@ def _tfrecord_message(name: str, path: str) -> str:
       'or prepare it again with python -m dqnn.data.prepare.'])
 
 
-def _download(builder, name: str, data_dir: str) -> None:
-  """TFDS download-and-prepare, failing within seconds when it cannot work here."""
+def _download(builder, name: str, data_dir: str, host: tuple[str, int]) -> None:
+  """TFDS download-and-prepare from `host`, failing within seconds when it cannot work here."""
   if importlib.util.find_spec('tensorflow') is None:
     raise DatasetNotFoundError(_not_found_message(
         name, data_dir, "download needs TensorFlow: pip install -e '.[tf]'"))
   try:
-    socket.create_connection(_DOWNLOAD_HOST, timeout=_NETWORK_TIMEOUT_S).close()
+    socket.create_connection(host, timeout=_NETWORK_TIMEOUT_S).close()
   except OSError as e:
     raise DatasetNotFoundError(_not_found_message(
-        name, data_dir, f'no network: cannot reach {_DOWNLOAD_HOST[0]} ({e})')) from e
+        name, data_dir, f'no network: cannot reach {host[0]} ({e})')) from e
   try:
     builder.download_and_prepare(file_format='array_record')
   except Exception as e:  # pylint: disable=broad-except
@@ -167,11 +139,11 @@ def load_builder(name: str,
   data_dir = resolve_data_dir(data_dir)
   builder = tfds.builder(name, data_dir=data_dir)
   if not builder.is_prepared():
-    if not (download and dataset_spec.downloadable):
-      reason = ('not prepared; TFDS cannot download it' if not dataset_spec.downloadable
+    if not (download and dataset_spec.download_host):
+      reason = ('not prepared; TFDS cannot download it' if not dataset_spec.download_host
                 else _DOWNLOAD_OFF)
       raise DatasetNotFoundError(_not_found_message(name, data_dir, reason))
-    _download(builder, name, data_dir)
+    _download(builder, name, data_dir, dataset_spec.download_host)
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
     raise DatasetNotFoundError(_tfrecord_message(name, os.fspath(builder.data_dir)))
   missing = [s for s in (dataset_spec.train_split, dataset_spec.eval_split)
@@ -182,8 +154,9 @@ def load_builder(name: str,
   return builder
 
 
-def _sample_arrays() -> dict[str, np.ndarray]:
-  with importlib.resources.files('dqnn.data.sample').joinpath(_SAMPLE_FILE).open('rb') as f:
+def _embedded_arrays(name: str) -> dict[str, np.ndarray]:
+  """An embedded dataset's `<split>_image` and `<split>_label` arrays."""
+  with importlib.resources.files('dqnn.data.sample').joinpath(f'{name}.npz').open('rb') as f:
     with np.load(f) as arrays:
       return dict(arrays)
 
@@ -194,8 +167,8 @@ def get_dataset_info(name: str,
                      download: bool = False) -> DatasetInfo:
   """Static facts about a prepared dataset (split sizes read from its metadata)."""
   dataset_spec = spec(name)
-  if name == SAMPLE:
-    arrays = _sample_arrays()
+  if dataset_spec.source == EMBEDDED:
+    arrays = _embedded_arrays(name)
     num_train, num_eval = len(arrays['train_label']), len(arrays['test_label'])
     num_classes = dataset_spec.num_classes
   else:
@@ -222,7 +195,7 @@ def check_split(name: str, data_dir: str | None, split: str) -> None:
   metadata lists. Small (CIFAR-size) splits are read whole, checksums included (a fraction of a
   second); ImageNet's only by their footers (milliseconds): a truncated or replaced shard is
   found before training, a damaged block inside one when it is read."""
-  if name in (SAMPLE, FAKE):
+  if spec(name).source == EMBEDDED:  # Shipped inside the package.
     return
   data_dir = resolve_data_dir(data_dir)
   split_info = load_builder(name, data_dir).info.splits[split]
@@ -281,8 +254,8 @@ def open_split(name: str, data_dir: str | None, split: str, start: int, end: int
   Small (32x32) datasets come back decoded, as `InMemorySource` of uint8 images; ImageNet as
   encoded JPEG bytes (decoded, cropped and resized by the pipeline's workers).
   """
-  if name == SAMPLE:
-    arrays = _sample_arrays()
+  if spec(name).source == EMBEDDED:
+    arrays = _embedded_arrays(name)
     return InMemorySource(arrays[f'{split}_image'][start:end],
                           arrays[f'{split}_label'][start:end])
   builder = load_builder(name, data_dir)

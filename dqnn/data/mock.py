@@ -21,8 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
+from dqnn.data import specs
 from dqnn.data import writer
-from dqnn.data.datasets import spec
+from dqnn.data.specs import spec
 
 
 def _random_jpeg(rng: np.random.Generator, grayscale: bool) -> bytes:
@@ -49,11 +50,9 @@ def write_mock_dataset(name: str, data_dir: str, *, num_examples: int = 64,
       for i in range(n):
         label = i % num_classes
         key = f'{split}_{i:05d}'
-        if name == 'cifar100':
-          yield key, {
-              'id': key, 'label': label,
-              'image': writer.png(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
-              'coarse_label': writer.CIFAR100_FINE_TO_COARSE[label]}
+        if dataset_spec.source == specs.NPZ:
+          yield key, writer.npz_example(
+              dataset_spec, key, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), label)
         else:
           yield key, {'image': io.BytesIO(_random_jpeg(rng, grayscale=i % 5 == 4)),
                       'label': label, 'file_name': key + '.JPEG'}

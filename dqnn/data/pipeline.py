@@ -8,7 +8,7 @@ uint8 (the train step normalises them on the device).
   (seed, host, k): grain shuffles by index, with a new permutation each epoch, and draws each
   batch's augmentation from a generator seeded by its index. Its iterator's `get_state()` is
   saved with each checkpoint, so a resumed run continues with exactly the next batch.
-  Small datasets are held decoded in memory and augmented a whole batch at a time; ImageNet
+  In-memory (CIFAR) datasets are held decoded and augmented a whole batch at a time; ImageNet
   JPEGs are decoded, cropped and flipped per image, by `num_workers` processes when > 0.
 * `eval_batches`: finite; every eval example is yielded exactly once across all hosts. The tail
   is padded with masked (`mask=False`) zero examples, never dropped, and all hosts yield the
@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from dqnn.data import datasets
+from dqnn.data import specs
 from dqnn.data import transforms
 
 # Threads that read and transform examples ahead of the step, per process (more lose to the GIL:
@@ -97,7 +98,7 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
                      f'its batch of {batch}.')
   source = datasets.open_split(info.name, data_dir, info.train_split, start, end)
   host_seed = _host_seed(seed, process_index)
-  if datasets.is_small(info.name):
+  if datasets.spec(info.name).augmentation == specs.CIFAR_AUGMENTATION:
     ds = (grain.MapDataset.range(len(source)).seed(host_seed).shuffle().repeat()
           .batch(batch, drop_remainder=True)
           .random_map(functools.partial(_small_train_batch, source=source,
@@ -124,7 +125,7 @@ def _eval_example(index: int, *, source, name: str, image_size: int) -> dict[str
     return {'image': np.zeros((image_size, image_size, 3), np.uint8),
             'label': np.int32(0), 'mask': np.False_}
   example = source[index]
-  if datasets.is_small(name):
+  if datasets.spec(name).augmentation == specs.CIFAR_AUGMENTATION:  # Decoded arrays.
     image = transforms.resize_square(example['image'], image_size)
   else:
     image = transforms.imagenet_eval(example['image'], image_size)

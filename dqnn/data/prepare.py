@@ -1,10 +1,12 @@
 r"""Offline prepare tool: builds TFDS-format datasets from local files.
 
-Writes `<data_dir>/cifar100/<version>/` or `<data_dir>/imagenet2012/<version>/`
+Writes `<data_dir>/<dataset>/<version>/` (e.g. cifar100, cifar10, imagenet2012)
 with the same features as the real TFDS builders (see `dqnn.data.writer`), so
-the pipelines read prepared and TFDS-downloaded data identically.
+the pipelines read prepared and TFDS-downloaded data identically. Which
+`--source` builds which dataset is its record's `source` (`dqnn.data.specs`).
 
-CIFAR-100 from an .npz (uint8 `image` [N,32,32,3] RGB, `label` [N] fine labels):
+CIFAR-100 (default) or `--dataset=cifar10` from an .npz (uint8 `image`
+[N,32,32,3] RGB, `label` [N] (fine) labels):
 
   python -m dqnn.data.prepare --source=npz \
       --input=../shared/data/cifar100/train.npz --data_dir=$TFDS_DATA_DIR
@@ -12,8 +14,9 @@ CIFAR-100 from an .npz (uint8 `image` [N,32,32,3] RGB, `label` [N] fine labels):
   Per class, the examples are taken in file order (first `--limit_per_class`
   of them if set); the FIRST `--holdout_per_class` (default 50) go to split
   `test`, the rest to `train`. NOTE: this `test` split is a validation split
-  carved from the training file, NOT the official CIFAR-100 test set. `id` is
-  '<split>_<index in the npz>', `coarse_label` is derived from the fine label.
+  carved from the training file, NOT the official test set. `id` is
+  '<split>_<index in the npz>'; CIFAR-100's `coarse_label` is derived from the
+  fine label.
 
 ImageNet-2012 from a folder (`DIR/<wnid>/*.JPEG` sub-folders or flat
 `DIR/<wnid>_*.JPEG` files):
@@ -41,6 +44,7 @@ dataset unless `--overwrite`; the old one is replaced only once the new one is c
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import os
 import signal
@@ -48,13 +52,14 @@ import sys
 
 import numpy as np
 
+from dqnn.data import specs
 from dqnn.data import writer
 
 _IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 CIFAR_HOLDOUT_NOTE = (
-    "NOTE: cifar100 'test' is a held-out validation carve of the input file "
-    '(first {k} images per class in file order), NOT the official CIFAR-100 '
+    "NOTE: {name} 'test' is a held-out validation carve of the input file "
+    '(first {k} images per class in file order), NOT the official {title} '
     'test set.')
 
 
@@ -66,8 +71,9 @@ def _summary(name, out, counts):
 # ------------------------------------------------------------------ CIFAR.
 
 
-def read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """(images uint8 [N,32,32,3], labels int64 [N]) from `path`, or one error naming the problem."""
+def read_npz(path: str, num_classes: int = 100) -> tuple[np.ndarray, np.ndarray]:
+  """(images uint8 [N,32,32,3], labels int64 [N] in [0, num_classes)) from `path`, or one error
+  naming the problem."""
   try:
     arrays = np.load(path)
   except (OSError, EOFError, ValueError) as e:  # Not an .npz, truncated, or a pickle.
@@ -88,8 +94,8 @@ def read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
   if not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'{path}: labels must be integers, got {labels.dtype} (converting would '
                      'silently truncate them).')
-  if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= 100:
-    raise ValueError(f'{path}: expected labels [{len(images)}] in [0, 100), got shape '
+  if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(f'{path}: expected labels [{len(images)}] in [0, {num_classes}), got shape '
                      f'{labels.shape}, range [{labels.min()}, {labels.max()}].')
   return images, labels.astype(np.int64)
 
@@ -109,31 +115,46 @@ def carve_npz_splits(labels: np.ndarray, holdout_per_class: int,
   return train, test
 
 
-def prepare_cifar100_npz(input_path: str, data_dir: str, *,
-                         holdout_per_class: int = 50,
-                         limit_per_class: int | None = None,
-                         overwrite: bool = False) -> dict:
-  images, labels = read_npz(input_path)
+def prepare_npz(input_path: str, data_dir: str, *, dataset: str,
+                holdout_per_class: int = 50,
+                limit_per_class: int | None = None,
+                overwrite: bool = False) -> dict:
+  """Builds `dataset` (a record with source 'npz') from an .npz, carving its eval split."""
+  dataset_spec = _spec_for_source(dataset, specs.NPZ)
+  images, labels = read_npz(input_path, dataset_spec.num_classes)
   train_idx, test_idx = carve_npz_splits(labels, holdout_per_class, limit_per_class)
   if not len(train_idx) or not len(test_idx):
     raise ValueError(
         f'Empty split (train={len(train_idx)}, test={len(test_idx)}); check '
         '--holdout_per_class / --limit_per_class.')
 
+  train_split, eval_split = dataset_spec.train_split, dataset_spec.eval_split
+
   def gen(split, indices):
     def _gen():
       for i in indices:
         key = f'{split}_{int(i):05d}'
-        yield key, {'id': key, 'image': writer.png(images[i]), 'label': int(labels[i]),
-                    'coarse_label': writer.CIFAR100_FINE_TO_COARSE[labels[i]]}
+        yield key, writer.npz_example(dataset_spec, key, images[i], labels[i])
     return _gen
 
   out = writer.write_tfds_dataset(
-      'cifar100', data_dir,
-      {'train': gen('train', train_idx), 'test': gen('test', test_idx)},
+      dataset, data_dir,
+      {train_split: gen(train_split, train_idx), eval_split: gen(eval_split, test_idx)},
       overwrite=overwrite)
-  return {'name': 'cifar100', 'path': out,
-          'counts': {'train': len(train_idx), 'test': len(test_idx)}}
+  return {'name': dataset, 'path': out,
+          'counts': {train_split: len(train_idx), eval_split: len(test_idx)}}
+
+
+prepare_cifar100_npz = functools.partial(prepare_npz, dataset=specs.DEFAULT_FOR_SOURCE[specs.NPZ])
+
+
+def _spec_for_source(dataset: str, source: str) -> specs.DatasetSpec:
+  dataset_spec = specs.spec(dataset)
+  if dataset_spec.source != source:
+    buildable = [name for name, s in specs.SPECS.items() if s.source == source]
+    raise ValueError(f'--source={source} cannot build {dataset!r}; it builds '
+                     f'{", ".join(buildable)} (--dataset).')
+  return dataset_spec
 
 
 # --------------------------------------------------------------- ImageNet.
@@ -221,6 +242,7 @@ def prepare_imagenet_folder(input_dir: str, data_dir: str, *,
                             limit: int | None = None,
                             max_short_side: int | None = None,
                             overwrite: bool = False) -> dict:
+  dataset_spec = _spec_for_source(specs.DEFAULT_FOR_SOURCE[specs.IMAGE_FOLDER], specs.IMAGE_FOLDER)
   items = list_image_folder(input_dir, limit)
   train, val = carve_image_splits(items, holdout_per_class=holdout_per_class,
                                   eval_fraction=eval_fraction)
@@ -236,11 +258,12 @@ def prepare_imagenet_folder(input_dir: str, data_dir: str, *,
                     'file_name': fname}
     return _gen
 
+  name, train_split, eval_split = (dataset_spec.name, dataset_spec.train_split,
+                                   dataset_spec.eval_split)
   out = writer.write_tfds_dataset(
-      'imagenet2012', data_dir,
-      {'train': gen(train), 'validation': gen(val)}, overwrite=overwrite)
-  return {'name': 'imagenet2012', 'path': out,
-          'counts': {'train': len(train), 'validation': len(val)}}
+      name, data_dir, {train_split: gen(train), eval_split: gen(val)}, overwrite=overwrite)
+  return {'name': name, 'path': out,
+          'counts': {train_split: len(train), eval_split: len(val)}}
 
 
 # ------------------------------------------------------------------- CLI.
@@ -257,14 +280,15 @@ def main(argv):
   # SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the staging folder is removed.
   signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
   data_dir = resolve_data_dir(f.data_dir)
+  dataset = f.dataset or specs.DEFAULT_FOR_SOURCE[f.source]
   try:
-    if f.source == 'npz':
+    if f.source == specs.NPZ:
       holdout = 50 if f.holdout_per_class is None else f.holdout_per_class
-      res = prepare_cifar100_npz(f.input, data_dir, holdout_per_class=holdout,
-                                 limit_per_class=f.limit_per_class,
-                                 overwrite=f.overwrite)
-      print(CIFAR_HOLDOUT_NOTE.format(k=holdout))
+      res = prepare_npz(f.input, data_dir, dataset=dataset, holdout_per_class=holdout,
+                        limit_per_class=f.limit_per_class, overwrite=f.overwrite)
+      print(CIFAR_HOLDOUT_NOTE.format(name=dataset, title=specs.spec(dataset).title, k=holdout))
     else:
+      _spec_for_source(dataset, specs.IMAGE_FOLDER)
       res = prepare_imagenet_folder(f.input, data_dir,
                                     holdout_per_class=f.holdout_per_class,
                                     eval_fraction=f.eval_fraction, limit=f.limit,
@@ -278,8 +302,11 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_enum('source', None, ['npz', 'image_folder'],
-                    'npz -> cifar100; image_folder -> imagenet2012.')
+  flags.DEFINE_enum('source', None, [specs.NPZ, specs.IMAGE_FOLDER],
+                    'npz -> cifar100 (or --dataset=cifar10); image_folder -> imagenet2012.')
+  flags.DEFINE_enum('dataset', None,
+                    [name for name, s in specs.SPECS.items() if s.source != specs.EMBEDDED],
+                    'The dataset to build (default: the one --source builds by default).')
   flags.DEFINE_string('input', None, '.npz file or image folder.')
   flags.DEFINE_string('data_dir', None,
                       'TFDS data_dir (default: $TFDS_DATA_DIR, else TFDS default).')

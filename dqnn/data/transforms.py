@@ -21,22 +21,18 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dqnn.data import specs
 
-NORMALIZATION = {
-    'cifar100': (CIFAR100_MEAN, CIFAR100_STD),
-    'imagenet2012': (IMAGENET_MEAN, IMAGENET_STD),
-}
+# (mean, std) per dataset, from its record.
+NORMALIZATION = {name: (spec.mean, spec.std) for name, spec in specs.SPECS.items()}
 
 CIFAR_PAD = 4
 _EVAL_CROP_FRACTION = 224 / 256
 
 
 def normalize(images, normalization: str) -> jnp.ndarray:
-  """uint8 [..., 3] images -> (x/255 - mean)/std in float32 (jax, so it runs in the step)."""
+  """uint8 [..., 3] images -> (x/255 - mean)/std in float32 (jax, so it runs in the step), with
+  the statistics of the dataset `normalization` names (`datasets.normalization`)."""
   mean, std = NORMALIZATION[normalization]
   images = jnp.asarray(images, jnp.float32) / 255.0
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

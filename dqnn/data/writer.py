@@ -1,6 +1,6 @@
 """Writes TFDS-format datasets from local examples, using the real TFDS builders.
 
-`write_tfds_dataset('cifar100', ...)` instantiates the *installed* TFDS builder
+`write_tfds_dataset('cifar10', ...)` instantiates the *installed* TFDS builder
 (`tfds.builder(name, data_dir=...)`), replaces only its `_split_generators` on the instance with
 our local examples and runs `download_and_prepare` without network, in array_record format. The
 result is a normal TFDS directory `<data_dir>/<name>/<version>/` (dataset_info.json,
@@ -28,13 +28,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-# CIFAR-100 fine label -> coarse (superclass) label, in the official order.
-CIFAR100_FINE_TO_COARSE = (
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
-    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
-    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
-    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
-    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13)
+from dqnn.data import specs
 
 _IMAGENET_LABELS = 'datasets/imagenet2012/labels.txt'
 
@@ -59,6 +53,16 @@ def png(image: np.ndarray) -> io.BytesIO:
   Image.fromarray(image).save(buf, format='PNG', compress_level=1)
   buf.seek(0)
   return buf
+
+
+def npz_example(dataset_spec: specs.DatasetSpec, key: str, image: np.ndarray,
+                label: int) -> dict:
+  """A CIFAR-style example with the features of its TFDS builder: id, image, label, and the
+  coarse label where the dataset has one (CIFAR-100)."""
+  example = {'id': key, 'image': png(image), 'label': int(label)}
+  if dataset_spec.coarse_labels:
+    example['coarse_label'] = dataset_spec.coarse_labels[label]
+  return example
 
 
 def _is_running(pid: int) -> bool:

@@ -98,6 +98,15 @@ def test_config_loads_and_builds_its_model(path):
     assert has_quantizer == quantized
 
 
+@pytest.mark.parametrize('name', ['cifar10_resnet20_fp', 'cifar10_resnet20_w2a2'])
+def test_cifar10_configs_keep_cifar10_in_runlocal(name):
+  # CIFAR-10 has no embedded sample: a smoke run must not train on CIFAR-100 data instead.
+  module = _load(REPO / 'configs' / f'{name}.py')
+  for config in (module.get_config(), module.get_config('runlocal')):
+    assert config.dataset == 'cifar10'
+    assert _sizes(config)[0] == 10
+
+
 @pytest.mark.parametrize('name', ['imagenet_resnet18_w2a2', 'imagenet_mobilenetv2_w2a2'])
 def test_imagenet_fine_tune_recipes_need_a_float_run_or_an_explicit_none(name):
   config = _load(REPO / 'configs' / f'{name}.py').get_config()

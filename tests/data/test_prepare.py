@@ -15,6 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dqnn.data import prepare
+from dqnn.data import specs
 from dqnn.data import writer
 
 tfds.disable_progress_bar()
@@ -78,7 +79,7 @@ def test_cli_npz_prepares_tfds_cifar100_and_refuses_overwrite(tmp_path, npz_labe
   expected = sorted(int(np.flatnonzero(npz_labels == c)[0]) for c in range(100))
   assert ids == expected
   for x in test:
-    assert x['coarse_label'] == writer.CIFAR100_FINE_TO_COARSE[x['label']]
+    assert x['coarse_label'] == specs.CIFAR100_FINE_TO_COARSE[x['label']]
   # Second run refuses to overwrite.
   with pytest.raises(writer.DatasetExistsError, match='--overwrite'):
     prepare.prepare_cifar100_npz(str(npz), str(tmp_path), holdout_per_class=1,
@@ -87,6 +88,38 @@ def test_cli_npz_prepares_tfds_cifar100_and_refuses_overwrite(tmp_path, npz_labe
                                      limit_per_class=2, overwrite=True)
   assert res['counts'] == {'train': 100, 'test': 100}
   assert tfds.builder('cifar100', data_dir=str(tmp_path)).info.splits['train'].num_examples == 100
+
+
+def _cifar10_npz(path, labels):
+  rng = np.random.default_rng(0)
+  np.savez(path, image=rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8),
+           label=np.asarray(labels))
+  return str(path)
+
+
+def test_npz_prepares_tfds_cifar10_with_its_builders_features(tmp_path):
+  npz = _cifar10_npz(tmp_path / 'cifar10.npz', np.repeat(np.arange(10), 3))
+  res = prepare.prepare_npz(npz, str(tmp_path), dataset='cifar10', holdout_per_class=1)
+  assert res['name'] == 'cifar10' and res['counts'] == {'train': 20, 'test': 10}
+  b = tfds.builder('cifar10', data_dir=str(tmp_path))
+  assert b.is_prepared()
+  assert set(b.info.features) == {'id', 'image', 'label'}
+  assert sorted(x['label'] for x in _read_split('cifar10', tmp_path, 'test')) == list(range(10))
+
+
+def test_npz_labels_outside_the_datasets_classes_are_refused(tmp_path):
+  npz = _cifar10_npz(tmp_path / 'cifar10.npz', [0, 10])
+  with pytest.raises(ValueError, match=r'labels \[2\] in \[0, 10\)'):
+    prepare.prepare_npz(npz, str(tmp_path), dataset='cifar10')
+
+
+def test_cli_source_that_cannot_build_the_dataset_is_one_error(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'dqnn.data.prepare', '--source=image_folder',
+                      '--dataset=cifar10', f'--input={tmp_path}', f'--data_dir={tmp_path}'],
+                     cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1
+  assert ("ERROR: --source=image_folder cannot build 'cifar10'; it builds imagenet2012 "
+          '(--dataset).') in r.stderr
 
 
 # --------------------------------------------------------------- ImageNet.
