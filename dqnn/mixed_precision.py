@@ -59,6 +59,7 @@ from dqnn import bit_allocation
 from dqnn import checkpoint
 from dqnn import config_flag
 from dqnn import data
+from dqnn import figures
 from dqnn import files
 from dqnn import metrics
 from dqnn import report
@@ -360,9 +361,7 @@ def as_table(result: Result) -> str:
 
 def plot(result: Result, sensitivities: Sequence[Sensitivity], path: str) -> None:
   """Bits chosen per layer (top) and each layer's sensitivity against bits (bottom)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')  # Files only: no display, also on headless machines.
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = figures.pyplot()
   layers = [c.layer for c in result.choices]
   x = np.arange(len(layers))
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(layers) + 2), 7))

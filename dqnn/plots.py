@@ -26,14 +26,10 @@ from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import matplotlib
-matplotlib.use('Agg')  # Files only: no display, also on headless machines.
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import matplotlib.pyplot as plt
-from matplotlib import ticker
 import numpy as np
 
 from dqnn import data
+from dqnn import figures
 from dqnn import quantizers
 from dqnn import runs
 from dqnn import tracing
@@ -42,8 +38,9 @@ from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers import readout
 from dqnn.quantizers.dq_activation import fit_levels, per_channel_relative_error
-from dqnn.variables import ACT_QUANTIZER, WEIGHT_QUANTIZER, layer_variables
-# pylint: enable=g-import-not-at-top,wrong-import-position
+from dqnn.variables import ACT_QUANTIZER, layer_variables
+
+plt = figures.pyplot()
 
 PLOTS_DIR = 'plots'
 # Closed-form refits per weighting: each one is a weighted Lloyd step, a few suffice.
@@ -51,9 +48,6 @@ _FIT_ITERATIONS = 10
 
 
 FORMATS = ('png', 'pdf', 'svg')
-# A dot per (channel, level) stays readable up to this many level tables; above it the figure
-# shows each level's spread over the channels instead.
-MAX_CHANNEL_ROWS = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,60 +98,9 @@ def _quantized_layers(config, variables):
   return tracing.quantized_layers(runs.model_from_config(config), (size, size, 3), variables)
 
 
-def weight_figure(module: nn.Module, variables):
-  """Histogram of one quantized layer's weights above its learned levels (a matplotlib figure).
-
-  The histogram is linear: the levels' own counts are what matters, and a log axis made the
-  rare outer levels look as common as the central ones. Beneath it, sharing the weight axis:
-  up to `MAX_CHANNEL_ROWS` level tables one row of dots per table, so each channel's levels
-  read apart; above that (64 channels x 4 levels of dots would merge) each level index's
-  min-max range over the channels with its median, which shows how far channels' levels
-  spread at any channel count.
-  """
-  name = '/'.join(module.path)
-  quantizer = layer_variables(variables, (*module.path, WEIGHT_QUANTIZER))
-  table, _ = readout.kernel_levels(module, quantizer)
-  table = np.sort(table, axis=1)  # Level index k = a channel's k-th smallest level.
-  # A latent-weight quantizer trains its float `kernel`: show that; DQ trains w_q itself.
-  if 'kernel' in quantizer['params']:
-    weights, what = np.asarray(quantizer['params']['kernel']), 'latent kernel'
-  else:
-    weights, what = readout.quantized_kernel(module, quantizer), 'w_q'
-  groups, count = table.shape
-  rows_are = 'channel' if groups == module.features else 'level table'
-  fig, (hist, strip) = plt.subplots(
-      2, 1, figsize=(6, 4.5), sharex=True, layout='constrained',
-      gridspec_kw={'height_ratios': (3, 2 if groups > 1 else 1)})
-  hist.hist(weights.reshape(-1), bins=100, color='tab:blue')
-  hist.set_ylabel('count')
-  hist.set_title(f'{name}\n{what}, W{module.w_bits} ({module.weight_quantizer}), '
-                 f'{groups} x {count} levels', fontsize=9)
-  if groups <= MAX_CHANNEL_ROWS:
-    rows = np.repeat(np.arange(groups), count)
-    strip.scatter(table.reshape(-1), rows, s=12, color='tab:red', zorder=2)
-    # As many channel numbers as the figure's height fits.
-    strip.yaxis.set_major_locator(ticker.MaxNLocator('auto', integer=True))
-    strip.tick_params(axis='y', labelsize=8)
-    strip.set_ylim(groups - 0.5, -0.5)
-    strip.set_ylabel(rows_are if groups > 1 else 'shared', fontsize=8)
-  else:
-    low, median, high = np.percentile(table, (0, 50, 100), axis=0)
-    index = np.arange(count)
-    strip.hlines(index, low, high, color='tab:red', linewidth=3, alpha=0.5,
-                 label=f'min-max over {groups} {rows_are}s')
-    strip.plot(median, index, '|', color='black', markersize=10, label='median')
-    strip.set_ylim(count - 0.5, -0.5)
-    strip.yaxis.get_major_locator().set_params(integer=True)
-    strip.set_ylabel('level index', fontsize=8)
-    strip.legend(fontsize=7, loc='lower left')  # Sorted levels leave that corner empty.
-  strip.grid(axis='x', alpha=0.3)
-  strip.set_xlabel('weight')
-  return fig
-
-
 def plot_weights(config, variables, out_dir: str, output: Output = Output()) -> list[str]:
   """One weight figure per layer with quantized weights; returns the paths."""
-  return [_save(weight_figure(module, variables),
+  return [_save(figures.weight_figure(module, variables),
                 os.path.join(out_dir, 'weights', _file_name('/'.join(module.path), output)),
                 output)
           for module, _ in _quantized_layers(config, variables)

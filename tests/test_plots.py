@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from dqnn import figures
 from dqnn import plots
 from dqnn import runs
 from dqnn import tracing
@@ -110,12 +111,12 @@ def _weight_figure_and_levels(run, layer):
   module = next(m for m, _ in layers if '.'.join(m.path) == layer)
   table, _ = readout.kernel_levels(
       module, layer_variables(variables, (*module.path, WEIGHT_QUANTIZER)))
-  return plots.weight_figure(module, variables), np.sort(table, axis=1)
+  return figures.weight_figure(module, variables), np.sort(table, axis=1)
 
 
 def test_weight_figure_marks_each_channels_levels_in_its_row(run):
   fig, table = _weight_figure_and_levels(run, 'stage2.block0.conv2')
-  assert table.shape[0] <= plots.MAX_CHANNEL_ROWS
+  assert table.shape[0] <= figures.MAX_CHANNEL_ROWS
   strip = fig.axes[1]
   dots = strip.collections[0].get_offsets()
   np.testing.assert_allclose(dots[:, 0], table.reshape(-1))
@@ -125,7 +126,7 @@ def test_weight_figure_marks_each_channels_levels_in_its_row(run):
 
 
 def test_weight_figure_summarises_many_channels_as_level_spread(run, monkeypatch):
-  monkeypatch.setattr(plots, 'MAX_CHANNEL_ROWS', 4)
+  monkeypatch.setattr(figures, 'MAX_CHANNEL_ROWS', 4)
   fig, table = _weight_figure_and_levels(run, 'stage2.block0.conv2')
   assert table.shape[0] > 4
   strip = fig.axes[1]
