@@ -32,6 +32,7 @@ otherwise they share the accelerator, each allowed 1/K of its memory.
 import argparse
 import collections
 import dataclasses
+import fcntl
 import functools
 import importlib
 import json
@@ -73,6 +74,10 @@ WEIGHTINGS = (('', 'per-channel activation error (DQ)', {}),
                {'weighting': 'rms'}))
 # Training batches whose statistics replace BatchNorm's running averages after the last step.
 BN_REESTIMATION_BATCHES = 50
+# Mixed precision: candidate bits per layer (weights and activations) and the eval batches
+# each layer's sensitivity is measured on (of the held-out split, which top-1 is reported on).
+MIXED_BITS = (1, 2, 3, 4)
+MIXED_BATCHES = 2
 # Learning rates at batch 128 (the configs scale them linearly with the batch). From scratch
 # every run uses its config's own rate (0.1); a fine-tune starts ten times lower, as the
 # quantized ImageNet configs and the earlier CIFAR study do.
@@ -138,6 +143,8 @@ GROUPS = {
                  'pooled vs RMS-weighted activation error',
     'no_bn': 'ResNet-20 without BatchNorm (SkipInit): float, then DQ per-channel vs pooled '
              'vs floored and RMS channel weights at A2 and A1',
+    'mixed': 'per-layer bits (dqnn.mixed_precision, from the float run) within the BOPs of '
+             'uniform W2A2, for DQ and LSQ; loss vs proxy sensitivity',
 }
 
 
@@ -151,6 +158,9 @@ class Row:
   seed: int
   group: str  # One of GROUPS (select with --groups).
   init_from: str = ''  # Name of the float row this one fine-tunes ('' = from scratch).
+  # 'loss' or 'proxy': per-layer bits allocated from the float run by that sensitivity within
+  # the BOPs of the row's own (uniform) config, as `dqnn.mixed_precision --like` does.
+  mixed: str = ''
 
   @property
   def name(self) -> str:
@@ -171,10 +181,10 @@ def _float_row(scale: Scale, seed: int) -> Row:
 
 
 def _fine_tune(cell, description, epochs, seed, group, overrides,
-               config_file=W2A2_CONFIG, float_cell='fp') -> Row:
+               config_file=W2A2_CONFIG, float_cell='fp', mixed='') -> Row:
   return Row(cell, description, config_file,
              {'num_epochs': epochs, 'optimizer.learning_rate': FINE_TUNE_LR, **overrides},
-             seed, group, init_from=f'{float_cell}_s{seed}')
+             seed, group, init_from=f'{float_cell}_s{seed}', mixed=mixed)
 
 
 def _recipes(scale: Scale, seed: int) -> list[Row]:
@@ -277,6 +287,22 @@ def _no_bn(scale: Scale, seed: int) -> list[Row]:
       for infix, description, options in WEIGHTINGS for bits in (2, 1)]
 
 
+def _mixed(scale: Scale, seed: int) -> list[Row]:
+  """Mixed precision at no more BOPs than uniform W2A2: the bits come from the float run of the
+  same seed (its measured loss sensitivity, or DQ's quantization-error proxy), the same bits for
+  DQ and LSQ, then the W2A2 fine-tune recipe."""
+  epochs = scale.fine_tune_epochs[0]
+  budget = 'within the BOPs of uniform W2A2'
+  out = [_fine_tune(f'w2a2_mixed_{key}_ft{epochs}', f'Mixed-precision {label}, per-layer bits '
+                    f'by measured loss sensitivity {budget}, fine-tuned {epochs} epochs',
+                    epochs, seed, 'mixed', overrides, mixed='loss')
+         for key, label, overrides in METHODS if key in ('dq', 'lsq')]
+  out.append(_fine_tune(f'w2a2_mixed_dq_proxy_ft{epochs}', 'Mixed-precision DQ, per-layer bits '
+                        f'by the quantization-error proxy {budget}, fine-tuned {epochs} epochs',
+                        epochs, seed, 'mixed', METHODS[0][2], mixed='proxy'))
+  return out
+
+
 def rows(scale: Scale) -> list[Row]:
   """Every row of the study at `scale`, in the order they start (the float runs first)."""
   out = [_float_row(scale, seed) for seed in scale.seeds]
@@ -288,7 +314,7 @@ def rows(scale: Scale) -> list[Row]:
               f'W2A2 {label}, from scratch {scale.scratch_epochs} epochs', W2A2_CONFIG,
               {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'scratch')
           for seed in scale.seeds for key, label, overrides in METHODS]
-  for make in (_recipes, _claims, _depthwise, _no_bn):
+  for make in (_recipes, _claims, _depthwise, _no_bn, _mixed):
     out += [row for seed in scale.seeds for row in make(scale, seed)]
   return out
 
@@ -346,6 +372,13 @@ def comparisons(scale: Scale) -> list[Comparison]:
                        'the mean energy vs not'),
             Comparison(floored, pooled, f'No BatchNorm, A{bits}: channel weights floored at '
                        'the mean energy vs pooled')]
+  for key, label in (('dq', 'DQ'), ('lsq', 'LSQ')):
+    out.append(Comparison(f'w2a2_mixed_{key}_{first}', f'w2a2_{key}_{first}',
+                          f'{label}: mixed precision vs uniform W2A2, at most its BOPs'))
+  out.append(Comparison(f'w2a2_mixed_dq_{first}', f'w2a2_mixed_lsq_{first}',
+                        'Mixed precision, the same bits: DQ vs LSQ'))
+  out.append(Comparison(f'w2a2_mixed_dq_{first}', f'w2a2_mixed_dq_proxy_{first}',
+                        'Mixed-precision DQ: bits by measured loss vs by the proxy'))
   return out
 
 
@@ -428,11 +461,42 @@ def _finished(workdir: Path, split: str = 'eval') -> dict | None:
   return evals[-1] if evals else None
 
 
+def mixed_allocation(row: Row, uniform, runs_dir: Path) -> dict:
+  """The row's per-layer bits from its float run within the BOPs of `uniform` (the row's config
+  before allocation): `{'bits': {layer: [w_bits, a_bits]}, 'budget_bops', 'table'}`. Measured
+  once per float run, sensitivity and budget (rows that share it wait for the first)."""
+  from dqnn import mixed_precision, runs  # JAX: only in a row's own process.
+  budget = mixed_precision.total_cost(uniform, 'bops')
+  cache = runs_dir / row.init_from / f'mixed_precision_{row.mixed}_{budget}.json'
+  with open(cache.with_suffix('.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not cache.exists():
+      float_config, variables = runs.read_workdir(str(runs_dir / row.init_from))
+      layers = mixed_precision.body_layers(uniform)
+      costs, fixed = mixed_precision.choice_costs(uniform, layers, MIXED_BITS, 'bops')
+      probe = mixed_precision.Probe(float_config, variables, MIXED_BATCHES)
+      sensitivities = mixed_precision.measure(probe, layers, MIXED_BITS, row.mixed)
+      result = mixed_precision.solve(sensitivities, costs, fixed, budget, 'bops', row.mixed)
+      allocation = {'bits': {c.layer: [c.w_bits, c.a_bits] for c in result.choices},
+                    'budget_bops': budget, 'table': mixed_precision.as_table(result)}
+      cache.write_text(json.dumps(allocation, indent=1) + '\n')
+  return json.loads(cache.read_text())
+
+
 def run_one(row: Row, scale: Scale, args) -> int:
   """Trains (or resumes) one row in this process; records it once it has finished."""
   from dqnn import train  # Imported here so that the parent process never starts JAX.
   runs_dir, record_dir = Path(args.runs_dir), Path(args.record_dir)
   config = build_config(row, scale, str(data_dir_for(scale, runs_dir)), runs_dir, args.runlocal)
+  mixed = {}
+  if row.mixed:
+    from dqnn import mixed_precision  # pylint: disable=g-import-not-at-top
+    mixed = mixed_allocation(row, config, runs_dir)
+    config.quant.overrides = mixed_precision.allocation_overrides(
+        config, {layer: tuple(bits) for layer, bits in mixed['bits'].items()})
+    mixed['bops'] = mixed_precision.total_cost(config, 'bops')
+    if mixed['bops'] > mixed['budget_bops']:
+      raise SystemExit(f'{row.name}: {mixed["bops"]:,} BOPs > budget {mixed["budget_bops"]:,}.')
   workdir = runs_dir / row.name
   start = time.monotonic()
   final = train.train_and_evaluate(config, str(workdir))
@@ -446,6 +510,17 @@ def run_one(row: Row, scale: Scale, args) -> int:
     print(f'{row.name} stopped at step {final["step"]}; it resumes on the next call.')
     return STOPPED_EARLY
   record = record_dir / row.name
+  if (record / SUMMARY).exists():  # A float run trained again for fine-tunes (_retrained).
+    recorded = json.loads((record / SUMMARY).read_text())['eval_top1']
+    if recorded != last_eval['top1']:
+      # Out of the way, so that no fine-tune starts from it; the next call trains it again.
+      shutil.rmtree(workdir.with_name(f'{row.name}.differs_from_record'), ignore_errors=True)
+      workdir.rename(workdir.with_name(f'{row.name}.differs_from_record'))
+      raise SystemExit(f'{row.name} trained again reached top-1 {last_eval["top1"]}, its record '
+                       f'{recorded}: new fine-tunes would not pair with the recorded ones. Use '
+                       'another --record_dir (or the runs_dir that trained it).')
+    print(f'{row.name} trained again: the same top-1 as its record ({recorded}).')
+    return 0
   record.mkdir(parents=True, exist_ok=True)
   for name in ('config.json', 'metrics.jsonl'):
     shutil.copy(workdir / name, record / name)
@@ -455,6 +530,7 @@ def run_one(row: Row, scale: Scale, args) -> int:
              'steps': final['step'], 'eval_top1': last_eval['top1'],
              'eval_loss': last_eval['loss'], 'wall_s': round(total_wall, 1),
              **({'eval_top1_before_bn_reestimation': before['top1']} if before else {}),
+             **({'mixed_precision': {'sensitivity': row.mixed, **mixed}} if mixed else {}),
              'command': f'python -m experiments.budgeted_study --scale={scale.name} '
                         f'--only={row.name}'}
   (record / SUMMARY).write_text(json.dumps(summary, indent=1) + '\n')
@@ -463,6 +539,13 @@ def run_one(row: Row, scale: Scale, args) -> int:
 
 def _done(row: Row, record_dir: Path) -> bool:
   return (record_dir / row.name / SUMMARY).exists()
+
+
+def _retrained(selected: list[Row], runs_dir: Path, record_dir: Path) -> set[str]:
+  """Recorded float rows whose workdir is gone (a cleaned or another machine's runs_dir) while
+  a selected fine-tune still needs them: they train again, and must match their record."""
+  needed = {row.init_from for row in selected if row.init_from and not _done(row, record_dir)}
+  return {name for name in needed if _finished(runs_dir / name) is None}
 
 
 def _spawn(row: Row, scale: Scale, args, cores: set[int] | None) -> subprocess.Popen:
@@ -503,7 +586,8 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
   by_name = {row.name: row for row in rows(scale)}
   deadline = (time.monotonic() + 60 * args.time_budget_min if args.time_budget_min
               else float('inf'))
-  pending = [row for row in selected if not _done(row, record_dir)]
+  again = _retrained(selected, runs_dir, record_dir)
+  pending = [row for row in selected if not _done(row, record_dir) or row.name in again]
   free = _core_sets(args.workers, pin=args.scale.startswith('cpu'))
   running = []  # (row, process, cores)
   failed = []
@@ -521,15 +605,17 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
         continue
       running.remove(entry)
       free.append(cores)
-      if _done(row, record_dir):
+      if process.returncode == 0 and _done(row, record_dir):
         print(f'done {row.name}', flush=True)
         write_table(scale, record_dir)
       else:  # The other rows go on; this one is tried again on the next call.
         failed.append(row)
         print(f'FAILED {row.name} (exit {process.returncode}); see '
               f'{runs_dir / (row.name + ".log")}', flush=True)
-    ready = [row for row in pending
-             if not row.init_from or _done(by_name[row.init_from], record_dir)]
+    busy = ({row.name for row in pending} | {row.name for row, _, _ in running}
+            | {row.name for row in failed})
+    ready = [row for row in pending if not row.init_from or (
+        _done(by_name[row.init_from], record_dir) and row.init_from not in busy)]
     if ready and free:
       row, cores = ready[0], free.pop(0)
       pending.remove(row)
@@ -597,7 +683,7 @@ def write_table(scale: Scale, record_dir: Path) -> str:
       per_seed = ', '.join(f'{a[seed] - b[seed]:+.2f}' for seed in sorted(a.keys() & b.keys()))
       lines.append(f'| {comparison.question} | `{comparison.first}` | `{comparison.second}` | '
                    f'{difference:+.2f} | {per_seed or "—"} | {verdict(first, second)} |')
-  lines += _paired_bn_lines(cells)
+  lines += _paired_bn_lines(cells) + _mixed_lines(cells)
   text = '\n'.join(lines) + '\n'
   record_dir.mkdir(parents=True, exist_ok=True)
   (record_dir / 'results.md').write_text(text)
@@ -617,6 +703,24 @@ def _paired_bn_lines(cells: collections.OrderedDict) -> list[str]:
   for run in runs:
     before, after = 100 * run['eval_top1_before_bn_reestimation'], 100 * run['eval_top1']
     lines.append(f'| `{run["row"]}` | {before:.2f} | {after:.2f} | {after - before:+.2f} |')
+  return lines
+
+
+def _mixed_lines(cells: collections.OrderedDict) -> list[str]:
+  """Mixed-precision runs: their BOPs against the budget and how many layers got each width."""
+  runs = [run for cell_runs in cells.values() for run in cell_runs if 'mixed_precision' in run]
+  if not runs:
+    return []
+  lines = ['', 'Mixed precision (body layers; first and last layer float, as in W2A2): BOPs '
+           'per image against the budget (uniform W2A2), and layers per bit width.', '',
+           '| run | sensitivity | BOPs | budget | weights: layers per bits | activations |',
+           '| --- | --- | ---: | ---: | --- | --- |']
+  for run in runs:
+    mixed = run['mixed_precision']
+    counts = [collections.Counter(bits[i] for bits in mixed['bits'].values()) for i in (0, 1)]
+    w, a = (' '.join(f'{b}b:{n}' for b, n in sorted(c.items())) for c in counts)
+    lines.append(f'| `{run["row"]}` | {mixed["sensitivity"]} | {mixed["bops"]:,} | '
+                 f'{mixed["budget_bops"]:,} | {w} | {a} |')
   return lines
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -240,3 +241,26 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   assert no_bn[0] == 'fp_no_bn_s0' and len(no_bn) == 18 and 'fp_s0' not in no_bn
   everything = _selection()
   assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']
+
+
+def test_a_mixed_row_allocates_within_the_uniform_budget_and_a_lost_float_run_trains_again(
+    tmp_path):
+  first = _study(tmp_path, '--only=w2a2_mixed_dq_proxy_ft1_s0')
+  assert first.returncode == 0, first.stdout + first.stderr
+  record = tmp_path / 'record' / 'w2a2_mixed_dq_proxy_ft1_s0'
+  mixed = json.loads((record / study.SUMMARY).read_text())['mixed_precision']
+  assert mixed['sensitivity'] == 'proxy' and mixed['bops'] <= mixed['budget_bops']
+  overrides = json.loads((record / 'config.json').read_text())['quant']['overrides']
+  assert {layer: [o['w_bits'], o['a_bits']] for layer, o in overrides.items()} == mixed['bits']
+  table = (tmp_path / 'record' / 'results.md').read_text()
+  assert '| `w2a2_mixed_dq_proxy_ft1_s0` | proxy |' in table
+  # The float run's workdir is gone (a cleaned runs_dir): a new fine-tune trains it again,
+  # checked against its record, before starting from it.
+  recorded_float = (tmp_path / 'record' / 'fp_s0' / study.SUMMARY).read_text()
+  shutil.rmtree(tmp_path / 'runs' / 'fp_s0')
+  second = _study(tmp_path, '--only=w2a2_dq_ft1_s0')
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert 'fp_s0 trained again: the same top-1 as its record' in (
+      tmp_path / 'runs' / 'fp_s0.log').read_text()
+  assert second.stdout.index('done fp_s0') < second.stdout.index('start w2a2_dq_ft1_s0')
+  assert (tmp_path / 'record' / 'fp_s0' / study.SUMMARY).read_text() == recorded_float
