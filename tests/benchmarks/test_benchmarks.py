@@ -39,7 +39,7 @@ def test_input_pipeline_ends_with_the_end_to_end_rates_as_json(tmp_path):
   import numpy as np
   rng = np.random.default_rng(0)
   for i, wnid in enumerate(['n01440764', 'n01443537'] * 4):  # 8 JPEGs, two classes.
-    image = rng.integers(0, 256, (300 + 20 * i, 400, 3), dtype=np.uint8)
+    image = rng.integers(0, 256, (60 + 4 * i, 80, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / f'{wnid}_{i}.JPEG', quality=90)
   lines = _run('benchmarks/input_pipeline.py', f'--imagenet_folder={tmp_path}', '--batch=2',
                '--batches=2', '--workers=0', '--skip_cifar').strip().splitlines()
