@@ -77,9 +77,10 @@ def _sample_jpegs(count: int) -> list[bytes]:
   return [p.read_bytes() for p in files[:count] + gray]
 
 
-def _jpeg(image: np.ndarray, mode: str = 'RGB') -> bytes:
+def _jpeg(image: np.ndarray, mode: str = 'RGB', progressive: bool = False) -> bytes:
   buf = io.BytesIO()
-  Image.fromarray(image).convert(mode).save(buf, format='JPEG', quality=95)
+  Image.fromarray(image).convert(mode).save(buf, format='JPEG', quality=95,
+                                            progressive=progressive)
   return buf.getvalue()
 
 
@@ -118,12 +119,12 @@ def test_imagenet_crops_match_full_decode_then_crop_on_the_sample(decoder):
 
 
 @pytest.mark.parametrize('decoder', DECODERS)
-def test_imagenet_decoders_read_grayscale_cmyk_and_scaled_jpegs(decoder):
+def test_imagenet_decoders_read_grayscale_cmyk_progressive_and_scaled_jpegs(decoder):
   rng = np.random.default_rng(0)
   base = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
   big = np.asarray(Image.fromarray(base).resize((800, 600), Image.BICUBIC))
-  for mode in ('RGB', 'L', 'CMYK'):  # CMYK: the fast path hands it to Pillow.
-    encoded = _jpeg(big, mode)
+  for mode, progressive in (('RGB', False), ('L', False), ('CMYK', False), ('RGB', True)):
+    encoded = _jpeg(big, mode, progressive)  # CMYK: the fast path hands it to Pillow.
     got = transforms.imagenet_eval(encoded, 64, decoder)  # 1/8 scale: 525 px crop -> 64.
     want = _reference(encoded, transforms._center_box, 64, flip=False)
     assert got.shape == (64, 64, 3) and got.dtype == np.uint8
