@@ -50,8 +50,6 @@ def test_normalize_uses_the_dataset_statistics():
 
 
 def test_imagenet_crops_decode_at_reduced_scale_and_match_full_decode_closely():
-  from PIL import Image
-  import io
   rng = np.random.default_rng(0)
   base = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
   big = np.asarray(Image.fromarray(base).resize((800, 600), Image.BICUBIC))
