@@ -3,19 +3,31 @@
     python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
         [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=2]
 
-1. ImageNet training images (decode + random-resized crop to 224 + flip + batch): img/s, and
-   images per CPU-second of the whole process tree (what one fully used core delivers; it does
-   not depend on other load on the host), for
-   - the previous tf.data pipeline's ops (TensorFlow's decode_and_crop_jpeg, as dqnn used until
-     the move to grain; needs the `[tf]` extra, skipped without it), from encoded bytes in memory,
-   - dqnn's grain pipeline over the array_record dataset that `prepare` writes, with `--workers`
-     processes, on the original JPEGs and on JPEGs stored with `prepare --max_short_side=256`.
+1. ImageNet training images (decode + random-resized crop to 224 + flip + batch), for the
+   previous decoder (Pillow, kept as the reference) and the new one (libjpeg-turbo through
+   simplejpeg + an OpenCV warp, where installed), on the original JPEGs and on JPEGs stored with
+   `prepare --max_short_side=256`:
+   - per stage, CPU microseconds per image in one thread (record read, decode, crop/resize +
+     flip, batch assembly, host->device) and the worker hand-off (end to end with `--workers`
+     processes minus the same pipeline in threads);
+   - end to end, dqnn's grain pipeline over the array_record dataset that `prepare` writes:
+     img/s, images per CPU-second of the whole process tree (what one fully used core delivers;
+     it does not depend on other load on the host) and the cores one H200 needs at 17,600 img/s;
+   - the tf.data ops dqnn used before grain (TensorFlow's decode_and_crop_jpeg; needs the `[tf]`
+     extra, skipped without it), from encoded bytes in memory.
+   The last line printed is one JSON object of the end-to-end images per CPU-second:
+   {"original": N, "resized": N, "previous_original": N, "previous_resized": N}.
 2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
    W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
    (`input_on_device`): median wall time of `--steps` timed steps, and images per CPU-second of
    the process (pipeline threads included).
 """
 import argparse
+import importlib
+import importlib.metadata
+import io
+import json
+import math
 import os
 import statistics
 import sys
@@ -33,13 +45,16 @@ from configs import base
 from dqnn import data
 from dqnn import runs
 from dqnn import train
+from dqnn.data import datasets
 from dqnn.data import pipeline
 from dqnn.data import prepare
+from dqnn.data import transforms
 from dqnn.data.train_input import training_input
 import tensorflow_datasets as tfds
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 IMAGE_SIZE = 224
+H200_IMAGES_PER_S = 17_600  # Float ResNet-18 training on one H200 (bf16, batch 256).
 
 
 def tf_data_rate(jpegs: list[bytes], batch: int, batches: int) -> tuple[float, float] | None:
@@ -97,34 +112,119 @@ def _rate(batches_iter, batch: int, batches: int,
   return images / (time.perf_counter() - start), images / (_cpu_seconds() - cpu_start)
 
 
-def grain_rate(data_dir: str, batch: int, batches: int, workers: int) -> tuple[float, float]:
+def grain_rate(data_dir: str, batch: int, batches: int, workers: int,
+               decoder: str) -> tuple[float, float]:
   info = data.get_dataset_info('imagenet2012', data_dir)
   ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0, image_size=IMAGE_SIZE,
-                          process_index=0, process_count=1, num_workers=workers)
+                          process_index=0, process_count=1, num_workers=workers, decoder=decoder)
   return _rate(iter(ds), batch, batches, buffered=max(workers, 1) * pipeline.PREFETCH)
 
 
-def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> None:
+def _cpu_us(fn, items) -> float:
+  """CPU microseconds per item of `fn(item)`, in this thread, the best of 3 rounds."""
+  best = math.inf
+  for _ in range(3):
+    start = time.thread_time()
+    for item in items:
+      fn(item)
+    best = min(best, (time.thread_time() - start) / len(items) * 1e6)
+  return best
+
+
+def _decode_only(decoder: str):
+  """The decode `transforms.imagenet_train` does for an image (same crop, same DCT scale)."""
+  def decode(encoded: bytes, rng: np.random.Generator):
+    if decoder == transforms.PILLOW:
+      from PIL import Image
+      with Image.open(io.BytesIO(encoded)) as probe:
+        width, height = probe.size
+      _, _, w, h = transforms._random_resized_box(width, height, rng)
+      return transforms._open_rgb_draft(encoded, IMAGE_SIZE / min(w, h))
+    import simplejpeg
+    height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
+    _, _, w, h = transforms._random_resized_box(width, height, rng)
+    scale = IMAGE_SIZE / min(w, h)
+    return simplejpeg.decode_jpeg(
+        encoded, 'rgb', fastdct=True, min_height=math.ceil(height * scale) if scale < 1 else 0,
+        min_width=math.ceil(width * scale) if scale < 1 else 0)
+  return decode
+
+
+def stage_costs(data_dir: str, batch: int, decoder: str) -> dict[str, float]:
+  """CPU microseconds per image of each stage, one thread, no pipeline around it."""
+  info = data.get_dataset_info('imagenet2012', data_dir)
+  source = datasets.open_split(info.name, data_dir, info.train_split, 0, info.num_train)
+  indices = list(range(len(source)))
+  records = [source[i] for i in indices]
+  jpegs = [r['image'] for r in records]
+  decode = _decode_only(decoder)
+  seeded = lambda fn: (lambda item: fn(item[1], np.random.default_rng(item[0])))
+  transform = lambda encoded, rng: transforms.imagenet_train(encoded, rng, IMAGE_SIZE, decoder)
+  images = [transform(e, np.random.default_rng(i)) for i, e in enumerate(jpegs)]
+  groups = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
+  host_batch = np.stack(groups[0])
+  device = jax.devices()[0]
+  costs = {'record read': _cpu_us(lambda i: source[i], indices),
+           'decode': _cpu_us(seeded(decode), list(enumerate(jpegs))),
+           'decode + crop/resize + flip': _cpu_us(seeded(transform), list(enumerate(jpegs))),
+           'batch assembly (stack)': _cpu_us(np.stack, groups) / batch,
+           'host->device (uint8 batch)': _cpu_us(
+               lambda b: jax.device_put(b, device).block_until_ready(), [host_batch] * 8) / batch}
+  costs['crop/resize + flip'] = costs.pop('decode + crop/resize + flip') - costs['decode']
+  return costs
+
+
+def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> dict[str, float]:
+  """Prints the per-stage and end-to-end tables; returns end-to-end img per CPU-second."""
   jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
-  rows = [('tf.data ops (previous pipeline), AUTOTUNE', tf_data_rate(jpegs, batch, batches))]
+  reference = tf_data_rate(jpegs, batch, batches)
+  new = transforms.default_decoder()
+  decoders = {'previous': transforms.PILLOW, 'new': new}
+  rows, stages, result = [], {}, {}
   with tempfile.TemporaryDirectory() as tmp:
-    for short_side in (None, 256):
-      data_dir = os.path.join(tmp, f'short{short_side}')
+    for short_side, kind in ((None, 'original'), (256, 'resized')):
+      data_dir = os.path.join(tmp, kind)
       prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
-      label = 'original JPEGs' if short_side is None else f'prepare --max_short_side={short_side}'
-      rows.append((f'grain, {workers} workers, {label}',
-                   grain_rate(data_dir, batch, batches, workers)))
-  print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}, {batches} batches), '
-        f'{os.cpu_count()} CPU cores. img per CPU-second = img/s per fully used core.')
-  print('| pipeline | img/s (wall) | img per CPU-second | vs tf.data |')
-  print('| --- | ---: | ---: | ---: |')
-  reference = rows[0][1][1] if rows[0][1] else None
-  for name, rates in rows:
-    if rates is None:
-      print(f'| {name} | skipped (no TensorFlow) | - | - |')
-    else:
-      ratio = f'{rates[1] / reference:.2f}x' if reference else '-'
-      print(f'| {name} | {rates[0]:.0f} | {rates[1]:.0f} | {ratio} |')
+      for label, decoder in decoders.items():
+        stages[label, kind] = stage_costs(data_dir, batch, decoder)
+        threads = grain_rate(data_dir, batch, batches, 0, decoder)
+        rates = grain_rate(data_dir, batch, batches, workers, decoder) if workers else threads
+        stages[label, kind]['worker hand-off'] = max(0.0, 1e6 / rates[1] - 1e6 / threads[1])
+        rows.append((label, decoder, kind, rates))
+        result[kind if label == 'new' else f'previous_{kind}'] = round(rates[1])
+  print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}), {os.cpu_count()} CPU '
+        f'cores, jax {jax.__version__}, {_versions()}.')
+  print('\nCPU microseconds per image by stage (one thread; worker hand-off = end to end with '
+        f'{workers} worker processes minus the same pipeline in threads):')
+  names = list(next(iter(stages.values())))
+  print('| stage | ' + ' | '.join(f'{l} ({decoders[l]}), {k}' for l, k in stages) + ' |')
+  print('| --- |' + ' ---: |' * len(stages))
+  for name in names:
+    print(f'| {name} | ' + ' | '.join(f'{c[name]:.0f}' for c in stages.values()) + ' |')
+  print(f'\nEnd to end: grain over the prepared array_record data, {workers} worker processes, '
+        f'{batches} batches after the buffer is drained. img per CPU-second = img/s per fully '
+        f'used core; cores per H200 = {H200_IMAGES_PER_S:,} img/s / that.')
+  print('| path | JPEGs | img/s (wall) | img per CPU-second | cores per H200 | vs previous |')
+  print('| --- | --- | ---: | ---: | ---: | ---: |')
+  if reference:
+    print(f'| tf.data ops (decode_and_crop_jpeg), AUTOTUNE | original | {reference[0]:.0f} | '
+          f'{reference[1]:.0f} | {H200_IMAGES_PER_S / reference[1]:.0f} | - |')
+  for label, decoder, kind, (wall, cpu) in rows:
+    ratio = cpu / result[f'previous_{kind}']
+    print(f'| {label}: {decoder} | {kind} | {wall:.0f} | {cpu:.0f} | '
+          f'{H200_IMAGES_PER_S / cpu:.0f} | {ratio:.2f}x |')
+  return result
+
+
+def _versions() -> str:
+  import PIL
+  found = [f'Pillow {PIL.__version__}', f'grain {importlib.metadata.version("grain")}']
+  for module, name in (('simplejpeg', 'simplejpeg'), ('cv2', 'OpenCV')):
+    try:
+      found.append(f'{name} {importlib.import_module(module).__version__}')
+    except ImportError:
+      found.append(f'no {name}')
+  return ', '.join(found)
 
 
 def cifar_step_rates(data_dir: str | None, steps: int) -> None:
@@ -180,10 +280,13 @@ def main():
   parser.add_argument('--skip_cifar', action='store_true')
   args = parser.parse_args()
   print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}')
+  result = None
   if args.imagenet_folder:
-    imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers)
+    result = imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers)
   if not args.skip_cifar:
     cifar_step_rates(args.cifar_data_dir or None, args.steps)
+  if result:
+    print(json.dumps(result))
 
 
 if __name__ == '__main__':

@@ -75,16 +75,31 @@ def _small_train_batch(indices: np.ndarray, rng: np.random.Generator, *, source,
   return {'image': images, 'label': source.labels[indices]}
 
 
-def _imagenet_train_example(example: dict, rng: np.random.Generator, *,
-                            image_size: int) -> dict[str, np.ndarray]:
-  return {'image': transforms.imagenet_train(example['image'], rng, image_size),
+def _decode(transform, example: dict, *args):
+  """`transform(example['image'], *args)`; an unreadable image is one error naming its file."""
+  try:
+    return transform(example['image'], *args)
+  except transforms.UnreadableImageError as e:
+    name = example.get('file_name', b'<no file_name>')
+    name = name.decode() if isinstance(name, bytes) else name
+    raise transforms.UnreadableImageError(
+        f'{name}: {e}; prepare the dataset again without it.') from None
+
+
+def _imagenet_train_example(example: dict, rng: np.random.Generator, *, image_size: int,
+                            decoder: str | None) -> dict[str, np.ndarray]:
+  return {'image': _decode(transforms.imagenet_train, example, rng, image_size, decoder),
           'label': np.int32(example['label'])}
 
 
 def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
                   seed: int, image_size: int | None = None, process_index: int | None = None,
-                  process_count: int | None = None, num_workers: int = 0) -> grain.IterDataset:
+                  process_count: int | None = None, num_workers: int = 0,
+                  decoder: str | None = None) -> grain.IterDataset:
   """Infinite shuffled, augmented training batches for this host.
+
+  `decoder`: the JPEG decoder of ImageNet-style data (`transforms.DECODERS`, default
+  `transforms.default_decoder()`).
 
   Iterating yields {'image': uint8 [global_batch_size // process_count, S, S, 3],
                     'label': int32 [global_batch_size // process_count]}.
@@ -105,7 +120,8 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
                                         image_size=image_size)))
   else:
     ds = (grain.MapDataset.source(source).seed(host_seed).shuffle().repeat()
-          .random_map(functools.partial(_imagenet_train_example, image_size=image_size))
+          .random_map(functools.partial(_imagenet_train_example, image_size=image_size,
+                                        decoder=decoder))
           .batch(batch, drop_remainder=True))
   return _prefetched(ds, num_workers)
 
@@ -120,7 +136,8 @@ def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
   return ds
 
 
-def _eval_example(index: int, *, source, name: str, image_size: int) -> dict[str, np.ndarray]:
+def _eval_example(index: int, *, source, name: str, image_size: int,
+                  decoder: str | None) -> dict[str, np.ndarray]:
   if index >= len(source):  # Padding up to whole batches.
     return {'image': np.zeros((image_size, image_size, 3), np.uint8),
             'label': np.int32(0), 'mask': np.False_}
@@ -128,14 +145,14 @@ def _eval_example(index: int, *, source, name: str, image_size: int) -> dict[str
   if datasets.spec(name).augmentation == specs.CIFAR_AUGMENTATION:  # Decoded arrays.
     image = transforms.resize_square(example['image'], image_size)
   else:
-    image = transforms.imagenet_eval(example['image'], image_size)
+    image = _decode(transforms.imagenet_eval, example, image_size, decoder)
   return {'image': image, 'label': np.int32(example['label']), 'mask': np.True_}
 
 
 def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
                  image_size: int | None = None, process_index: int | None = None,
-                 process_count: int | None = None,
-                 num_workers: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int | None = None, num_workers: int = 0,
+                 decoder: str | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Finite eval batches; each eval example appears exactly once over all hosts.
 
   Yields {'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': bool [B]} with
@@ -151,7 +168,7 @@ def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_bat
   source = datasets.open_split(info.name, data_dir, info.eval_split, start, end)
   ds = (grain.MapDataset.range(num_batches * batch)
         .map(functools.partial(_eval_example, source=source, name=info.name,
-                               image_size=image_size))
+                               image_size=image_size, decoder=decoder))
         .batch(batch))
   return iter(_prefetched(ds, num_workers))
 

@@ -32,3 +32,18 @@ def test_train_throughput_quick_times_both_policies():
                          '--cifar_batch=8', '--steps=1', '--warmup=0', '--json'))
   assert {row['policy'] for row in rows} == {'FP', 'DQ W2A2'}
   assert all(row['img_per_s'] > 0 for row in rows), rows
+
+
+def test_input_pipeline_ends_with_the_end_to_end_rates_as_json(tmp_path):
+  from PIL import Image
+  import numpy as np
+  rng = np.random.default_rng(0)
+  for i, wnid in enumerate(['n01440764', 'n01443537'] * 4):  # 8 JPEGs, two classes.
+    image = rng.integers(0, 256, (60 + 4 * i, 80, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / f'{wnid}_{i}.JPEG', quality=90)
+  lines = _run('benchmarks/input_pipeline.py', f'--imagenet_folder={tmp_path}', '--batch=2',
+               '--batches=2', '--workers=0', '--skip_cifar').strip().splitlines()
+  rates = json.loads(lines[-1])
+  assert set(rates) == {'original', 'resized', 'previous_original', 'previous_resized'}
+  assert all(rate > 0 for rate in rates.values()), rates
+  assert any(line.startswith('| record read |') for line in lines)

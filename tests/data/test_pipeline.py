@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import dqnn.data as data
+from dqnn.data import pipeline
 from dqnn.data import prepare
 from dqnn.data import transforms
 
@@ -332,3 +333,24 @@ def test_imagenet_train_with_worker_processes_matches_threads(imagenet):
                   data.eval_batches(info, d, num_workers=2, **eval_kwargs), strict=True):
     np.testing.assert_array_equal(a['image'], b['image'])
     np.testing.assert_array_equal(a['mask'], b['mask'])
+
+
+def test_imagenet_decoders_yield_the_same_crops_in_the_pipeline(imagenet):
+  root, _ = imagenet
+  d = str(root / 'tfds')
+  info = data.get_dataset_info('imagenet2012', d)
+  kwargs = dict(global_batch_size=4, seed=1, image_size=48, process_index=0, process_count=1)
+  pillow = _take(data.train_dataset(info, d, decoder=transforms.PILLOW, **kwargs), 2)
+  default = _take(data.train_dataset(info, d, **kwargs), 2)
+  for a, b in zip(pillow, default):
+    np.testing.assert_array_equal(a['label'], b['label'])
+    # The same boxes and flips: the decoders differ only by resampling (test_transforms.py).
+    assert np.abs(a['image'].astype(np.float32) - b['image']).mean() < 6
+
+
+def test_an_unreadable_training_image_is_one_error_naming_its_file():
+  example = {'image': b'\xff\xd8 truncated', 'label': 3, 'file_name': b'n01440764_1.JPEG'}
+  for decoder in (None, transforms.PILLOW):
+    with pytest.raises(transforms.UnreadableImageError, match='n01440764_1.JPEG: not a readable'):
+      pipeline._imagenet_train_example(example, np.random.default_rng(0), image_size=32,
+                                       decoder=decoder)
