@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 
 from dqnn import files
 from dqnn import run_config
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import validate_params
 from dqnn.variables import COLLECTIONS
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -284,7 +284,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
                                       trust_without_digest=trust_without_digest)
       state = serialization.from_state_dict(abstract_state, restored)
       try:
-        dq_weight.validate(state.params)
+        validate_params(state.params)
       except ValueError as error:
         raise CorruptCheckpointError(
             f'Checkpoint {manager.directory}/{step} holds malformed parameters: {error}') from None

@@ -22,9 +22,10 @@ Where no BatchNorm precedes the layer, or at `a_bits=1`, pass
 Set `a_signed` for a layer whose input can be negative (it is not the output of a ReLU). An
 unsigned quantizer clips negative inputs to its lowest level; when more than
 `NEGATIVE_INPUT_WARNING` of a training batch is negative, the layer warns once, naming itself
-and `a_signed`. Likewise a training layer whose DQ weights have left their domain (moved by an
-optimizer without DQ's direct update) warns once, naming `dqnn.optim.wrap_optimizer`. Both are
-checked on the device; the host is called only when there is something to report.
+and `a_signed`. Likewise a training layer whose weight quantizer's parameters have left their
+domain (DQ's, moved by an optimizer without DQ's direct update) warns once, naming
+`dqnn.optim.wrap_optimizer`. Both are checked on the device; the host is called only when there
+is something to report.
 
 Data parallel with `pmap`/`shard_map` (per-device batches): average the refitted statistics
 as BatchNorm's, `sync_quant_stats(new_state['quant_stats'], axis_name)`, next to
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnn import quantizers
-from dqnn.quantizers import FULL_PRECISION, check_bits, dq_weight
+from dqnn.quantizers import FULL_PRECISION, capability, check_bits
 from dqnn.quantizers.dq_activation import per_channel_relative_error
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS,
                             QUANTIZER, WEIGHT_QUANTIZER)
@@ -120,45 +121,41 @@ def _warn_once(path: str, kind: str, message: str) -> None:
     warnings.warn(f'{path}: {message}', stacklevel=2)
 
 
-def _report(path: str, negative_fraction, dq_outside_domain) -> None:
+def _report(path: str, negative_fraction, outside_domain) -> None:
   if NEGATIVE_INPUT_WARNING is not None and negative_fraction > NEGATIVE_INPUT_WARNING:
     _warn_once(path, 'negative', (
         f'{float(negative_fraction):.0%} of the inputs of this unsigned activation quantizer are '
         f'negative and are clipped to its lowest level. If this layer reads inputs that can be '
         f'negative (normalised pixels at the first layer, a linear bottleneck, a residual sum), '
         f'set a_signed=True; for a first layer, consider keeping it float.'))
-  if dq_outside_domain:
-    _warn_once(path, 'dq', (
-        'its DQ weight parameters left their domain (levels not strictly increasing, or an '
-        'index outside [-1/2, L-1/2]): they were moved by an optimizer without DQ\'s direct '
-        'update. Build the optimizer with dqnn.optim.wrap_optimizer(your_tx) (or '
+  if outside_domain:
+    _warn_once(path, 'domain', (
+        'its weight quantizer\'s parameters left their domain (DQ: levels not strictly '
+        'increasing, or an index outside [-1/2, L-1/2]): they were moved by an optimizer '
+        'without the quantizer\'s own update (DQ\'s direct update). Build the optimizer with dqnn.optim.wrap_optimizer(your_tx) (or '
         'create_optimizer) and repair the parameters once with '
         'dqnn.optim.project_dq_params(params).'))
 
 
-def _outside_domain(params: Mapping[str, jax.Array]) -> jax.Array:
-  table = jax.lax.stop_gradient(dq_weight.level_table(params))
-  index = jax.lax.stop_gradient(params[dq_weight.INDEX])
-  return (jnp.any(jnp.diff(table, axis=-1) <= 0) | jnp.any(index < -0.5)
-          | jnp.any(index > table.shape[-1] - 0.5) | ~jnp.all(jnp.isfinite(index)))
-
-
 def _check_while_training(module: nn.Module, unsigned_input: jax.Array | None,
-                          dq_params: Mapping[str, jax.Array] | None) -> None:
+                          weight_params: Mapping[str, jax.Array] | None) -> None:
   """Warns once per layer, while training, when more than `NEGATIVE_INPUT_WARNING` of an
-  unsigned quantizer's input is negative, or when DQ weights left their domain. Both are
-  reductions on the device; the host is called only when there is something to report."""
+  unsigned quantizer's input is negative, or when the weight quantizer's parameters left their
+  domain (its `outside_domain` capability, e.g. DQ's). Both are reductions on the device; the
+  host is called only when there is something to report."""
   if not _training(module) or module.is_initializing():
     return
   if NEGATIVE_INPUT_WARNING is None:
     unsigned_input = None
-  if unsigned_input is None and dq_params is None:
+  outside_domain = capability(weight_params, 'outside_domain')
+  if unsigned_input is None and outside_domain is None:
     return
   negative, too_negative = jnp.zeros((), jnp.float32), jnp.zeros((), bool)
   if unsigned_input is not None:
     negative = jnp.mean(jax.lax.stop_gradient(unsigned_input) < 0)
     too_negative = negative > NEGATIVE_INPUT_WARNING
-  outside = _outside_domain(dq_params) if dq_params is not None else jnp.zeros((), bool)
+  outside = (outside_domain(weight_params) if outside_domain is not None
+             else jnp.zeros((), bool))
   jax.lax.cond(too_negative | outside,
                lambda n, o: jax.debug.callback(_report, _layer_name(module), n, o),
                lambda n, o: None, negative, outside)
@@ -277,8 +274,7 @@ class _Quantized(nn.Module):
     _check_stats_mutable(self)
     weight_params = self.variables.get(PARAMS, {}).get(WEIGHT_QUANTIZER)
     unsigned = self.a_bits != FULL_PRECISION and not self.a_signed
-    _check_while_training(self, inputs if unsigned else None,
-                          weight_params if dq_weight.is_dq_weight(weight_params) else None)
+    _check_while_training(self, inputs if unsigned else None, weight_params)
     return outputs
 
   def _quantize_input(self, inputs: jax.Array) -> jax.Array:

@@ -1,9 +1,9 @@
 """Initialising a quantized model from a float model's variables (`config.init_from`).
 
 Every array of the quantized model is taken from the float model at the same path, except:
-- a DQ weight quantizer at `<layer>/weight_quantizer/{levels|half_levels,index}` is fitted to the
-  float kernel at `<layer>/kernel` with `dq_weight.params_from_kernel` (same bits, grouping and
-  symmetry as the quantized model's own initialisation);
+- a weight quantizer with a `fit` capability at `<layer>/weight_quantizer` (DQ's
+  `{levels|half_levels,index}`) is fitted to the float kernel at `<layer>/kernel` (DQ: k-means,
+  with the same bits, grouping and symmetry as the quantized model's own initialisation);
 - a latent-weight baseline's `<layer>/weight_quantizer/kernel` copies `<layer>/kernel`;
 - every other quantizer variable (activation levels and clips, LSQ steps, LQ-Nets bases, the
   `latent_levels` control's levels) has no float counterpart: it is initialised afresh by running the quantized model, float weights in
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnn import optim
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import capability
 from dqnn.variables import BATCH_STATS, COLLECTIONS, PARAMS, WEIGHT_QUANTIZER
 
 _FLOAT_COLLECTIONS = (PARAMS, BATCH_STATS)  # What a float model has.
@@ -40,25 +40,18 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]):
   return tree
 
 
-def _fit_dq(target: dict, kernel: np.ndarray) -> dict:
-  table = dq_weight.level_table(target)
-  bits = int(np.log2(table.shape[-1]))
-  fitted = dq_weight.params_from_kernel(
-      jnp.asarray(kernel), bits, per_channel=table.shape[0] == kernel.shape[-1],
-      symmetric=dq_weight.HALF_LEVELS in target)
-  return {name: fitted[name].astype(target[name].dtype) for name in target}
-
-
 def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
               problems: list[str], quantizer_params: set[tuple[str, ...]]) -> Any:
   where = '/'.join(path)
-  if dq_weight.is_dq_weight(target) and path[-1:] == (WEIGHT_QUANTIZER,):
+  fit = capability(target, 'fit') if path[-1:] == (WEIGHT_QUANTIZER,) else None
+  if fit is not None:
+    shape = tuple(jax.eval_shape(capability(target, 'weight'), target).shape)
     kernel = _get(source, path[:-1] + ('kernel',))
-    if kernel is None or tuple(kernel.shape) != tuple(target[dq_weight.INDEX].shape):
-      problems.append(f'{where}: needs a float kernel shaped '
-                      f'{tuple(target[dq_weight.INDEX].shape)} at {"/".join(path[:-1])}/kernel')
+    if kernel is None or tuple(kernel.shape) != shape:
+      problems.append(f'{where}: needs a float kernel shaped {shape} at '
+                      f'{"/".join(path[:-1])}/kernel')
       return target
-    return _fit_dq(target, np.asarray(kernel))
+    return fit(target, np.asarray(kernel))
   if isinstance(target, Mapping):
     children = {key: _transfer(value, source, path + (key,), problems, quantizer_params)
                 for key, value in target.items()}
@@ -84,8 +77,8 @@ def transfer(variables: Mapping[str, Any], float_variables: Mapping[str, Any]) -
   """
   problems = []
   result = {}
-  # Quantizer parameters (clips, steps, activation levels, levels other than DQ's, which
-  # `_transfer` fits), whatever their module is named: left to `calibrate`.
+  # Quantizer parameters (clips, steps, activation levels, levels of quantizers without `fit`,
+  # which `_transfer` fits), whatever their module is named: left to `calibrate`.
   groups = flax.traverse_util.flatten_dict(
       flax.core.unfreeze(optim.parameter_groups(variables.get('params', {}))))
   quantizer_params = {('params',) + path for path, group in groups.items()

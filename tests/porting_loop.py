@@ -23,6 +23,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec as P
 
 from dqnn import optim
+from dqnn import quantizers
 from dqnn.layers import QuantConv, check_replicated, sync_quant_stats
 from dqnn.quantizers import dq_weight
 
@@ -74,7 +75,7 @@ def train_step(state, images, labels, l2_in_loss):
 
 def check_invariants(before, after):
   """DQ's invariants, and that training moved what it should."""
-  dq_weight.validate(after.params)  # levels strictly increasing, index in [-1/2, L-1/2]
+  quantizers.validate_params(after.params)  # levels strictly increasing, index in [-1/2, L-1/2]
   for name in ('conv0', 'conv1'):
     quantizer = after.params[name]['weight_quantizer']
     w_q = dq_weight.quantized_weight(quantizer).reshape(-1, quantizer['levels'].shape[0])
@@ -114,7 +115,7 @@ def main(l2_in_loss):
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(f'{directory}/state', state)
       restored = checkpointer.restore(f'{directory}/state', target=state)
-  dq_weight.validate(restored.params)
+  quantizers.validate_params(restored.params)
   same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state, restored)
   evaluated = model.apply({'params': restored.params, 'batch_stats': restored.batch_stats,
                            'quant_stats': restored.quant_stats}, images, train=False)

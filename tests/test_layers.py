@@ -165,7 +165,7 @@ def test_training_layer_warns_once_when_a_foreign_optimizer_moved_its_dq_weights
     warnings.simplefilter('error')
     jax.block_until_ready(step(variables))
     jax.effects_barrier()
-  with pytest.warns(UserWarning, match='block: its DQ weight parameters left their domain.*'
+  with pytest.warns(UserWarning, match="block: its weight quantizer's parameters left their domain.*"
                     'wrap_optimizer.*project_dq_params'):
     jax.block_until_ready(step(moved))
     jax.effects_barrier()

@@ -8,6 +8,7 @@ import pytest
 from flax.nnx import bridge
 
 from dqnn import optim
+from dqnn import quantizers
 from dqnn.layers import QuantConv, QuantStateError
 from dqnn.quantizers import dq_weight
 
@@ -52,7 +53,7 @@ def test_nnx_model_with_quantized_layers_trains_and_keeps_dq_invariants():
   for _ in range(4):
     before = [jnp.array(a) for a in stats()]
     losses.append(float(train_step(model, optimizer)))
-    dq_weight.validate(nnx.as_pure(nnx.state(model, nnx.Param)))
+    quantizers.validate_params(nnx.as_pure(nnx.state(model, nnx.Param)))
     assert any(not bool(jnp.array_equal(a, b)) for a, b in zip(before, stats()))
   assert losses[-1] < losses[0]
   model.eval()

@@ -19,7 +19,7 @@ from dqnn.export import folding
 from dqnn.export import format as fmt
 from dqnn.export import graph
 from dqnn.layers import QuantizeActivation
-from dqnn.quantizers import FULL_PRECISION, dq_weight
+from dqnn.quantizers import FULL_PRECISION, validate_params
 from dqnn.quantizers import readout
 from dqnn.variables import ACT_QUANTIZER, BATCH_STATS, QUANTIZER, WEIGHT_QUANTIZER, layer_variables
 
@@ -33,10 +33,11 @@ def export_model(config: ml_collections.ConfigDict, variables: dict[str, Any], *
                  fold_batch_norm: bool = False) -> fmt.ExportedModel:
   """The deployable form of `config`'s model with `variables` (eval mode).
 
-  Raises `InvalidVariablesError` if a DQ weight's levels or index are malformed.
+  Raises `InvalidVariablesError` if a weight quantizer's parameters are malformed (its
+  `validate` capability: DQ's levels or index).
   """
   try:
-    dq_weight.validate(variables['params'])
+    validate_params(variables['params'])
   except ValueError as error:
     raise InvalidVariablesError(f'Refusing to export: {error}') from None
   model = runs.model_from_config(config)

@@ -1,7 +1,8 @@
 """Parameter groups: what each parameter of a dqnn model is, whatever its module is named.
 
 Groups (`parameter_groups`):
-- `weights`: float kernels, latent kernels of the baselines and DQ indices (all in weight units);
+- `weights`: float kernels, latent kernels of the baselines and DQ indices (all in weight units:
+  a quantizer's `index` capability);
 - `levels`: DQ weight level tables;
 - `quantizer`: activation-quantizer parameters and baseline quantizer parameters (LSQ steps,
   PACT clips, gradient-trained activation levels);
@@ -18,23 +19,24 @@ from typing import Any
 import jax
 
 from dqnn.optim.tree import leaves_by_module
-from dqnn.quantizers import dq_weight, registry
-from dqnn.quantizers.dq_weight import DQWeight
+from dqnn.quantizers import registry
 from dqnn.variables import PARAM_GROUPS
 
 WEIGHTS, LEVELS, QUANTIZER, OTHER = PARAM_GROUPS
 
 
 def _leaf_groups(params: Any) -> tuple[list[str], list[bool], Any]:
-  """Each leaf's group, whether it is a DQ index, and the tree's structure."""
+  """Each leaf's group, whether it is a quantizer's index (its `index` capability), and the
+  tree's structure."""
   paths, leaves, treedef, modules = leaves_by_module(params)
   groups, is_index = [None] * len(leaves), [False] * len(leaves)
   for names in modules.values():
     registered = registry.param_signature(names)
+    index = registry.capability(names, 'index')
     for name, position in names.items():
       if registered:
         groups[position] = registered[1][name]
-        is_index[position] = registered[0] is DQWeight and name == dq_weight.INDEX
+        is_index[position] = name == index
       else:
         groups[position] = WEIGHTS if name == 'kernel' else OTHER
   return groups, is_index, treedef

@@ -11,7 +11,8 @@
    `other`; a separate one for quantizer parameters. The base optimizer sees each DQ `index` as
    the quantized weight `w_q` it stands for, so whatever it does with parameter values (adamw's
    decay) acts in weight units, never on the index;
-4. the direct update, which turns the steps into new levels and indices (always last).
+4. the quantizers' own update rules (DQ's direct update, which turns the steps into new levels
+   and indices; always last).
 """
 from typing import Any, Callable
 
@@ -21,8 +22,8 @@ import optax
 from dqnn.optim.direct_update import direct_update
 from dqnn.optim import gradients
 from dqnn.optim.groups import OTHER, WEIGHTS, parameter_groups
-from dqnn.optim.tree import map_dq_weights
-from dqnn.quantizers import dq_weight
+from dqnn.optim.tree import map_quantizers
+from dqnn.quantizers import registry
 
 LEVEL_GRADIENTS = ('mean', 'sum')
 QUANTIZER_OPTIMIZERS = ('adam', 'sgd')
@@ -31,12 +32,13 @@ DEFAULT_QUANTIZER_LEARNING_RATE = 1e-3
 
 
 def _in_weight_units(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`inner`, shown each DQ `index` as its quantized weight `w_q` (same shape)."""
+  """`inner`, shown each quantizer's `index` (DQ's) as the kernel `weight` it stands for."""
 
   def update_fn(updates, state, params=None):
     if params is not None:
-      params = map_dq_weights(
-          lambda _, p: {**p, dq_weight.INDEX: dq_weight.quantized_weight(p)}, params, params)
+      params = map_quantizers(
+          'weight', lambda weight, _, p: {**p, registry.capability(p, 'index'): weight(p)},
+          params, params)
     return inner.update(updates, state, params)
 
   return optax.GradientTransformation(inner.init, update_fn)

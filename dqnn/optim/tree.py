@@ -1,19 +1,16 @@
 """Parameter trees seen module by module, in any container of mappings (dict, FrozenDict,
-`nnx.State`): which leaves are one DQ weight quantizer's, and a map over those quantizers.
+`nnx.State`): which leaves are one quantizer's, and a map over the quantizers that declare a
+capability (`dqnn.quantizers.WeightCapabilities`).
 
-A DQ weight quantizer is a module whose parameters are exactly `index` plus `levels` (or
-`half_levels`). Under `nn.scan`/`nn.vmap` its parameters carry leading stacked axes
-(`levels (S, G, L)`, `index (S, ..., G)`); functions mapped over quantizers see one layer at a
-time (vmapped over the stacked axes).
+A quantizer module is recognised by the exact set of parameter names it creates. Under
+`nn.scan`/`nn.vmap` its parameters carry leading stacked axes (its `stacked_axes` capability
+counts them); functions mapped over quantizers see one layer at a time (vmapped over them).
 """
 from typing import Any, Callable
 
 import jax
 
-from dqnn.quantizers import dq_weight
-
-DQ_WEIGHT_NAMES = (frozenset({dq_weight.INDEX, dq_weight.LEVELS}),
-                   frozenset({dq_weight.INDEX, dq_weight.HALF_LEVELS}))
+from dqnn.quantizers import registry
 
 
 def _name(key) -> str:
@@ -35,33 +32,36 @@ def leaves_by_module(tree: Any):
   return paths, [leaf for _, leaf in flat], treedef, modules
 
 
-def is_dq_weight_module(names) -> bool:
-  return frozenset(names) in DQ_WEIGHT_NAMES
-
-
-def stacked_axes(params: dict) -> int:
-  """How many leading stacked axes (nn.scan) a DQ quantizer's parameters have."""
-  level_name = dq_weight.HALF_LEVELS if dq_weight.HALF_LEVELS in params else dq_weight.LEVELS
-  return params[level_name].ndim - 2
-
-
 def per_layer(fn: Callable, params: dict) -> Callable:
-  """`fn` vmapped over the stacked axes of a DQ quantizer's parameters (none: `fn` itself)."""
-  for _ in range(stacked_axes(params)):
+  """`fn` vmapped over the stacked axes of a quantizer's parameters (none: `fn` itself)."""
+  for _ in range(registry.capability(params, 'stacked_axes')(params)):
     fn = jax.vmap(fn)
   return fn
 
 
-def map_dq_weights(fn: Callable[[dict, dict], dict], tree: Any, params: Any) -> Any:
-  """`tree` (shaped like `params`) with each DQ weight quantizer's entries replaced by
-  `fn(its entries of tree, its params)`, one layer at a time."""
-  _, param_leaves, treedef, modules = leaves_by_module(params)
+def quantizer_modules(params: Any, having: str):
+  """`(module path, {name: leaf position}, capability)` of each quantizer in `params` that
+  declares the capability `having`, and the flattened `(leaves, treedef)`."""
+  _, leaves, treedef, modules = leaves_by_module(params)
+  found = []
+  for path, names in modules.items():
+    value = registry.capability(names, having)
+    if value is not None:
+      found.append((path, names, value))
+  return found, leaves, treedef
+
+
+def map_quantizers(having: str, fn: Callable[[Any, dict, dict], dict], tree: Any,
+                   params: Any) -> Any:
+  """`tree` (shaped like `params`) with the entries of each quantizer that declares the
+  capability `having` replaced by `fn(that capability, its entries of tree, its params)`, one
+  layer at a time."""
+  found, param_leaves, treedef = quantizer_modules(params, having)
   leaves = treedef.flatten_up_to(tree)
-  for names in modules.values():
-    if not is_dq_weight_module(names):
-      continue
+  for _, names, value in found:
     own = {name: param_leaves[position] for name, position in names.items()}
-    mapped = per_layer(fn, own)({name: leaves[position] for name, position in names.items()}, own)
+    mapped = per_layer(lambda entries, p, value=value: fn(value, entries, p), own)(
+        {name: leaves[position] for name, position in names.items()}, own)
     for name, position in names.items():
       leaves[position] = mapped[name]
   return jax.tree.unflatten(treedef, leaves)

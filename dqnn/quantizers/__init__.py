@@ -2,11 +2,12 @@
 
 Weight quantizers are modules `Q(bits=..., kernel_init=..., **options)(shape) -> kernel`;
 activation quantizers are modules `Q(bits=..., **options)(x) -> x_q`. Add your own with
-`register_weight_quantizer` / `register_act_quantizer` (`registry.py`).
+`register_weight_quantizer` / `register_act_quantizer` (`registry.py`); a weight quantizer
+whose parameters need more than gradient descent declares `WeightCapabilities`, as DQ does.
 """
 from dqnn.quantizers.bits import FULL_PRECISION, SUPPORTED_BITS, check_bits
 from dqnn.quantizers.dorefa import DoReFaActivation, DoReFaWeight
-from dqnn.quantizers import dq_weight
+from dqnn.quantizers import dq_weight, dq_weight_update
 from dqnn.quantizers.dq_activation import DQActivation, PARAMETER_NAMES
 from dqnn.quantizers.dq_weight import DQWeight
 from dqnn.quantizers.latent_levels import LatentLevelsWeight
@@ -14,13 +15,22 @@ from dqnn.quantizers.lqnets import LQNetsWeight
 from dqnn.quantizers.lsq import LSQActivation, LSQWeight
 from dqnn.quantizers.pact import PACTActivation
 from dqnn.quantizers.registry import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS,
-                                      register_act_quantizer, register_param_groups,
-                                      register_weight_quantizer)
+                                      WeightCapabilities, capability, register_act_quantizer,
+                                      register_param_groups, register_weight_quantizer,
+                                      validate_params)
 from dqnn.quantizers import registry as _registry
 
+# DQ: no latent weights; its own update moves the index and levels (dq_weight_update).
 register_weight_quantizer('dq', DQWeight, param_groups=[
     {dq_weight.INDEX: 'weights', dq_weight.LEVELS: 'levels'},
-    {dq_weight.INDEX: 'weights', dq_weight.HALF_LEVELS: 'levels'}])
+    {dq_weight.INDEX: 'weights', dq_weight.HALF_LEVELS: 'levels'}],
+    capabilities=WeightCapabilities(
+        index=dq_weight.INDEX, weight=dq_weight.quantized_weight,
+        update=dq_weight_update.direct_step, project=dq_weight_update.project,
+        validate=dq_weight.validate, outside_domain=dq_weight_update.outside_domain,
+        fit=dq_weight.fit, level_counts=dq_weight_update.level_counts,
+        foreign_gradient=dq_weight_update.has_foreign_gradient,
+        stacked_axes=dq_weight_update.stacked_axes))
 # LQ-Nets and DoReFa weights have one latent `kernel`: a weight, as any float kernel.
 register_weight_quantizer('lqnets', LQNetsWeight)
 register_weight_quantizer('lsq', LSQWeight,

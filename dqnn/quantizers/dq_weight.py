@@ -3,16 +3,18 @@
 Parameters (collection `params`): `levels` `(G, L)` strictly increasing — or `half_levels`
 `(G, L/2)`, positive, for a symmetric table — and `index`, shaped like the kernel, in
 `[-1/2, L-1/2]`. The network computes with `w_q = levels[g, round(index)]`. The direct update
-(`dqnn.optim.direct_update`) moves these parameters; see docs/method.md.
+(`dqnn.quantizers.dq_weight_update`, run by `dqnn.optim.wrap_optimizer`) moves these
+parameters; see docs/method.md.
 """
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dqnn.quantizers import levels as lv
-from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.bits import SUPPORTED_BITS, check_bits
 
 LEVELS = 'levels'
 HALF_LEVELS = 'half_levels'
@@ -40,11 +42,6 @@ def _quantize_bwd(residuals, g_q):
 
 
 quantize.defvjp(_quantize_fwd, _quantize_bwd)
-
-
-def is_dq_weight(tree: Any) -> bool:
-  """Whether a params subtree is one DQ weight quantizer's parameters."""
-  return isinstance(tree, Mapping) and INDEX in tree and (LEVELS in tree or HALF_LEVELS in tree)
 
 
 def level_table(params: dict) -> jax.Array:
@@ -81,6 +78,17 @@ def params_from_kernel(kernel: jax.Array, bits: int, *, per_channel: bool = True
   if symmetric:
     return {HALF_LEVELS: table[:, num_levels // 2:], INDEX: index}
   return {LEVELS: table, INDEX: index}
+
+
+def fit(params: dict, kernel: jax.Array) -> dict:
+  """Parameters like `params` (same bits, grouping, symmetry and dtypes) fitted to a float
+  kernel; warm start from a float model."""
+  table = level_table(params)
+  bits = int(np.log2(table.shape[-1]))
+  fitted = params_from_kernel(jnp.asarray(kernel), bits,
+                              per_channel=table.shape[0] == kernel.shape[-1],
+                              symmetric=HALF_LEVELS in params)
+  return {name: fitted[name].astype(params[name].dtype) for name in params}
 
 
 class DQWeight(nn.Module):
@@ -135,43 +143,38 @@ _LIKELY_CAUSE = (
     'checkpoint is corrupt or not of a DQ model.')
 
 
-def validate(params: Any, path: str = '') -> None:
-  """Raises one clear error if any DQ weight quantizer in `params` is malformed.
+def validate(params: Mapping[str, Any], where: str) -> None:
+  """Raises one clear error if one DQ weight quantizer's parameters are malformed.
 
   Checks what the direct update relies on: strictly increasing levels (positive half levels
   when symmetric), an index shaped like a kernel whose last axis matches the level groups and
   lying in `[-1/2, L-1/2]`, and finite values. Stacked layers (`nn.scan`: leading axes on both)
-  are checked layer by layer. Call it on restored parameters before training resumes.
+  are checked layer by layer. `dqnn.quantizers.validate_params` runs it on every DQ weight of a
+  tree: call that on restored parameters before training resumes.
   """
-  if is_dq_weight(params):
-    half = params.get(HALF_LEVELS)
-    rows = params[LEVELS] if half is None else jnp.concatenate([-half[..., ::-1], half], axis=-1)
-    where = path or '<root>'
-    stacked = rows.shape[:-2]
-    if rows.ndim < 2 or rows.shape[-1] not in tuple(2 ** b for b in (1, 2, 3, 4, 8)):
-      raise ValueError(f'DQ levels at {where} have shape {rows.shape}; expected '
-                       f'([stacked axes], G, 2**bits).')
-    index = params[INDEX]
-    if (index.ndim < 2 + len(stacked) or index.shape[:len(stacked)] != stacked
-        or rows.shape[-2] not in (1, index.shape[-1])):
-      raise ValueError(f'DQ index at {where} has shape {index.shape}, which does not match '
-                       f'{rows.shape[-2]} level groups (levels of shape {rows.shape}).')
-    if not (bool(jnp.all(jnp.isfinite(rows))) and bool(jnp.all(jnp.isfinite(index)))):
-      raise ValueError(f'DQ parameters at {where} are not finite. {_LIKELY_CAUSE}')
-    gaps = jnp.diff(rows, axis=-1)
-    if half is not None:
-      gaps = jnp.concatenate([gaps, half[..., :1]], axis=-1)
-    if not bool(jnp.all(gaps > 0)):
-      raise ValueError(f'DQ levels at {where} are not strictly increasing (smallest gap '
-                       f'{float(jnp.min(gaps)):.3g}). {_LIKELY_CAUSE}')
-    num_levels = rows.shape[-1]
-    low, high = float(jnp.min(index)), float(jnp.max(index))
-    if low < -0.5 or high > num_levels - 0.5:
-      outside = int(jnp.sum((index < -0.5) | (index > num_levels - 0.5)))
-      raise ValueError(f'DQ index at {where} leaves its domain [-1/2, {num_levels - 0.5}]: '
-                       f'{outside} entries outside, range [{low:.6g}, {high:.6g}]. '
-                       f'{_LIKELY_CAUSE}')
-    return
-  if isinstance(params, Mapping):
-    for key, value in params.items():
-      validate(value, f'{path}/{key}' if path else key)
+  half = params.get(HALF_LEVELS)
+  rows = params[LEVELS] if half is None else jnp.concatenate([-half[..., ::-1], half], axis=-1)
+  stacked = rows.shape[:-2]
+  if rows.ndim < 2 or rows.shape[-1] not in tuple(2 ** b for b in SUPPORTED_BITS):
+    raise ValueError(f'DQ levels at {where} have shape {rows.shape}; expected '
+                     f'([stacked axes], G, 2**bits).')
+  index = params[INDEX]
+  if (index.ndim < 2 + len(stacked) or index.shape[:len(stacked)] != stacked
+      or rows.shape[-2] not in (1, index.shape[-1])):
+    raise ValueError(f'DQ index at {where} has shape {index.shape}, which does not match '
+                     f'{rows.shape[-2]} level groups (levels of shape {rows.shape}).')
+  if not (bool(jnp.all(jnp.isfinite(rows))) and bool(jnp.all(jnp.isfinite(index)))):
+    raise ValueError(f'DQ parameters at {where} are not finite. {_LIKELY_CAUSE}')
+  gaps = jnp.diff(rows, axis=-1)
+  if half is not None:
+    gaps = jnp.concatenate([gaps, half[..., :1]], axis=-1)
+  if not bool(jnp.all(gaps > 0)):
+    raise ValueError(f'DQ levels at {where} are not strictly increasing (smallest gap '
+                     f'{float(jnp.min(gaps)):.3g}). {_LIKELY_CAUSE}')
+  num_levels = rows.shape[-1]
+  low, high = float(jnp.min(index)), float(jnp.max(index))
+  if low < -0.5 or high > num_levels - 0.5:
+    outside = int(jnp.sum((index < -0.5) | (index > num_levels - 0.5)))
+    raise ValueError(f'DQ index at {where} leaves its domain [-1/2, {num_levels - 0.5}]: '
+                     f'{outside} entries outside, range [{low:.6g}, {high:.6g}]. '
+                     f'{_LIKELY_CAUSE}')

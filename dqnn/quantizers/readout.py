@@ -2,9 +2,10 @@
 
 Weight quantizers: the quantized kernel `w_q` and its per-channel level table, from the
 quantizer's own methods `kernel_levels(variables)`, `quantized_kernel(variables)` and
-`level_groups(params)` where it has them (DQ, which stores its tables); otherwise (latent-weight
-baselines: LQ-Nets, LSQ, DoReFa) the quantizer is run to get `w_q`, whose distinct values per
-output channel are its levels.
+`level_groups(params)` where it has them (DQ, which stores its tables); otherwise `w_q` comes
+from the quantizer's `weight` capability (`registry.WeightCapabilities`) or, for latent-weight
+baselines (LQ-Nets, LSQ, DoReFa), from running the quantizer, and its distinct values per output
+channel are its levels.
 
 Activation quantizers: the sorted levels they round to, from the quantizer's own
 `nominal_levels(variables) -> (levels, exact)` method.
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from dqnn import quantizers
+from dqnn.quantizers import registry
 
 # Relative spread of float noise around one level that still counts as that level.
 _NOISE = 1e-5
@@ -70,14 +72,17 @@ def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndar
 
 
 def quantized_kernel(module: nn.Module, variables: dict[str, Any]) -> np.ndarray:
-  """`w_q` of a quantized layer: the quantizer's own `quantized_kernel(variables)`, else the
-  quantizer run on its trained variables."""
+  """`w_q` of a quantized layer: the quantizer's own `quantized_kernel(variables)`, else its
+  `weight` capability, else the quantizer run on its trained variables."""
   return _quantized_kernel(weight_quantizer_of(module), variables)
 
 
 def _quantized_kernel(quantizer: nn.Module, variables: dict[str, Any]) -> np.ndarray:
   if hasattr(quantizer, 'quantized_kernel'):
     return np.asarray(quantizer.quantized_kernel(variables))
+  weight = registry.capability(variables['params'], 'weight')
+  if weight is not None:
+    return np.asarray(weight(variables['params']))
   shape = tuple(variables['params']['kernel'].shape)
   return np.asarray(quantizer.apply({k: v for k, v in variables.items() if v}, shape))
 

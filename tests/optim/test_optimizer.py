@@ -7,6 +7,7 @@ import pytest
 
 import optimizer_reference
 from dqnn import optim
+from dqnn import quantizers
 from dqnn.layers import QuantConv
 from dqnn.quantizers import dq_weight
 
@@ -31,7 +32,7 @@ def _params(seed=0):
 
 def _dq_invariants_hold(params):
   """Every DQ quantizer: strictly increasing levels, index in [-1/2, L-1/2] exactly."""
-  dq_weight.validate(params)
+  quantizers.validate_params(params)
   return True
 
 
@@ -64,9 +65,9 @@ def test_plain_optimizer_breaks_dq_and_projection_restores_it():
   updates, _ = tx.update(_random_grads(params, jax.random.PRNGKey(3), 3.0), tx.init(params))
   broken = optax.apply_updates(params, updates)
   with pytest.raises(ValueError, match='wrap_optimizer'):
-    dq_weight.validate(broken)
+    quantizers.validate_params(broken)
   repaired = optim.project_dq_params(broken)
-  dq_weight.validate(repaired)
+  quantizers.validate_params(repaired)
   # Non-DQ leaves are untouched, and a valid tree is a fixed point of the projection.
   np.testing.assert_array_equal(repaired['Dense_0']['kernel'], broken['Dense_0']['kernel'])
   for a, b in zip(jax.tree.leaves(optim.project_dq_params(params)), jax.tree.leaves(params)):
@@ -144,7 +145,7 @@ def test_scanned_quantized_layers_train_with_the_optimizer():
   for _ in range(5):
     params, stats, state, loss = step(params, stats, state)
     first = float(loss) if first is None else first
-    dq_weight.validate(params)
+    quantizers.validate_params(params)
   assert float(loss) < first
   # Each stacked layer is its own DQ layer: its weights lie on its own level row.
   quantizer = params['blocks']['QuantConv_0']['weight_quantizer']

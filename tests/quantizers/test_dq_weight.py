@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dqnn import quantizers
 from dqnn.quantizers import dq_weight
 from dqnn.quantizers import levels as lv
 
@@ -33,7 +34,7 @@ def test_per_channel_gradients_sum_within_each_group():
 def test_every_bit_width_and_grouping_initialises_to_valid_tables(bits, per_channel, symmetric):
   kernel = jax.random.normal(jax.random.PRNGKey(bits), (3, 3, 8, 6))
   params = dq_weight.params_from_kernel(kernel, bits, per_channel=per_channel, symmetric=symmetric)
-  dq_weight.validate(params)
+  quantizers.validate_params(params)
   table = dq_weight.level_table(params)
   assert table.shape == (6 if per_channel else 1, 2 ** bits)
   if symmetric:
@@ -82,10 +83,10 @@ def test_negative_level_gaps_on_restore_fail_clearly():
   restored = {'block': {'weight_quantizer': {**params,
                                              'levels': params['levels'][:, ::-1]}}}
   with pytest.raises(ValueError, match='block/weight_quantizer are not strictly increasing'):
-    dq_weight.validate(restored)
+    quantizers.validate_params(restored)
   mismatched = {'conv': {'levels': params['levels'], 'index': jnp.zeros((9, 5))}}
   with pytest.raises(ValueError, match='does not match 4 level groups'):
-    dq_weight.validate(mismatched)
+    quantizers.validate_params(mismatched)
 
 
 @pytest.mark.parametrize('bad_index', [-0.50001, 3.6, 1e6])
@@ -94,13 +95,13 @@ def test_index_outside_its_domain_fails_naming_the_likely_cause(bad_index):
   params = {'conv': {**params, 'index': params['index'].at[0, 0].set(bad_index)}}
   with pytest.raises(ValueError, match=r'conv leaves its domain \[-1/2, 3.5\]: 1 entries outside'
                      r'.*wrap_optimizer.*project_dq_params.*checkpoint'):
-    dq_weight.validate(params)
+    quantizers.validate_params(params)
 
 
 def test_stacked_layers_are_validated_layer_by_layer():
   one = dq_weight.params_from_kernel(jax.random.normal(jax.random.PRNGKey(0), (9, 4)), 2)
   stacked = jax.tree.map(lambda a: jnp.stack([a, a]), one)
-  dq_weight.validate({'scan': stacked})
+  quantizers.validate_params({'scan': stacked})
   reversed_second = stacked['levels'].at[1].set(stacked['levels'][1, :, ::-1])
   with pytest.raises(ValueError, match='not strictly increasing'):
-    dq_weight.validate({'scan': {**stacked, 'levels': reversed_second}})
+    quantizers.validate_params({'scan': {**stacked, 'levels': reversed_second}})
