@@ -79,10 +79,6 @@ class Teacher:
   step: int
   digest: str  # sha256 over the digests of every array of `variables`.
 
-  def logits(self, variables: Any, images: jax.Array) -> jax.Array:
-    """The teacher's logits; `variables` are `self.variables` as the jitted step holds them."""
-    return teacher_logits(self.model, variables, images, train=False)
-
   def record(self) -> dict[str, Any]:
     return {'workdir': self.workdir, 'step': self.step, 'digest': self.digest}
 

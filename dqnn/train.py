@@ -146,16 +146,17 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any = None, *,
                model, tx, make_batch, normalization: str, label_smoothing: float,
-               dropout_key: jax.Array, teacher: distill.Teacher | None = None,
+               dropout_key: jax.Array, teacher_model: Any = None,
                temperature: float = 1.0, distill_weight: float = 1.0):
   """One optimizer step on the batch `make_batch(inputs)`; returns (state, metrics, finite).
 
-  With a `teacher` (its variables passed as `teacher_variables`, so that they are arguments of
-  the compiled step rather than constants in it) the loss is `distill.distillation_loss`.
+  With a `teacher_model` (its variables passed as `teacher_variables`, so that they are arguments
+  of the compiled step rather than constants in it) the loss is `distill.distillation_loss`.
   """
   batch = make_batch(inputs)
   images = data.normalize(batch['image'], normalization)
-  soft_targets = None if teacher is None else teacher.logits(teacher_variables, images)
+  soft_targets = (None if teacher_model is None else
+                  distill.teacher_logits(teacher_model, teacher_variables, images, train=False))
 
   def loss_fn(params):
     logits, model_state = model.apply(
@@ -286,7 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, make_batch=train_input.make_batch,
                         normalization=normalization, label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.fold_in(rng, 1), teacher=teacher,
+                        dropout_key=jax.random.fold_in(rng, 1),
+                        teacher_model=None if teacher is None else teacher.model,
                         temperature=config.distill.temperature,
                         distill_weight=config.distill.weight),
       out_shardings=replicated, donate_argnums=0)
