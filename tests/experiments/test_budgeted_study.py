@@ -249,7 +249,7 @@ def test_runlocal_study_runs_records_and_resumes(tmp_path):
 def test_runlocal_distill_row_trains_with_its_teacher(tmp_path):
   result = _study(tmp_path, '--only=w2a2_dq_ft1_kd_s0')
   assert result.returncode == 0, result.stdout + result.stderr
-  assert result.stdout.index('done fp_s0') < result.stdout.index('start w2a2_dq_ft1_kd_s0')
+  assert result.stdout.index('start fp_s0') < result.stdout.index('start w2a2_dq_ft1_kd_s0')
   recorded = json.loads((tmp_path / 'record' / 'w2a2_dq_ft1_kd_s0' / 'config.json').read_text())
   assert recorded['distill']['teacher_workdir'] == str(tmp_path / 'runs' / 'fp_s0')
   metrics = (tmp_path / 'record' / 'w2a2_dq_ft1_kd_s0' / 'metrics.jsonl').read_text()
