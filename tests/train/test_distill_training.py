@@ -1,7 +1,10 @@
 """Training with a teacher (`config.distill`): trains, resumes exactly, refuses a wrong teacher."""
 import json
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 from dqnn import distill
 from dqnn import run_config
 from dqnn import train
+import sharded_train
 from train_testlib import patch_train_batches, read_metrics, restore_raw_state, tiny_config
 
 
@@ -83,3 +87,19 @@ def test_a_resume_against_a_retrained_teacher_is_refused_unless_allowed(tmp_path
   distill.check_and_record(teacher(3, 'b' * 64), str(tmp_path), resuming=True,
                            allow_change=True, write=True)
   assert json.loads((tmp_path / distill.TEACHER_FILE).read_text())['step'] == 3
+
+
+def test_two_devices_distil_like_one(cifar_data_dir, teacher_dir, tmp_path, subprocess_env):
+  one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
+  train.train_and_evaluate(sharded_train.config(cifar_data_dir, teacher_dir), one)
+  env = {**subprocess_env, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  result = subprocess.run([sys.executable, str(pathlib.Path(sharded_train.__file__)),
+                           cifar_data_dir, two, teacher_dir], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'trained on 2 devices' in result.stdout
+  # Up to the first checkpoint (as in test_sharded_training): equal to float precision.
+  for a, b in zip(read_metrics(one), read_metrics(two)):
+    if a['step'] <= 2:
+      for name in a.keys() - {'split', 'step', 'steps_per_sec'}:
+        assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-6), (a['step'], name)
