@@ -1,7 +1,8 @@
 """Cost of one train step: float vs DQ / LQ-Nets / LSQ W2A2, by XLA's cost analysis and by the clock.
 
     python benchmarks/step_cost.py [--model=resnet18] [--batch=256] [--dtype=bfloat16]
-        [--variants=float,dq,lqnets,lsq] [--breakdown] [--time | --no-time] [--json]
+        [--variants=float,dq,lqnets,lsq] [--teachers=MODEL,...] [--breakdown]
+        [--time | --no-time] [--json]
 
 The step is `dqnn.train.train_step` itself (forward, backward, `create_optimizer` incl. the DQ
 direct update, BatchNorm/quantizer state), built as benchmarks/train_throughput.py builds it, on
@@ -14,6 +15,11 @@ traffic, not a measurement of it.
 With `--time` (the default on an accelerator, off on a CPU) the state is built for real and the
 steps are timed: `--rounds` rounds of `--steps` steps of every variant, round-robin, median of the
 per-round step time; ratios to float.
+
+`--teachers=cifar_resnet20,cifar_resnet56` adds, for each named model, the `--distill_variant`
+step distilled from a float teacher of that model (`config.distill`: the teacher's forward in
+eval mode inside the step, its variables an argument of the step), and prints what the teacher
+adds: flops, bytes and (timed) step time relative to the same step without a teacher.
 
 `--breakdown` compiles each quantizer alone at the model's tensor shapes (every quantized layer's
 input activation and kernel, recorded while tracing the model) and prints the bytes it accesses,
@@ -83,9 +89,12 @@ def _num_classes(model_name: str) -> int:
 
 
 class Step:
-  """One variant's jitted train step, its shapes, and (on demand) a real state to time."""
+  """One variant's jitted train step, its shapes, and (on demand) a real state to time.
 
-  def __init__(self, model_name, variant, batch, dtype, act_options):
+  With `teacher` (a model name) the step distils from a float teacher of that model.
+  """
+
+  def __init__(self, model_name, variant, batch, dtype, act_options, teacher=None):
     config = _config(model_name, variant, dtype, act_options)
     self.size = MODELS[model_name].image_size
     self.num_classes = _num_classes(model_name)
@@ -97,14 +106,22 @@ class Step:
     # The step reads uint8 batches, as from the input pipelines, and normalises them itself.
     self.data_shape = {'image': jax.ShapeDtypeStruct(self.images.shape, jnp.uint8),
                        'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
+    self.teacher_model = teacher and runs.model_from_config(
+        _config(teacher, 'float', dtype, {}), classes=self.num_classes)
+    self.teacher_init = teacher and jax.jit(
+        functools.partial(self.teacher_model.init, train=False))
+    self.teacher_shape = teacher and jax.eval_shape(self.teacher_init, jax.random.key(3),
+                                                    self.images)
     self.step = jax.jit(
         functools.partial(train.train_step, model=self.model, tx=self.tx,
                           make_batch=train_input.HostInput.make_batch,
                           normalization='imagenet2012', label_smoothing=0.0,
-                          dropout_key=jax.random.key(2)),
+                          dropout_key=jax.random.key(2), teacher_model=self.teacher_model,
+                          temperature=1.0, distill_weight=1.0),
         donate_argnums=0)
     start = time.perf_counter()
-    self.compiled = self.step.lower(self.state_shape, self.data_shape).compile()
+    self.compiled = self.step.lower(self.state_shape, self.data_shape,
+                                    self.teacher_shape).compile()
     self.compile_seconds = time.perf_counter() - start
     self.cost = _cost(self.compiled)
 
@@ -113,12 +130,14 @@ class Step:
     batch = self.images.shape[0]
     images = jax.random.randint(jax.random.key(0), self.images.shape, 0, 256).astype(jnp.uint8)
     data = {'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % self.num_classes}
-    carry = [self.init(jax.random.key(1), dqnn_data.normalize(images, 'imagenet2012'))]
+    normalized = dqnn_data.normalize(images, 'imagenet2012')
+    carry = [self.init(jax.random.key(1), normalized)]
+    teacher_variables = self.teacher_model and self.teacher_init(jax.random.key(3), normalized)
 
     def run(steps):
       start = time.perf_counter()
       for _ in range(steps):
-        carry[0], step_metrics, finite = self.compiled(carry[0], data)
+        carry[0], step_metrics, finite = self.compiled(carry[0], data, teacher_variables)
       jax.block_until_ready((carry[0], step_metrics, finite))
       return (time.perf_counter() - start) / steps
 
@@ -241,6 +260,10 @@ def main():
   parser.add_argument('--dtype', default='bfloat16', choices=('bfloat16', 'float32'))
   parser.add_argument('--variants', default=','.join(DEFAULT_VARIANTS),
                       help=f'comma-separated, from {",".join(VARIANTS)}')
+  parser.add_argument('--teachers', default='',
+                      help='comma-separated models: the --distill_variant step distilled from a '
+                      'float teacher of each')
+  parser.add_argument('--distill_variant', default='dq', choices=sorted(VARIANTS))
   parser.add_argument('--dq_act_options', default='{}',
                       help='JSON options for DQ\'s activation quantizer, e.g. an approximation')
   parser.add_argument('--breakdown', action='store_true', help='per-module bytes (slower)')
@@ -262,19 +285,40 @@ def main():
   platform = jax.devices()[0].platform
   timed = args.time if args.time is not None else platform != 'cpu'
 
+  teachers = [t for t in args.teachers.split(',') if t]
+  if unknown_teachers := [t for t in teachers if t not in MODELS]:
+    raise SystemExit(f'--teachers must be models of dqnn.models; got {unknown_teachers}.')
+  if teachers and args.distill_variant not in variants:
+    variants.append(args.distill_variant)
   steps = {v: Step(args.model, v, args.batch, args.dtype, act_options) for v in variants}
+  distilled = {f'{args.distill_variant}+{t}': Step(args.model, args.distill_variant, args.batch,
+                                                   args.dtype, act_options, teacher=t)
+               for t in teachers}
+  steps.update(distilled)
   seconds = time_steps(steps, args.rounds, args.steps, args.warmup) if timed else {}
-  rows = breakdown(args.model, args.dtype, steps, act_options) if args.breakdown else []
+  plain = {name: step for name, step in steps.items() if name not in distilled}
+  rows = breakdown(args.model, args.dtype, plain, act_options) if args.breakdown else []
   base_cost = steps['float'].cost
   results = []
   for name, step in steps.items():
-    entry = {'variant': LABELS[name], 'compile_s': step.compile_seconds, **step.cost,
+    label = LABELS[name.split('+')[0]] + (f' + {name.split("+")[1]} teacher' if '+' in name
+                                           else '')
+    entry = {'variant': label, 'compile_s': step.compile_seconds, **step.cost,
              'bytes_vs_float': step.cost['bytes'] / base_cost['bytes'],
              'flops_vs_float': step.cost['flops'] / base_cost['flops']}
     if timed:
       entry['ms_per_step'] = 1e3 * seconds[name]
       entry['img_per_s'] = args.batch / seconds[name]
       entry['time_vs_float'] = seconds[name] / seconds['float']
+    if name in distilled:  # What the teacher adds to the same step without one.
+      student = steps[args.distill_variant]
+      entry.update(teacher=name.split('+')[1],
+                   extra_flops=step.cost['flops'] - student.cost['flops'],
+                   extra_bytes=step.cost['bytes'] - student.cost['bytes'],
+                   flops_vs_student=step.cost['flops'] / student.cost['flops'],
+                   bytes_vs_student=step.cost['bytes'] / student.cost['bytes'])
+      if timed:
+        entry['time_vs_student'] = seconds[name] / seconds[args.distill_variant]
     results.append(entry)
   header = {'model': args.model, 'batch': args.batch, 'dtype': args.dtype,
             'device': f'{jax.devices()[0].device_kind} x{jax.device_count()}',
@@ -292,6 +336,16 @@ def main():
     if timed:
       line += f' {r["ms_per_step"]:.1f} | {r["img_per_s"]:.0f} | {r["time_vs_float"]:.2f}x |'
     print(line)
+  if distilled:
+    print()
+    print('| distilled step | extra GFLOP | flops vs no teacher | extra GB accessed | '
+          'bytes vs no teacher |' + (' time vs no teacher |' if timed else ''))
+    print('| --- | ---: | ---: | ---: | ---: |' + (' ---: |' if timed else ''))
+    for r in results:
+      if 'teacher' in r:
+        line = (f'| {r["variant"]} | {r["extra_flops"] / 1e9:.4g} | {r["flops_vs_student"]:.3f}x '
+                f'| {r["extra_bytes"] / 1e9:.4g} | {r["bytes_vs_student"]:.3f}x |')
+        print(line + (f' {r["time_vs_student"]:.2f}x |' if timed else ''))
   if not timed:
     print(f'(step times not measured on {platform}; pass --time to measure them)')
   if rows:

@@ -75,6 +75,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Workdir of a float run to initialise weights from; '' or 'none' = from scratch. A recipe
   # that only makes sense as a fine-tune sets 'required': the run then needs one or 'none'.
   config.init_from = ''
+  # Distillation (dqnn/distill.py, docs/method.md): the loss becomes (1 - weight) * label CE +
+  # weight * temperature² * KL(teacher || student) at that temperature; weight 1 = label-free.
+  # The teacher is a finished run's workdir (any model, e.g. a larger float network), restored
+  # from its latest checkpoint, run in eval mode in teacher_dtype; '' = no teacher.
+  config.distill = ml_collections.ConfigDict({
+      'teacher_workdir': '',
+      'temperature': 1.0,
+      'weight': 1.0,
+      'teacher_dtype': 'float32',  # 'float32' | 'bfloat16'
+  })
   config.seed = 0
 
   # Evaluation and bookkeeping (in steps; eval 0 = only at the end).

@@ -24,6 +24,7 @@ from dqnn.schedules import SCHEDULES
 CONFIG_FILE = 'config.json'
 COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 ON_CORRUPT_CHECKPOINT = ('fallback', 'stop')
+TEACHER_DTYPES = ('float32', 'bfloat16')
 # `init_from` values that name no run: a fine-tune recipe's placeholder, and "from scratch".
 INIT_FROM_REQUIRED, INIT_FROM_NONE = 'required', 'none'
 
@@ -121,6 +122,10 @@ SCHEMA: dict[str, Field] = {
     'label_smoothing': _number('in [0, 1)', lambda v: 0 <= v < 1),
     'bn_reestimation_batches': _int(0),
     'init_from': _string(f'a float run\'s workdir, or "" / {INIT_FROM_NONE!r} for none'),
+    'distill.teacher_workdir': _string('a finished run\'s workdir, or "" for no teacher'),
+    'distill.temperature': _number('> 0', lambda v: v > 0),
+    'distill.weight': _number('in [0, 1]', lambda v: 0 <= v <= 1),
+    'distill.teacher_dtype': _choice(TEACHER_DTYPES),
     'seed': _int(0),
     'eval_batch_size': _int(1, resumable=True),
     'log_every_steps': _int(1, resumable=True),

@@ -23,6 +23,7 @@ from dqnn import bn_reestimation
 from dqnn import checkpoint
 from dqnn import console
 from dqnn import data
+from dqnn import distill
 from dqnn import distributed
 from dqnn import metrics
 from dqnn import models
@@ -143,18 +144,31 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def train_step(state: TrainState, inputs: dict[str, Any], *, model, tx, make_batch,
-               normalization: str, label_smoothing: float, dropout_key: jax.Array):
-  """One optimizer step on the batch `make_batch(inputs)`; returns (state, metrics, finite)."""
+def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any = None, *,
+               model, tx, make_batch, normalization: str, label_smoothing: float,
+               dropout_key: jax.Array, teacher_model: Any = None,
+               temperature: float = 1.0, distill_weight: float = 1.0):
+  """One optimizer step on the batch `make_batch(inputs)`; returns (state, metrics, finite).
+
+  With a `teacher_model` (its variables passed as `teacher_variables`, so that they are arguments
+  of the compiled step rather than constants in it) the loss is `distill.distillation_loss`.
+  """
   batch = make_batch(inputs)
   images = data.normalize(batch['image'], normalization)
+  soft_targets = (None if teacher_model is None else
+                  distill.teacher_logits(teacher_model, teacher_variables, images, train=False))
 
   def loss_fn(params):
     logits, model_state = model.apply(
         {**state.variables(), 'params': params}, images, train=True,
         mutable=list(MODEL_STATE), rngs={'dropout': jax.random.fold_in(dropout_key, state.step)})
-    loss = metrics.cross_entropy(logits, batch['label'], label_smoothing).mean()
-    return loss, (logits, model_state)
+    if soft_targets is None:
+      loss = metrics.cross_entropy(logits, batch['label'], label_smoothing)
+    else:
+      loss = distill.distillation_loss(logits, soft_targets, batch['label'],
+                                       temperature=temperature, weight=distill_weight,
+                                       label_smoothing=label_smoothing)
+    return loss.mean(), (logits, model_state)
 
   (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -163,6 +177,10 @@ def train_step(state: TrainState, inputs: dict[str, Any], *, model, tx, make_bat
       step=state.step + 1, params=params, opt_state=opt_state,
       **{name: model_state.get(name, {}) for name in MODEL_STATE})
   step_metrics = {'loss': loss, 'top1': metrics.correct_top_k(logits, batch['label'], 1).mean()}
+  if soft_targets is not None:
+    step_metrics['distill_loss'] = distill.soft_cross_entropy(logits, soft_targets,
+                                                              temperature).mean()
+    step_metrics['teacher_top1'] = metrics.correct_top_k(soft_targets, batch['label'], 1).mean()
   return new_state, step_metrics, jnp.isfinite(loss) & _all_finite(params)
 
 
@@ -261,10 +279,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   tx = create_optimizer(config, schedule)
   rng = jax.random.key(config.seed)
   normalization = data.normalization(info.name)
+  # Read before anything is written: a teacher that does not fit is an error before training.
+  teacher = (distill.load_teacher(config, num_classes=info.num_classes,
+                                  image_size=info.image_size)
+             if distill.enabled(config) else None)
+  teacher_variables = None if teacher is None else _replicate(teacher.variables, replicated)
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, make_batch=train_input.make_batch,
                         normalization=normalization, label_smoothing=config.label_smoothing,
-                        dropout_key=jax.random.fold_in(rng, 1)),
+                        dropout_key=jax.random.fold_in(rng, 1),
+                        teacher_model=None if teacher is None else teacher.model,
+                        temperature=config.distill.temperature,
+                        distill_weight=config.distill.weight),
       out_shardings=replicated, donate_argnums=0)
 
   global_images = jax.ShapeDtypeStruct(
@@ -314,6 +340,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                             **{name: variables[name] for name in MODEL_STATE})
       logging.info('Initialised from the float run in %s.', init_from)
     state = _replicate(state, replicated)
+  if teacher is not None:
+    distill.check_and_record(teacher, workdir, resuming=start_step > 0,
+                             allow_change=config.allow_config_change, write=is_main)
   if is_main:
     run_config.write(config, workdir, step=start_step)
 
@@ -357,7 +386,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       run_eval(start_step, state)
     with _Preemption(manager) as preemption:
       while step < total_steps:
-        state, step_metrics, finite = step_fn(state, train_input.next())
+        state, step_metrics, finite = step_fn(state, train_input.next(), teacher_variables)
         step += 1
         pending_finite.append((step, finite))
         train_sums = step_metrics if train_sums is None else jax.tree.map(

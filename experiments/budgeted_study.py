@@ -20,6 +20,12 @@ Data: the training images are a class-balanced subset of the train split that
 The study prepares it once under `--runs_dir`. The held-out split is carved from the CIFAR-100
 training file: it is not the official test set.
 
+The `distill` group fine-tunes W2A2 DQ, LQ-Nets and LSQ (and DQ at W2A1 and W3A3) with a
+float teacher (`config.distill`, label-free at temperature 1 as N2UQ, and DQ once mixed with the
+labels): the float ResNet-20 of the same seed, which each fine-tune also starts from, and a float
+ResNet-56 (about 3x its flops and parameters). Their no-teacher pairs are the `fine_tune` and
+`claims` groups' rows: run `--groups=fine_tune,claims,distill` to compare.
+
 Each row is a plain config file plus overrides (`Row.overrides`, dotted config paths). Each
 row's workdir lives under `--runs_dir` (checkpoints stay there); its config, metrics and summary
 are copied to `<record_dir>/<row>/`, and `<record_dir>/results.md` (the table with mean and
@@ -82,6 +88,10 @@ MIXED_BATCHES = 2
 # every run uses its config's own rate (0.1); a fine-tune starts ten times lower, as the
 # quantized ImageNet configs and the earlier CIFAR study do.
 FINE_TUNE_LR = 0.01
+# A teacher about 3x ResNet-20's size (flops and parameters) for the distill group.
+LARGE_TEACHER_MODEL = {'model': 'cifar_resnet56'}
+# The label-free distillation N2UQ trains with; the `_mixed` row halves it with the labels.
+DISTILL = {'distill.temperature': 1.0, 'distill.weight': 1.0}
 METHODS = (('dq', 'DQ', {'quant.weight_quantizer': 'dq', 'quant.act_quantizer': 'dq'}),
            ('lqnets', 'LQ-Nets', {'quant.weight_quantizer': 'lqnets',
                                   'quant.act_quantizer': 'lqnets'}),
@@ -145,6 +155,8 @@ GROUPS = {
              'vs floored and RMS channel weights at A2 and A1',
     'mixed': 'per-layer bits (dqnn.mixed_precision, from the float run) within the BOPs of '
              'uniform W2A2, for DQ and LSQ; loss vs proxy sensitivity',
+    'distill': 'W2A2 DQ, LQ-Nets, LSQ (and DQ W2A1, W3A3) fine-tuned with a float teacher: the '
+               'float ResNet-20 of the same seed, and a float ResNet-56',
 }
 
 
@@ -161,10 +173,16 @@ class Row:
   # 'loss' or 'proxy': per-layer bits allocated from the float run by that sensitivity within
   # the BOPs of the row's own (uniform) config, as `dqnn.mixed_precision --like` does.
   mixed: str = ''
+  teacher: str = ''  # Name of the row whose run teaches this one ('' = no teacher).
 
   @property
   def name(self) -> str:
     return f'{self.cell}_s{self.seed}'
+
+  @property
+  def needs(self) -> tuple[str, ...]:
+    """The rows that must have finished before this one starts."""
+    return tuple(name for name in (self.init_from, self.teacher) if name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +321,39 @@ def _mixed(scale: Scale, seed: int) -> list[Row]:
   return out
 
 
+def _distill(scale: Scale, seed: int) -> list[Row]:
+  """Fine-tunes with a float teacher: the float ResNet-20 they start from, or a ResNet-56."""
+  epochs = scale.fine_tune_epochs[0]
+  dq = METHODS[0][2]
+  large = Row('fp_resnet56', 'Float ResNet-56 (the larger teacher)', FLOAT_CONFIG,
+              {'num_epochs': scale.float_epochs, **LARGE_TEACHER_MODEL}, seed, 'distill')
+  teachers = (('kd', f'fp_s{seed}', 'the float ResNet-20 of its seed'),
+              ('kd56', large.name, 'the float ResNet-56 of its seed'))
+
+  def taught(cell, description, overrides, teacher):
+    return dataclasses.replace(
+        _fine_tune(cell, description, epochs, seed, 'distill', {**DISTILL, **overrides}),
+        teacher=teacher)
+
+  out = [large]
+  out += [taught(f'w2a2_{key}_ft{epochs}_{suffix}', f'W2A2 {label}, fine-tuned {epochs} '
+                 f'epochs, label-free distillation from {teacher_label}', overrides, teacher)
+          for key, label, overrides in METHODS for suffix, teacher, teacher_label in teachers]
+  out.append(taught(f'w2a2_dq_ft{epochs}_kd_mixed', f'W2A2 DQ, fine-tuned {epochs} epochs, '
+                    'half label loss, half distillation from the float ResNet-20 of its seed',
+                    {**dq, 'distill.weight': 0.5}, f'fp_s{seed}'))
+  out.append(taught(f'w2a1_dq_ft{epochs}_kd', f'W2A1 DQ, fine-tuned {epochs} epochs, '
+                    'label-free distillation from the float ResNet-20 of its seed',
+                    {**dq, 'quant.a_bits': 1}, f'fp_s{seed}'))
+  w3a3 = {**dq, 'quant.w_bits': 3, 'quant.a_bits': 3}
+  out.append(_fine_tune(f'w3a3_dq_ft{epochs}', f'W3A3 DQ, fine-tuned {epochs} epochs (no '
+                        'teacher)', epochs, seed, 'distill', w3a3))
+  out.append(taught(f'w3a3_dq_ft{epochs}_kd', f'W3A3 DQ, fine-tuned {epochs} epochs, '
+                    'label-free distillation from the float ResNet-20 of its seed', w3a3,
+                    f'fp_s{seed}'))
+  return out
+
+
 def rows(scale: Scale) -> list[Row]:
   """Every row of the study at `scale`, in the order they start (the float runs first)."""
   out = [_float_row(scale, seed) for seed in scale.seeds]
@@ -314,7 +365,7 @@ def rows(scale: Scale) -> list[Row]:
               f'W2A2 {label}, from scratch {scale.scratch_epochs} epochs', W2A2_CONFIG,
               {'num_epochs': scale.scratch_epochs, **overrides}, seed, 'scratch')
           for seed in scale.seeds for key, label, overrides in METHODS]
-  for make in (_recipes, _claims, _depthwise, _no_bn, _mixed):
+  for make in (_recipes, _claims, _depthwise, _no_bn, _mixed, _distill):
     out += [row for seed in scale.seeds for row in make(scale, seed)]
   return out
 
@@ -379,6 +430,21 @@ def comparisons(scale: Scale) -> list[Comparison]:
                         'Mixed precision, the same bits: DQ vs LSQ'))
   out.append(Comparison(f'w2a2_mixed_dq_{first}', f'w2a2_mixed_dq_proxy_{first}',
                         'Mixed-precision DQ: bits by measured loss vs by the proxy'))
+  for key, label, _ in METHODS:
+    for suffix, teacher in (('kd', 'ResNet-20'), ('kd56', 'ResNet-56')):
+      out.append(Comparison(f'w2a2_{key}_{first}_{suffix}', f'w2a2_{key}_{first}',
+                            f'{label}: float {teacher} teacher vs none'))
+    out.append(Comparison(f'w2a2_{key}_{first}_kd56', f'w2a2_{key}_{first}_kd',
+                          f'{label}: ResNet-56 teacher vs ResNet-20 teacher'))
+  for suffix, teacher in (('kd', 'ResNet-20'), ('kd56', 'ResNet-56')):
+    for other, label, _ in METHODS[1:]:
+      out.append(Comparison(f'w2a2_dq_{first}_{suffix}', f'w2a2_{other}_{first}_{suffix}',
+                            f'with a {teacher} teacher: DQ vs {label}'))
+  out.append(Comparison(f'w2a2_dq_{first}_kd_mixed', f'w2a2_dq_{first}_kd',
+                        'DQ: half labels, half teacher vs teacher only'))
+  for bits in ('w2a1', 'w3a3'):
+    out.append(Comparison(f'{bits}_dq_{first}_kd', f'{bits}_dq_{first}',
+                          f'DQ {bits.upper()}: ResNet-20 teacher vs none'))
   return out
 
 
@@ -418,6 +484,8 @@ def build_config(row: Row, scale: Scale, data_dir: str, runs_dir: Path, runlocal
   config.weight_images = False
   if row.init_from:
     config.init_from = str(runs_dir / row.init_from)
+  if row.teacher:
+    config.distill.teacher_workdir = str(runs_dir / row.teacher)
   for dotted, value in row.overrides.items():
     _set(config, dotted, value)
   return base.runlocal(config) if runlocal else config
@@ -526,7 +594,8 @@ def run_one(row: Row, scale: Scale, args) -> int:
     shutil.copy(workdir / name, record / name)
   summary = {'row': row.name, 'cell': row.cell, 'description': row.description,
              'group': row.group, 'config_file': row.config_file, 'overrides': row.overrides,
-             'seed': row.seed, 'init_from': row.init_from, 'scale': scale.name,
+             'seed': row.seed, 'init_from': row.init_from, 'teacher': row.teacher,
+             'scale': scale.name,
              'steps': final['step'], 'eval_top1': last_eval['top1'],
              'eval_loss': last_eval['loss'], 'wall_s': round(total_wall, 1),
              **({'eval_top1_before_bn_reestimation': before['top1']} if before else {}),
@@ -542,9 +611,10 @@ def _done(row: Row, record_dir: Path) -> bool:
 
 
 def _retrained(selected: list[Row], runs_dir: Path, record_dir: Path) -> set[str]:
-  """Recorded float rows whose workdir is gone (a cleaned or another machine's runs_dir) while
-  a selected fine-tune still needs them: they train again, and must match their record."""
-  needed = {row.init_from for row in selected if row.init_from and not _done(row, record_dir)}
+  """Recorded rows whose workdir is gone (a cleaned or another machine's runs_dir) while a
+  selected row still needs them (to start from, or as its teacher): they train again, and must
+  match their record."""
+  needed = {name for row in selected if not _done(row, record_dir) for name in row.needs}
   return {name for name in needed if _finished(runs_dir / name) is None}
 
 
@@ -614,8 +684,8 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
               f'{runs_dir / (row.name + ".log")}', flush=True)
     busy = ({row.name for row in pending} | {row.name for row, _, _ in running}
             | {row.name for row in failed})
-    ready = [row for row in pending if not row.init_from or (
-        _done(by_name[row.init_from], record_dir) and row.init_from not in busy)]
+    ready = [row for row in pending if all(
+        _done(by_name[name], record_dir) and name not in busy for name in row.needs)]
     if ready and free:
       row, cores = ready[0], free.pop(0)
       pending.remove(row)
@@ -623,8 +693,8 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
       running.append((row, _spawn(row, scale, args, cores), cores))
       continue
     if not running and pending:
-      missing = sorted({row.init_from for row in pending})
-      print(f'not started (their float runs {missing} are not selected or failed): '
+      missing = sorted({name for row in pending for name in row.needs})
+      print(f'not started (the runs they need {missing} are not selected or failed): '
             f'{[row.name for row in pending]}', flush=True)
       return failed + pending
     time.sleep(2)
@@ -752,7 +822,7 @@ def _check_record_dir(scale: Scale, record_dir: Path) -> None:
 
 def _select(scale: Scale, args) -> list[Row]:
   """The rows to run, in order: `--only`'s, or those of `--groups` group by group; each after
-  the float run it fine-tunes from."""
+  the rows it needs (the float run it fine-tunes from, its teacher)."""
   every = rows(scale)
   if args.only:
     wanted = args.only.split(',')
@@ -768,7 +838,7 @@ def _select(scale: Scale, args) -> list[Row]:
     if unknown:
       raise SystemExit(f'Unknown groups {unknown}; choose from {", ".join(GROUPS)}.')
     chosen = [row for group in groups for row in every if row.group == group]
-  floats = {row.init_from for row in chosen}
+  floats = {name for row in chosen for name in row.needs}
   return [row for row in every if row.name in floats and row not in chosen] + chosen
 
 

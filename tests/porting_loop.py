@@ -5,7 +5,8 @@ step under `jax.shard_map` with `lax.pmean` — with the guide's changes applied
 invariant after each step and prints a JSON report. Run by tests/test_porting.py in a
 subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=2) with argv[1] the variant:
 `wrap_decays`, `l2_in_loss` (the loss keeps its L2 term, masked with `decay_mask`) or
-`l2_unmasked` (the original example's term, on every matrix: wrap_optimizer warns).
+`l2_unmasked` (the original example's term, on every matrix: wrap_optimizer warns) or `distill`
+(the loss is `dqnn.distill.distillation_loss` against a float teacher's logits).
 """
 import functools
 import json
@@ -22,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from jax.sharding import Mesh, PartitionSpec as P
 
+from dqnn import distill
 from dqnn import optim
 from dqnn import quantizers
 from dqnn.layers import QuantConv, check_replicated, sync_quant_stats
@@ -44,20 +46,37 @@ class CNN(nn.Module):
     return nn.Dense(10)(x.mean((1, 2)))
 
 
+class FloatTeacher(nn.Module):
+  """A float network trained before (here: freshly initialised), the student's teacher."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(16, (3, 3))(x)))
+    return nn.Dense(10)(x.mean((1, 2)))
+
+
 class TrainState(train_state.TrainState):
   batch_stats: dict
   quant_stats: dict  # the quantizers' state, beside BatchNorm's
 
 
-def train_step(state, images, labels, l2_in_loss):
+def train_step(state, images, labels, teacher_variables, l2_in_loss, teacher):
+  # The teacher in eval mode, no gradient; its variables are replicated like the state's.
+  soft_targets = (None if teacher is None else
+                  distill.teacher_logits(teacher, teacher_variables, images, train=False))
+
   def loss_fn(params):
     logits, new = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats, 'quant_stats': state.quant_stats},
         images, train=True, mutable=['batch_stats', 'quant_stats'])
+    if soft_targets is None:
+      per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    else:
+      per_example = distill.distillation_loss(logits, soft_targets, labels, temperature=4.0,
+                                              weight=0.5)
     # The mean over every device's examples (under shard_map, gradients of the replicated
     # parameters are then the global-batch gradients).
-    loss = jax.lax.pmean(optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
-                         'batch')
+    loss = jax.lax.pmean(per_example.mean(), 'batch')
     if l2_in_loss:  # masked: only the float kernels (L2 on a DQ index or on levels breaks DQ)
       mask = (optim.decay_mask(params) if l2_in_loss == 'masked'
               else jax.tree.map(lambda p: p.ndim > 1, params))  # the original example's term
@@ -85,7 +104,7 @@ def check_invariants(before, after):
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(after))
 
 
-def main(l2_in_loss):
+def main(l2_in_loss, with_teacher):
   assert jax.device_count() == 2, jax.devices()
   mesh = Mesh(np.array(jax.devices()), ('batch',))
   rng = np.random.default_rng(0)
@@ -99,13 +118,17 @@ def main(l2_in_loss):
   state = TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                             batch_stats=variables['batch_stats'],
                             quant_stats=variables['quant_stats'])
-  step = jax.jit(jax.shard_map(functools.partial(train_step, l2_in_loss=l2_in_loss), mesh=mesh,
-                               in_specs=(P(), P('batch'), P('batch')), out_specs=(P(), P())))
+  teacher = FloatTeacher() if with_teacher else None
+  teacher_variables = (teacher.init(jax.random.key(1), images, train=False)
+                       if with_teacher else None)
+  step = jax.jit(jax.shard_map(
+      functools.partial(train_step, l2_in_loss=l2_in_loss, teacher=teacher), mesh=mesh,
+      in_specs=(P(), P('batch'), P('batch'), P()), out_specs=(P(), P())))
   losses = []
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     for _ in range(3):
-      new_state, loss = step(state, images, labels)
+      new_state, loss = step(state, images, labels, teacher_variables)
       check_invariants(state, new_state)
       state, losses = new_state, losses + [float(loss)]
     jax.effects_barrier()
@@ -125,5 +148,5 @@ def main(l2_in_loss):
 
 
 if __name__ == '__main__':
-  main(l2_in_loss={'wrap_decays': None, 'l2_in_loss': 'masked',
-                   'l2_unmasked': 'unmasked'}[sys.argv[1]])
+  main(l2_in_loss={'l2_in_loss': 'masked', 'l2_unmasked': 'unmasked'}.get(sys.argv[1]),
+       with_teacher=sys.argv[1] == 'distill')

@@ -21,7 +21,7 @@ def _run_on_two_devices(script_name, *args):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize('variant', ['wrap_decays', 'l2_in_loss'])
+@pytest.mark.parametrize('variant', ['wrap_decays', 'l2_in_loss', 'distill'])
 def test_ported_flax_loop_keeps_dq_invariants_on_two_devices(variant):
   report = _run_on_two_devices('porting_loop.py', variant)
   assert report['restored_equal'] and report['eval_finite'], report

@@ -47,7 +47,7 @@ def test_a_field_the_schema_does_not_know_is_refused_with_the_nearest_name():
 
 def test_the_schema_lists_exactly_the_fields_of_the_base_config():
   fields = set(run_config._flat(base.get_base_config().to_dict(),  # pylint: disable=protected-access
-                                groups=frozenset({'optimizer', 'schedule'})))
+                                groups=frozenset({'optimizer', 'schedule', 'distill'})))
   assert fields == set(run_config.SCHEMA)
   for name in run_config.RESUMABLE_FIELDS:  # What may change on resume is stated in base.py too.
     assert run_config.SCHEMA[name].resumable

@@ -27,6 +27,17 @@ def test_step_cost_reports_dq_bytes_and_flops_against_float():
   assert dq_step['bytes_vs_float'] == pytest.approx(dq_step['bytes'] / float_step['bytes'])
 
 
+def test_step_cost_reports_what_a_teacher_adds_to_the_step():
+  report = json.loads(_run('benchmarks/step_cost.py', '--model=_cifar_resnet_tiny', '--batch=8',
+                           '--variants=float', '--teachers=_cifar_resnet_tiny', '--time',
+                           '--rounds=1', '--steps=1', '--warmup=0', '--json'))
+  *_, dq_step, distilled = report['steps']
+  assert distilled['variant'] == 'DQ W2A2 + _cifar_resnet_tiny teacher'
+  assert distilled['extra_flops'] > 0 and distilled['extra_bytes'] > 0
+  assert distilled['flops_vs_student'] == pytest.approx(distilled['flops'] / dq_step['flops'])
+  assert distilled['time_vs_student'] > 0
+
+
 def test_train_throughput_quick_times_both_policies():
   rows = json.loads(_run('benchmarks/train_throughput.py', '--models=_cifar_resnet_tiny',
                          '--cifar_batch=8', '--steps=1', '--warmup=0', '--json'))

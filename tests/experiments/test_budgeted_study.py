@@ -30,8 +30,9 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   names = [row.name for row in rows]
   assert len(names) == len(set(names))
   # Float, fine-tunes, from scratch, 5 recipes, 9 claims, 4 MobileNetV2 (float + 3), 9 without
-  # BatchNorm (float + 8).
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 9 + 4 + 9
+  # BatchNorm (float + 8), 11 distill (ResNet-56 float + 3 methods x 2 teachers + mixed + W2A1
+  # + W3A3 with and without a teacher).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 9 + 4 + 9 + 11
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -116,6 +117,36 @@ def test_rows_differ_from_their_baseline_in_the_named_setting_only():
   assert dict(_config(CPU, 'w2a1_no_bn_dq_rms_ft1_s0').quant.act_options) == {'weighting': 'rms'}
   float_no_bn = _config(CPU, 'fp_no_bn_s0')
   assert float_no_bn.model == 'cifar_resnet20_no_bn' and float_no_bn.quant.a_bits == 32
+
+
+@pytest.mark.parametrize('scale', [CPU, GPU], ids=['cpu', 'gpu'])
+def test_distill_rows_pair_each_method_with_and_without_a_teacher_of_the_same_seed(scale):
+  rows = _rows(scale)
+  epochs = scale.fine_tune_epochs[0]
+  runs = pathlib.Path('/runs')
+  for seed in scale.seeds:
+    large = _config(scale, f'fp_resnet56_s{seed}')
+    assert large.model == 'cifar_resnet56' and large.quant.w_bits == 32
+    for method in ('dq', 'lqnets', 'lsq'):
+      without = _config(scale, f'w2a2_{method}_ft{epochs}_s{seed}')
+      assert not without.distill.teacher_workdir
+      for suffix, teacher in (('kd', f'fp_s{seed}'), ('kd56', f'fp_resnet56_s{seed}')):
+        name = f'w2a2_{method}_ft{epochs}_{suffix}_s{seed}'
+        config = _config(scale, name)
+        assert rows[name].needs == (f'fp_s{seed}', teacher)
+        assert config.distill.teacher_workdir == str(runs / teacher)
+        assert (config.distill.weight, config.distill.temperature) == (1.0, 1.0)
+        # The teacher is the one difference from the row without one.
+        config.distill = without.distill
+        assert config.to_dict() == without.to_dict()
+    for bits, (w, a) in (('w2a1', (2, 1)), ('w3a3', (3, 3))):
+      taught = _config(scale, f'{bits}_dq_ft{epochs}_kd_s{seed}')
+      assert (taught.quant.w_bits, taught.quant.a_bits) == (w, a)
+      assert taught.distill.teacher_workdir == str(runs / f'fp_s{seed}')
+    assert _config(scale, f'w2a2_dq_ft{epochs}_kd_mixed_s{seed}').distill.weight == 0.5
+  chosen = _selection(groups='distill')
+  assert chosen[:2] == ['fp_s0', 'fp_s1'] and chosen.index('fp_resnet56_s1') < chosen.index(
+      f'w2a2_dq_ft{CPU.fine_tune_epochs[0]}_kd56_s1')
 
 
 def test_every_comparison_names_two_cells_of_the_scale():
@@ -214,6 +245,16 @@ def test_runlocal_study_runs_records_and_resumes(tmp_path):
   again = _study(tmp_path, only)
   assert again.returncode == 0, again.stdout + again.stderr
   assert not [line for line in again.stdout.splitlines() if line.startswith('start ')]
+
+
+def test_runlocal_distill_row_trains_with_its_teacher(tmp_path):
+  result = _study(tmp_path, '--only=w2a2_dq_ft1_kd_s0')
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert result.stdout.index('start fp_s0') < result.stdout.index('start w2a2_dq_ft1_kd_s0')
+  recorded = json.loads((tmp_path / 'record' / 'w2a2_dq_ft1_kd_s0' / 'config.json').read_text())
+  assert recorded['distill']['teacher_workdir'] == str(tmp_path / 'runs' / 'fp_s0')
+  metrics = (tmp_path / 'record' / 'w2a2_dq_ft1_kd_s0' / 'metrics.jsonl').read_text()
+  assert 'distill_loss' in metrics
 
 
 def test_bad_selection_is_one_clear_error(tmp_path):
