@@ -37,6 +37,9 @@ class ConfigChangedError(ValueError):
   """A resumed run's config differs from the one its workdir was trained with."""
 
 
+_NOT_ADDED = object()  # A field every saved config has.
+
+
 @dataclasses.dataclass(frozen=True)
 class Field:
   """What one config field may hold, and what a change to it means.
@@ -50,6 +53,9 @@ class Field:
   resumable: bool = False
   shapes_state: bool = False
   choices: tuple[str, ...] = ()  # For a name: the nearest one is suggested.
+  # For a field added after runs were saved: what its absence from a saved config.json means
+  # (the behaviour before the field existed), so that those runs resume with that value.
+  absent_means: Any = _NOT_ADDED
 
 
 def _is_int(value) -> bool:
@@ -122,10 +128,11 @@ SCHEMA: dict[str, Field] = {
     'label_smoothing': _number('in [0, 1)', lambda v: 0 <= v < 1),
     'bn_reestimation_batches': _int(0),
     'init_from': _string(f'a float run\'s workdir, or "" / {INIT_FROM_NONE!r} for none'),
-    'distill.teacher_workdir': _string('a finished run\'s workdir, or "" for no teacher'),
-    'distill.temperature': _number('> 0', lambda v: v > 0),
-    'distill.weight': _number('in [0, 1]', lambda v: 0 <= v <= 1),
-    'distill.teacher_dtype': _choice(TEACHER_DTYPES),
+    'distill.teacher_workdir': _string('a finished run\'s workdir, or "" for no teacher',
+                                       absent_means=''),
+    'distill.temperature': _number('> 0', lambda v: v > 0, absent_means=1.0),
+    'distill.weight': _number('in [0, 1]', lambda v: 0 <= v <= 1, absent_means=1.0),
+    'distill.teacher_dtype': _choice(TEACHER_DTYPES, absent_means='float32'),
     'seed': _int(0),
     'eval_batch_size': _int(1, resumable=True),
     'log_every_steps': _int(1, resumable=True),
@@ -243,9 +250,13 @@ def _differing(before: Mapping[str, Any], now: Mapping[str, Any],
                wanted: Callable[[str], bool]) -> list[tuple[str, Any, Any]]:
   before, now = _flat(as_json(before)), _flat(as_json(now))
   missing = object()
+
+  def was(key):
+    return before.get(key, getattr(_schema_field(key), 'absent_means', missing))
+
   return [(key, before.get(key, '(absent)'), now.get(key, '(absent)'))
           for key in sorted(before.keys() | now.keys())
-          if wanted(key) and before.get(key, missing) != now.get(key, missing)]
+          if wanted(key) and was(key) != now.get(key, missing)]
 
 
 def _schema_field(key: str) -> Field | None:

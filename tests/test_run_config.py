@@ -114,6 +114,16 @@ def test_changed_fields_skip_the_resumable_ones():
   assert run_config.changed_fields(saved, tiny_config()) == []
 
 
+def test_a_run_saved_before_a_field_existed_resumes_with_the_value_its_absence_means():
+  saved = run_config.as_json(tiny_config())
+  del saved['distill']  # A config.json written before distillation existed.
+  assert run_config.changed_fields(saved, tiny_config()) == []
+  taught = tiny_config()
+  taught.distill.teacher_workdir = '/runs/teacher'
+  assert run_config.changed_fields(saved, taught) == [
+      "distill.teacher_workdir: was '(absent)', now '/runs/teacher'"]
+
+
 def test_write_keeps_a_differing_previous_config(tmp_path):
   workdir = str(tmp_path)
   run_config.write(tiny_config(), workdir, step=0)
