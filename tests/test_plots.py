@@ -19,6 +19,9 @@ from dqnn.variables import WEIGHT_QUANTIZER, layer_variables
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
 from run_testlib import trained_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
+pytestmark = pytest.mark.xdist_group('plots')
+
 _LAYERS = ('stage1.block0.conv1', 'stage1.block0.conv2', 'stage2.block0.conv1',
            'stage2.block0.conv2')
 

@@ -15,6 +15,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from run_testlib import trained_run  # Also puts the repository (configs/) on the path.
 from configs import base
+
+# One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
+pytestmark = pytest.mark.xdist_group('report')
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 

@@ -18,20 +18,14 @@ def _run(*args: str) -> str:
   return result.stdout
 
 
-def test_step_cost_reports_dq_bytes_and_flops_against_float():
+def test_step_cost_reports_dq_and_a_teachers_bytes_and_flops_against_float():
   report = json.loads(_run('benchmarks/step_cost.py', '--model=_cifar_resnet_tiny', '--batch=8',
-                           '--variants=float,dq', '--no-time', '--json'))
-  float_step, dq_step = report['steps']
+                           '--variants=float,dq', '--teachers=_cifar_resnet_tiny', '--time',
+                           '--rounds=1', '--steps=1', '--warmup=0', '--json'))
+  float_step, dq_step, distilled = report['steps']
   assert (float_step['variant'], dq_step['variant']) == ('float', 'DQ W2A2')
   assert float_step['bytes_vs_float'] == 1.0 and dq_step['bytes'] > 0 and dq_step['flops'] > 0
   assert dq_step['bytes_vs_float'] == pytest.approx(dq_step['bytes'] / float_step['bytes'])
-
-
-def test_step_cost_reports_what_a_teacher_adds_to_the_step():
-  report = json.loads(_run('benchmarks/step_cost.py', '--model=_cifar_resnet_tiny', '--batch=8',
-                           '--variants=float', '--teachers=_cifar_resnet_tiny', '--time',
-                           '--rounds=1', '--steps=1', '--warmup=0', '--json'))
-  *_, dq_step, distilled = report['steps']
   assert distilled['variant'] == 'DQ W2A2 + _cifar_resnet_tiny teacher'
   assert distilled['extra_flops'] > 0 and distilled['extra_bytes'] > 0
   assert distilled['flops_vs_student'] == pytest.approx(distilled['flops'] / dq_step['flops'])

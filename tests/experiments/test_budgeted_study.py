@@ -31,8 +31,8 @@ def test_every_scale_has_float_methods_by_mode_and_seed(scale):
   assert len(names) == len(set(names))
   # Float, fine-tunes, from scratch, 5 recipes, 9 claims, 4 MobileNetV2 (float + 3), 9 without
   # BatchNorm (float + 8), 11 distill (ResNet-56 float + 3 methods x 2 teachers + mixed + W2A1
-  # + W3A3 with and without a teacher).
-  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 9 + 4 + 9 + 11
+  # + W3A3 with and without a teacher), 3 mixed precision (DQ and LSQ, DQ by the proxy).
+  per_seed = 1 + 3 * len(scale.fine_tune_epochs) + 3 + 5 + 9 + 4 + 9 + 11 + 3
   assert len(rows) == per_seed * len(scale.seeds) and len(scale.seeds) >= 2
   # Float runs start first: every fine-tune waits for one.
   assert [row.name for row in rows[:len(scale.seeds)]] == [f'fp_s{s}' for s in scale.seeds]
@@ -228,33 +228,48 @@ def _study(tmp_path, *flags):
 
 
 def test_runlocal_study_runs_records_and_resumes(tmp_path):
-  only = '--only=fp_s0,w2a2_dq_ft1_s0,w2a2_lsq_scratch4_s0'
+  """A fine-tune, a from-scratch row, a distilled row and a mixed-precision row, then a resume."""
+  rows = ('fp_s0', 'w2a2_dq_ft1_s0', 'w2a2_lsq_scratch4_s0', 'w2a2_dq_ft1_kd_s0',
+          'w2a2_mixed_dq_proxy_ft1_s0')
+  only = '--only=' + ','.join(rows)
   first = _study(tmp_path, only)
   assert first.returncode == 0, first.stdout + first.stderr
-  assert first.stdout.index('start fp_s0') < first.stdout.index('start w2a2_dq_ft1_s0')
-  for name in ('fp_s0', 'w2a2_dq_ft1_s0', 'w2a2_lsq_scratch4_s0'):
-    summary = json.loads((tmp_path / 'record' / name / study.SUMMARY).read_text())
+  for after in rows[1:]:
+    if after != 'w2a2_lsq_scratch4_s0':
+      assert first.stdout.index('start fp_s0') < first.stdout.index(f'start {after}')
+  record = tmp_path / 'record'
+  for name in rows:
+    summary = json.loads((record / name / study.SUMMARY).read_text())
     assert summary['steps'] == 4 and 0.0 <= summary['eval_top1'] <= 1.0
-    recorded = json.loads((tmp_path / 'record' / name / 'config.json').read_text())
+    recorded = json.loads((record / name / 'config.json').read_text())
     assert recorded['model'] == '_cifar_resnet_tiny'
     assert recorded['dataset'] == 'cifar100_sample'
-  fine_tune = json.loads((tmp_path / 'record' / 'w2a2_dq_ft1_s0' / 'config.json').read_text())
+  fine_tune = json.loads((record / 'w2a2_dq_ft1_s0' / 'config.json').read_text())
   assert fine_tune['init_from'] == str(tmp_path / 'runs' / 'fp_s0')
-  table = (tmp_path / 'record' / 'results.md').read_text()
+  taught = json.loads((record / 'w2a2_dq_ft1_kd_s0' / 'config.json').read_text())
+  assert taught['distill']['teacher_workdir'] == str(tmp_path / 'runs' / 'fp_s0')
+  assert 'distill_loss' in (record / 'w2a2_dq_ft1_kd_s0' / 'metrics.jsonl').read_text()
+  mixed_record = record / 'w2a2_mixed_dq_proxy_ft1_s0'
+  mixed = json.loads((mixed_record / study.SUMMARY).read_text())['mixed_precision']
+  assert mixed['sensitivity'] == 'proxy' and mixed['bops'] <= mixed['budget_bops']
+  overrides = json.loads((mixed_record / 'config.json').read_text())['quant']['overrides']
+  assert {layer: [o['w_bits'], o['a_bits']] for layer, o in overrides.items()} == mixed['bits']
+  table = (record / 'results.md').read_text()
   assert all(f'`{cell}`' in table for cell in ('fp', 'w2a2_dq_ft1', 'w2a2_lsq_scratch4'))
+  assert '| `w2a2_mixed_dq_proxy_ft1_s0` | proxy |' in table
   again = _study(tmp_path, only)
   assert again.returncode == 0, again.stdout + again.stderr
   assert not [line for line in again.stdout.splitlines() if line.startswith('start ')]
-
-
-def test_runlocal_distill_row_trains_with_its_teacher(tmp_path):
-  result = _study(tmp_path, '--only=w2a2_dq_ft1_kd_s0')
-  assert result.returncode == 0, result.stdout + result.stderr
-  assert result.stdout.index('start fp_s0') < result.stdout.index('start w2a2_dq_ft1_kd_s0')
-  recorded = json.loads((tmp_path / 'record' / 'w2a2_dq_ft1_kd_s0' / 'config.json').read_text())
-  assert recorded['distill']['teacher_workdir'] == str(tmp_path / 'runs' / 'fp_s0')
-  metrics = (tmp_path / 'record' / 'w2a2_dq_ft1_kd_s0' / 'metrics.jsonl').read_text()
-  assert 'distill_loss' in metrics
+  # The float run's workdir is gone (a cleaned runs_dir): a new fine-tune trains it again,
+  # checked against its record, before starting from it.
+  recorded_float = (record / 'fp_s0' / study.SUMMARY).read_text()
+  shutil.rmtree(tmp_path / 'runs' / 'fp_s0')
+  later = _study(tmp_path, '--only=w2a2_lsq_ft1_s0')
+  assert later.returncode == 0, later.stdout + later.stderr
+  assert 'fp_s0 trained again: the same top-1 as its record' in (
+      tmp_path / 'runs' / 'fp_s0.log').read_text()
+  assert later.stdout.index('done fp_s0') < later.stdout.index('start w2a2_lsq_ft1_s0')
+  assert (record / 'fp_s0' / study.SUMMARY).read_text() == recorded_float
 
 
 def test_bad_selection_is_one_clear_error(tmp_path):
@@ -282,26 +297,3 @@ def test_selection_runs_groups_in_order_after_the_float_runs_they_need():
   assert no_bn[0] == 'fp_no_bn_s0' and len(no_bn) == 18 and 'fp_s0' not in no_bn
   everything = _selection()
   assert sorted(everything) == sorted(_rows(CPU)) and everything[:2] == ['fp_s0', 'fp_s1']
-
-
-def test_a_mixed_row_allocates_within_the_uniform_budget_and_a_lost_float_run_trains_again(
-    tmp_path):
-  first = _study(tmp_path, '--only=w2a2_mixed_dq_proxy_ft1_s0')
-  assert first.returncode == 0, first.stdout + first.stderr
-  record = tmp_path / 'record' / 'w2a2_mixed_dq_proxy_ft1_s0'
-  mixed = json.loads((record / study.SUMMARY).read_text())['mixed_precision']
-  assert mixed['sensitivity'] == 'proxy' and mixed['bops'] <= mixed['budget_bops']
-  overrides = json.loads((record / 'config.json').read_text())['quant']['overrides']
-  assert {layer: [o['w_bits'], o['a_bits']] for layer, o in overrides.items()} == mixed['bits']
-  table = (tmp_path / 'record' / 'results.md').read_text()
-  assert '| `w2a2_mixed_dq_proxy_ft1_s0` | proxy |' in table
-  # The float run's workdir is gone (a cleaned runs_dir): a new fine-tune trains it again,
-  # checked against its record, before starting from it.
-  recorded_float = (tmp_path / 'record' / 'fp_s0' / study.SUMMARY).read_text()
-  shutil.rmtree(tmp_path / 'runs' / 'fp_s0')
-  second = _study(tmp_path, '--only=w2a2_dq_ft1_s0')
-  assert second.returncode == 0, second.stdout + second.stderr
-  assert 'fp_s0 trained again: the same top-1 as its record' in (
-      tmp_path / 'runs' / 'fp_s0.log').read_text()
-  assert second.stdout.index('done fp_s0') < second.stdout.index('start w2a2_dq_ft1_s0')
-  assert (tmp_path / 'record' / 'fp_s0' / study.SUMMARY).read_text() == recorded_float

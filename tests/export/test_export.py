@@ -16,6 +16,9 @@ from dqnn import export
 from dqnn import runs
 from dqnn.export import format as fmt
 
+# One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
+pytestmark = pytest.mark.xdist_group('export')
+
 _IMAGES = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
 
 

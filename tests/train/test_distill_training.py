@@ -16,6 +16,9 @@ from dqnn import train
 import sharded_train
 from train_testlib import patch_train_batches, read_metrics, restore_raw_state, tiny_config
 
+# One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
+pytestmark = pytest.mark.xdist_group('distill_training')
+
 
 @pytest.fixture(scope='module')
 def teacher_dir(cifar_data_dir, tmp_path_factory) -> str:

@@ -18,6 +18,9 @@ from dqnn import distributed
 import multiprocess_worker
 from train_testlib import checkpoint_steps, read_metrics, restore_raw_state
 
+# One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
+pytestmark = pytest.mark.xdist_group('multiprocess')
+
 WORKER = pathlib.Path(__file__).with_name('multiprocess_worker.py')
 TIMEOUT_S = 300
 
