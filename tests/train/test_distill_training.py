@@ -2,7 +2,6 @@
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 
@@ -14,7 +13,8 @@ from dqnn import distill
 from dqnn import run_config
 from dqnn import train
 import sharded_train
-from train_testlib import patch_train_batches, read_metrics, restore_raw_state, tiny_config
+from train_testlib import (patch_train_batches, read_metrics, restore_raw_state,
+                           sigterm_in_step, tiny_config)
 
 # One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
 pytestmark = pytest.mark.xdist_group('distill_training')
@@ -49,13 +49,8 @@ def test_a_student_trains_with_its_teacher_and_resumes_as_a_straight_run(
   record = json.loads((tmp_path / 'straight' / distill.TEACHER_FILE).read_text())
   assert record['workdir'] == teacher_dir and record['step'] == 2
 
-  def sigterm_in_step_2(index, batch):
-    if index == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return batch
-
   with monkeypatch.context() as patch:
-    patch_train_batches(patch, sigterm_in_step_2)
+    patch_train_batches(patch, sigterm_in_step(1))
     assert train.train_and_evaluate(config, resumed)['step'] == 2
   assert train.train_and_evaluate(config, resumed)['step'] == 4
   assert _without_timing(read_metrics(resumed)) == _without_timing(read_metrics(straight))

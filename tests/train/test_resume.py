@@ -1,6 +1,4 @@
 """Resuming: an interrupted run (SIGTERM, then a crash) ends exactly where a straight run does."""
-import os
-import signal
 
 import jax
 import numpy as np
@@ -8,7 +6,7 @@ import pytest
 
 from dqnn import train
 from train_testlib import (checkpoint_steps, patch_train_batches, read_metrics,
-                           restore_raw_state, tiny_config)
+                           restore_raw_state, sigterm_in_step, tiny_config)
 
 
 def _without_timing(records):
@@ -27,13 +25,8 @@ def test_sigterm_and_crash_then_resume_equal_a_straight_run(cifar_data_dir, tmp_
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   train.train_and_evaluate(config, straight)
 
-  def sigterm_in_step_2(index, batch):
-    if index == 1:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return batch
-
   with monkeypatch.context() as patch:
-    patch_train_batches(patch, sigterm_in_step_2)
+    patch_train_batches(patch, sigterm_in_step(1))
     final = train.train_and_evaluate(config, resumed)
   # SIGTERM finishes the step, saves it and returns instead of killing the process.
   assert final['step'] == 2

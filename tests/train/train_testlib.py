@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import signal
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -78,6 +79,16 @@ def patch_train_batches(monkeypatch, on_batch) -> None:
   original = train.training_input
   monkeypatch.setattr(train, 'training_input',
                       lambda *args: _ObservedInput(original(*args), on_batch))
+
+
+def sigterm_in_step(step_index: int):
+  """An `on_batch` for `patch_train_batches` that sends this process SIGTERM when step
+  `step_index`'s batch is drawn (a scheduler's kill in the middle of the run)."""
+  def on_batch(index, batch):
+    if index == step_index:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+  return on_batch
 
 
 def checkpoint_steps(workdir) -> list[int]:
