@@ -43,13 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
 from dqnn import data
+from dqnn import run_builder
 from dqnn import runs
 from dqnn import train
 from dqnn.data import datasets
 from dqnn.data import pipeline
 from dqnn.data import prepare
 from dqnn.data import transforms
-from dqnn.data.train_input import training_input
 import tensorflow_datasets as tfds
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -235,11 +235,11 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
   info = data.get_dataset_info(config.dataset, data_dir)
   mesh = Mesh(np.array(jax.devices()), ('data',))
   model = runs.model_from_config(config, classes=info.num_classes)
-  tx = train.create_optimizer(config, lambda step: 0.01)
+  tx = run_builder.create_optimizer(config, lambda step: 0.01)
   results = {}
   for on_device in (False, True):
     config.input_on_device = on_device
-    train_input = training_input(config, info, mesh)
+    train_input = run_builder.training_input(config, info, mesh)
     step = jax.jit(lambda state, inputs, make_batch=train_input.make_batch: train.train_step(
         state, inputs, model=model, tx=tx, make_batch=make_batch, normalization='cifar100',
         label_smoothing=0.0, dropout_key=jax.random.key(2)), donate_argnums=0)

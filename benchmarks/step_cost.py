@@ -44,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
 from dqnn import data as dqnn_data
+from dqnn import run_builder
 from dqnn import runs
 from dqnn import train
 from dqnn.data import train_input
@@ -99,7 +100,7 @@ class Step:
     self.size = MODELS[model_name].image_size
     self.num_classes = _num_classes(model_name)
     self.model = runs.model_from_config(config, classes=self.num_classes)
-    self.tx = train.create_optimizer(config, optax.constant_schedule(0.01))
+    self.tx = run_builder.create_optimizer(config, optax.constant_schedule(0.01))
     self.images = jax.ShapeDtypeStruct((batch, self.size, self.size, 3), jnp.float32)
     self.init = jax.jit(functools.partial(train.initial_state, self.model, self.tx))
     self.state_shape = jax.eval_shape(self.init, jax.random.key(1), self.images)

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import base
 from dqnn import data as dqnn_data
+from dqnn import run_builder
 from dqnn import runs
 from dqnn import train
 from dqnn.data import train_input
@@ -51,7 +52,7 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   config.quant.w_bits = config.quant.a_bits = bits
   size = MODELS[model_name].image_size
   model = runs.model_from_config(config, classes=100)
-  tx = train.create_optimizer(config, optax.constant_schedule(0.01))
+  tx = run_builder.create_optimizer(config, optax.constant_schedule(0.01))
   mesh = Mesh(np.array(jax.devices()), ('data',))
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   images = jax.random.randint(jax.random.key(0), (batch, size, size, 3), 0, 256).astype(jnp.uint8)

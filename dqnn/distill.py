@@ -28,7 +28,6 @@ from dqnn import checkpoint
 from dqnn import files
 from dqnn import metrics
 from dqnn import runs
-from dqnn.data import datasets
 from dqnn.run_config import ConfigChangedError, ConfigError
 
 TEACHER_FILE = 'teacher.json'
@@ -87,15 +86,6 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
   return bool(config.get('distill') and config.distill.teacher_workdir)
 
 
-def _trained_image_size(config: ml_collections.ConfigDict) -> int:
-  """The input resolution a run trained at."""
-  if config.get('image_size'):
-    return config.image_size
-  if config.dataset in datasets.SUPPORTED_DATASETS:
-    return datasets.spec(config.dataset).image_size
-  return runs.image_size(config)
-
-
 def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
                  image_size: int) -> Teacher:
   """The teacher `config.distill` names, checked against the student's classes and input size.
@@ -109,7 +99,7 @@ def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
   except FileNotFoundError as error:
     raise ConfigError(f'distill.teacher_workdir: {error}') from None
   teacher_classes = runs.num_classes(teacher_config)
-  teacher_size = _trained_image_size(teacher_config)
+  teacher_size = runs.image_size(teacher_config)
   if (teacher_classes, teacher_size) != (num_classes, image_size):
     raise ConfigError(
         f'distill.teacher_workdir={workdir!r}: the teacher ({teacher_config.model} on '
@@ -117,7 +107,7 @@ def load_teacher(config: ml_collections.ConfigDict, *, num_classes: int,
         f'{teacher_size}, this run {num_classes} classes at {image_size}x{image_size}. Use a '
         'teacher trained on this dataset at this image size.')
   teacher_config.dtype = config.distill.teacher_dtype
-  model = runs.model_from_config(teacher_config, classes=teacher_classes)
+  model = runs.model_from_config(teacher_config)
   with checkpoint.create_manager(workdir, read_only=True) as manager:
     step = manager.latest_step()
   digests = checkpoint.digest(variables)

@@ -66,7 +66,7 @@ from dqnn import report
 from dqnn import run_config
 from dqnn import runs
 from dqnn import tracing
-from dqnn import train
+from dqnn import run_builder
 from dqnn import warm_start
 from dqnn.quantizers import FULL_PRECISION, check_bits, readout
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANTIZER,
@@ -198,7 +198,7 @@ class Probe:
   def __init__(self, config: ml_collections.ConfigDict, variables: dict[str, Any],
                num_batches: int):
     self.config = config
-    info = train.dataset_info(config)
+    info = run_builder.dataset_info(config)
     if not info.num_eval:
       raise ValueError(f"Dataset {config.dataset!r} has no eval split to measure on; use "
                        '--sensitivity=proxy or a run on a real dataset.')

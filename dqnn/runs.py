@@ -1,9 +1,10 @@
-"""A training run: what its config builds, and reading a finished run back from its workdir.
+"""A training run: its class count, image size and model, and reading a finished run back.
 
 A run's workdir holds `run_config.CONFIG_FILE` (the config it trains with),
 `metrics.METRICS_FILE` (one JSON record per log or eval step), TensorBoard event files and
 `checkpoint.CHECKPOINT_DIR/<step>`. Each file's name is defined by the module that writes it;
-training, export, report and plots build the model and read runs through this module.
+training (`dqnn.run_builder`), distillation, export, report and plots compute a config's class
+count, image size and model through this module, each in one function.
 """
 import json
 import os
@@ -30,8 +31,8 @@ def num_classes(config: ml_collections.ConfigDict) -> int:
 
 
 def image_size(config: ml_collections.ConfigDict) -> int:
-  """The input resolution: the config's, else the one the model was designed for."""
-  return config.image_size or models.model_spec(config.model).image_size
+  """The input resolution a config trains at: its `image_size`, else its dataset's."""
+  return config.image_size or datasets.spec(config.dataset).image_size
 
 
 def model_from_config(config: ml_collections.ConfigDict, *,

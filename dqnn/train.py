@@ -8,7 +8,7 @@ import functools
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from absl import logging
 import flax
@@ -26,14 +26,11 @@ from dqnn import data
 from dqnn import distill
 from dqnn import distributed
 from dqnn import metrics
-from dqnn import models
-from dqnn import optim
+from dqnn import run_builder
 from dqnn import run_config
-from dqnn import runs
-from dqnn import schedules
 from dqnn import summaries
 from dqnn import warm_start
-from dqnn.data.train_input import global_batch, training_input
+from dqnn.data.train_input import global_batch
 from dqnn.variables import BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS
 
 # The model state a training step updates besides the parameters.
@@ -100,46 +97,6 @@ class _Preemption:
     return self._manager.reached_preemption(step) if self._multi_process else self._received
 
 
-def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
-  """The dataset's facts; raises `data.DatasetNotFoundError` if it is not prepared,
-  `data.DatasetDamagedError` if a file of it is truncated or replaced."""
-  if config.dataset == data.FAKE:  # run_config.validate checked its sizes.
-    return data.DatasetInfo(name=data.FAKE, num_classes=config.num_classes,
-                            image_size=config.image_size, train_split='train', eval_split='',
-                            num_train=config.num_train_steps * config.global_batch_size,
-                            num_eval=0)
-  info = data.get_dataset_info(config.dataset, config.data_dir or None,
-                               download=config.download)
-  # Both splits, so that a damaged eval file stops the run now, not at its first eval.
-  for split in (info.train_split, info.eval_split):
-    data.check_split(info.name, config.data_dir or None, split)
-  return info
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, *, steps_per_epoch: int,
-                           total_steps: int) -> optax.Schedule:
-  opt = config.optimizer
-  return schedules.create_learning_rate_schedule(
-      schedule=config.schedule.name,
-      peak_learning_rate=opt.learning_rate * config.global_batch_size
-      / opt.learning_rate_batch_size,
-      total_steps=total_steps,
-      warmup_steps=int(config.schedule.warmup_epochs * steps_per_epoch),
-      decay_boundaries=tuple(int(e * steps_per_epoch) for e in config.schedule.decay_epochs),
-      decay_factor=config.schedule.decay_factor)
-
-
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  opt = config.optimizer
-  return optim.create_optimizer(
-      schedule, momentum=opt.momentum, nesterov=opt.nesterov,
-      weight_decay_rate=opt.weight_decay, level_lr_scale=opt.level_lr_scale,
-      level_gradient=opt.level_gradient, quantizer_optimizer=opt.quantizer_optimizer,
-      quantizer_lr_scale=opt.quantizer_lr_scale, residual=opt.residual,
-      level_update=opt.level_update)
-
-
 def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -202,11 +159,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model,
   return sums
 
 
-def evaluate(config, info, state, eval_fn, batch_sharding, batch_size) -> dict[str, float]:
-  """Loss, top-1, top-5 and per-layer activation error over the whole eval split."""
+def evaluate(batches: Iterator[dict[str, np.ndarray]], state: TrainState, eval_fn,
+             batch_sharding: NamedSharding) -> dict[str, float]:
+  """Loss, top-1, top-5 and per-layer activation error over `batches`, the whole eval split."""
   totals = None
-  for batch in data.eval_batches(info, config.data_dir or None, global_batch_size=batch_size,
-                                 image_size=info.image_size, num_workers=config.input_workers):
+  for batch in batches:
     sums = eval_fn(state, global_batch(batch, batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -254,65 +211,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   # Fails here, before anything is written, if the config is unusable or the dataset missing.
   run_config.validate(config)
-  distributed.check_train_batch_size(config.global_batch_size, jax.device_count())
-  eval_batch_size = distributed.eval_batch_size(config.eval_batch_size, jax.device_count())
-  # Process 0 downloads or prepares the dataset alone; the others then find it ready.
-  info = distributed.process_zero_first(lambda: dataset_info(config), 'to prepare the dataset')
-  if config.image_size:
-    info = data.DatasetInfo(**{**info.__dict__, 'image_size': config.image_size})
-  models.check_input_size(config.model, info.image_size)
-
   mesh = Mesh(np.array(jax.devices()), ('data',))
+  return _train(run_builder.build(config, mesh), mesh, config, workdir)
+
+
+def _train(run: run_builder.Run, mesh: Mesh, config: ml_collections.ConfigDict,
+           workdir: str) -> dict[str, Any]:
+  """The training loop over `run`'s objects. `config` is only recorded and compared on resume
+  (`run_config`, `checkpoint`): every setting the loop uses is in `run`."""
+  info, model, tx, train_input, teacher = run.info, run.model, run.tx, run.train_input, run.teacher
+  normalization, settings = run.normalization, run.loop
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
-
-  train_input = training_input(config, info, mesh)
-  steps_per_epoch = train_input.steps_per_epoch
-  if steps_per_epoch < 1:
-    raise ValueError(f'global_batch_size={config.global_batch_size} exceeds the '
-                     f'{info.num_train} training examples.')
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else int(config.num_epochs * steps_per_epoch))
-  schedule = learning_rate_schedule(config, steps_per_epoch=steps_per_epoch,
-                                    total_steps=total_steps)
-  model = runs.model_from_config(config, classes=info.num_classes)
-  tx = create_optimizer(config, schedule)
-  rng = jax.random.key(config.seed)
-  normalization = data.normalization(info.name)
-  # Read before anything is written: a teacher that does not fit is an error before training.
-  teacher = (distill.load_teacher(config, num_classes=info.num_classes,
-                                  image_size=info.image_size)
-             if distill.enabled(config) else None)
+  rng = jax.random.key(run.seed)
   teacher_variables = None if teacher is None else _replicate(teacher.variables, replicated)
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, make_batch=train_input.make_batch,
-                        normalization=normalization, label_smoothing=config.label_smoothing,
+                        normalization=normalization, label_smoothing=run.label_smoothing,
                         dropout_key=jax.random.fold_in(rng, 1),
                         teacher_model=None if teacher is None else teacher.model,
-                        temperature=config.distill.temperature,
-                        distill_weight=config.distill.weight),
+                        temperature=run.distill_temperature,
+                        distill_weight=run.distill_weight),
       out_shardings=replicated, donate_argnums=0)
 
   global_images = jax.ShapeDtypeStruct(
-      (config.global_batch_size, info.image_size, info.image_size, 3), jnp.float32)
+      (run.global_batch_size, info.image_size, info.image_size, 3), jnp.float32)
   abstract_state = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
       jax.eval_shape(functools.partial(initial_state, model, tx), rng, global_images))
 
   distributed.check_shared_workdir(workdir)
-  manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
+  manager = checkpoint.create_manager(workdir, max_to_keep=settings.keep_checkpoints)
   is_main = jax.process_index() == 0
   train_metrics = {}
   if manager.latest_step() is not None:
     state, start_step, train_metrics = checkpoint.restore(
-        manager, abstract_state, config, on_corrupt=config.on_corrupt_checkpoint,
-        trust_without_digest=config.get('trust_checkpoints_without_digest', False))
+        manager, abstract_state, config, on_corrupt=settings.on_corrupt_checkpoint,
+        trust_without_digest=settings.trust_checkpoints_without_digest)
     run_config.check_resume(config, run_config.read(workdir) or checkpoint.saved_config(
         manager, start_step), workdir=workdir, step=start_step)
-    if start_step > total_steps:
+    if start_step > run.total_steps:
       raise run_config.ConfigError(
-          f'{workdir} is at step {start_step}, past this run\'s {total_steps} steps: a run does '
-          f'not train backwards. Use --config.num_train_steps >= {start_step} to go on, a new '
+          f'{workdir} is at step {start_step}, past this run\'s {run.total_steps} steps: a run '
+          f'does not train backwards. Use --config.num_train_steps >= {start_step} to go on, a new '
           '--workdir for a shorter run, or dqnn.export / dqnn.report to use its checkpoint.')
     input_state = checkpoint.restore_input_state(manager, start_step)
     if input_state is None:
@@ -332,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     images = np.asarray(data.normalize(distributed.gather_global_batch(first['image']),
                                        normalization))
     state = initial_state(model, tx, rng, images)
-    if init_from := run_config.init_from_workdir(config):
+    if init_from := run.init_from:
       variables = warm_start.from_float(model, jax.device_get(state.variables()),
                                         checkpoint.restore_variables(init_from), images, rng)
       state = state.replace(params=variables['params'],
@@ -342,7 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = _replicate(state, replicated)
   if teacher is not None:
     distill.check_and_record(teacher, workdir, resuming=start_step > 0,
-                             allow_change=config.allow_config_change, write=is_main)
+                             allow_change=settings.allow_config_change, write=is_main)
   if is_main:
     run_config.write(config, workdir, step=start_step)
 
@@ -350,24 +291,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   log.truncate_after(start_step)
   eval_fn = jax.jit(functools.partial(eval_step, model=model, normalization=normalization),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-  reestimation_batches = config.get('bn_reestimation_batches', 0)
   bn_images = jax.jit(lambda inputs: data.normalize(train_input.make_batch(inputs)['image'],
                                                     normalization))
   bn_statistics_fn = jax.jit(functools.partial(bn_reestimation.batch_statistics, model),
                              out_shardings=replicated)
-  group_scales = {'learning_rate/levels': config.optimizer.level_lr_scale,
-                  'learning_rate/quantizer': config.optimizer.quantizer_lr_scale}
 
   final = {}
 
   def eval_due(step: int) -> bool:
-    return bool(info.num_eval) and (step == total_steps or (
-        config.eval_every_steps > 0 and step % config.eval_every_steps == 0))
+    return bool(info.num_eval) and (step == run.total_steps or (
+        settings.eval_every_steps > 0 and step % settings.eval_every_steps == 0))
 
   def run_eval(step: int, state: TrainState) -> None:
-    record = evaluate(config, info, state, eval_fn, batch_sharding, eval_batch_size)
+    record = evaluate(run.eval_batches(), state, eval_fn, batch_sharding)
     log.write(step, 'eval', record)
-    if config.weight_images and is_main:
+    if settings.weight_images and is_main:
       summaries.write_weight_images(log.writer, step, model, state.variables(),
                                     (info.image_size, info.image_size, 3))
     final.update({f'eval/{k}': v for k, v in record.items()})
@@ -385,39 +323,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    start_step)
       run_eval(start_step, state)
     with _Preemption(manager) as preemption:
-      while step < total_steps:
+      while step < run.total_steps:
         state, step_metrics, finite = step_fn(state, train_input.next(), teacher_variables)
         step += 1
         pending_finite.append((step, finite))
         train_sums = step_metrics if train_sums is None else jax.tree.map(
             jnp.add, train_sums, step_metrics)
         train_count += 1
-        is_last = step == total_steps
-        if step % config.log_every_steps == 0 or is_last:
+        is_last = step == run.total_steps
+        if step % settings.log_every_steps == 0 or is_last:
           _check_finite(pending_finite)
           now = time.monotonic()
-          lr = float(schedule(step - 1))
+          lr = float(run.schedule(step - 1))
           record = {name: float(v) / train_count
                     for name, v in jax.device_get(train_sums).items()}
           record.update({'learning_rate': lr,
                          'steps_per_sec': (step - last_step) / (now - last_time),
-                         **{name: lr * scale for name, scale in group_scales.items()}})
+                         **{name: lr * scale for name, scale in run.learning_rate_scales.items()}})
           log.write(step, 'train', record)
-          logging.info(console.progress_line(step, total_steps, record, config.global_batch_size,
+          logging.info(console.progress_line(step, run.total_steps, record, run.global_batch_size,
                                              1 / record['steps_per_sec']))
           final.update({f'train/{k}': v for k, v in record.items()})
           train_sums, train_count, last_time, last_step = None, 0, now, step
-        if is_last and reestimation_batches:
+        if is_last and run.bn_reestimation_batches:
           if info.num_eval:  # The same network before re-estimation, for comparison.
             log.write(step, BEFORE_BN_REESTIMATION, evaluate(
-                config, info, state, eval_fn, batch_sharding, eval_batch_size))
+                run.eval_batches(), state, eval_fn, batch_sharding))
           state = state.replace(batch_stats=bn_reestimation.reestimate(
               model, state.variables(), (bn_images(train_input.next())
-                                          for _ in range(reestimation_batches)),
+                                          for _ in range(run.bn_reestimation_batches)),
               bn_statistics_fn)[BATCH_STATS])
         preempted = preemption.reached(step)
-        if is_last or preempted or (config.checkpoint_every_steps
-                                    and step % config.checkpoint_every_steps == 0):
+        if is_last or preempted or (settings.checkpoint_every_steps
+                                    and step % settings.checkpoint_every_steps == 0):
           # Never save a non-finite state: the last good checkpoint must survive.
           _check_finite(pending_finite)
           checkpoint.save(manager, step, state, config,

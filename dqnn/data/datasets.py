@@ -170,14 +170,13 @@ def get_dataset_info(name: str,
   if dataset_spec.source == EMBEDDED:
     arrays = _embedded_arrays(name)
     num_train, num_eval = len(arrays['train_label']), len(arrays['test_label'])
-    num_classes = dataset_spec.num_classes
   else:
-    builder = load_builder(name, data_dir, download=download)
-    splits = builder.info.splits
+    splits = load_builder(name, data_dir, download=download).info.splits
     num_train = int(splits[dataset_spec.train_split].num_examples)
     num_eval = int(splits[dataset_spec.eval_split].num_examples)
-    num_classes = int(builder.info.features['label'].num_classes)
-  return DatasetInfo(name=name, num_classes=num_classes, image_size=dataset_spec.image_size,
+  # Classes and image size are the record's, the one source every reader of a config uses.
+  return DatasetInfo(name=name, num_classes=dataset_spec.num_classes,
+                     image_size=dataset_spec.image_size,
                      train_split=dataset_spec.train_split, eval_split=dataset_spec.eval_split,
                      num_train=num_train, num_eval=num_eval)
 

@@ -1,20 +1,32 @@
 """The training input a run steps through: host pipeline batches or batches formed on devices.
 
-Both kinds hand the jitted train step `inputs` and a `make_batch(inputs)` to trace inside it, and
-report their position (`get_state`), which checkpoints save so that a resumed run continues with
-exactly the next batch.
+Every kind (`TrainingInput`) hands the jitted train step `inputs` and a `make_batch(inputs)` to
+trace inside it, and reports its position (`get_state`), which checkpoints save so that a resumed
+run continues with exactly the next batch. Which kind a run uses is chosen by
+`dqnn.run_builder.training_input`; the functions here take plain arguments.
 """
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dqnn.data import datasets
 from dqnn.data import on_device
 from dqnn.data import pipeline
+
+
+class TrainingInput(Protocol):
+  """Training batches in order, resumable at any step."""
+  steps_per_epoch: int
+  make_batch: Callable[[Any], dict[str, jax.Array]]
+
+  def next(self) -> Any: ...
+
+  def get_state(self) -> dict[str, Any]: ...
+
+  def set_state(self, state: dict[str, Any]) -> None: ...
 
 
 class HostInput:
@@ -72,24 +84,30 @@ class DeviceInput:
           self._step, saved, self._data.num_devices, saved, saved)
 
 
-def training_input(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,
-                   mesh: Mesh) -> HostInput | DeviceInput:
-  """This run's training input, positioned at its first batch."""
-  batch_sharding = NamedSharding(mesh, P('data'))
-  steps_per_epoch = info.num_train // config.global_batch_size
-  if info.name == datasets.FAKE:
-    return HostInput(pipeline.fake_batches(global_batch_size=config.global_batch_size,
-                                           image_size=info.image_size,
-                                           num_classes=info.num_classes, seed=config.seed),
-                     batch_sharding, steps_per_epoch)
-  if config.input_on_device:
-    return DeviceInput(on_device.DeviceTrainData(info, config.data_dir or None, mesh,
-                                                 global_batch_size=config.global_batch_size,
-                                                 seed=config.seed))
-  batches = pipeline.train_dataset(info, config.data_dir or None,
-                                   global_batch_size=config.global_batch_size, seed=config.seed,
-                                   image_size=info.image_size, num_workers=config.input_workers)
-  return HostInput(iter(batches), batch_sharding, steps_per_epoch)
+def fake_input(info: datasets.DatasetInfo, mesh: Mesh, *, global_batch_size: int,
+               seed: int) -> HostInput:
+  """Synthetic batches of `info`'s shape (the 'fake' dataset)."""
+  return HostInput(pipeline.fake_batches(global_batch_size=global_batch_size,
+                                         image_size=info.image_size,
+                                         num_classes=info.num_classes, seed=seed),
+                   NamedSharding(mesh, P('data')), info.num_train // global_batch_size)
+
+
+def grain_input(info: datasets.DatasetInfo, data_dir: str | None, mesh: Mesh, *,
+                global_batch_size: int, seed: int, num_workers: int) -> HostInput:
+  """The grain host pipeline over the prepared training split."""
+  batches = pipeline.train_dataset(info, data_dir, global_batch_size=global_batch_size,
+                                   seed=seed, image_size=info.image_size,
+                                   num_workers=num_workers)
+  return HostInput(iter(batches), NamedSharding(mesh, P('data')),
+                   info.num_train // global_batch_size)
+
+
+def device_input(info: datasets.DatasetInfo, data_dir: str | None, mesh: Mesh, *,
+                 global_batch_size: int, seed: int) -> DeviceInput:
+  """Batches formed on the devices from the training split they hold."""
+  return DeviceInput(on_device.DeviceTrainData(info, data_dir, mesh,
+                                               global_batch_size=global_batch_size, seed=seed))
 
 
 def global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

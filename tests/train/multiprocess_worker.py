@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from dqnn import distributed
+from dqnn import run_builder
 from dqnn import train
 from dqnn.data.train_input import global_batch
 from train_testlib import tiny_config
@@ -58,7 +59,7 @@ class _StepBatches:
 
 
 def _with_batches(on_step=None):
-  train.training_input = lambda config, info, mesh: _StepBatches(config, info, mesh, on_step)
+  run_builder.training_input = lambda config, info, mesh: _StepBatches(config, info, mesh, on_step)
 
 
 def _config(data_dir, bits, evaluate=False):

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from dqnn import run_builder
 from dqnn import runs
 from dqnn import train
 from dqnn import warm_start
@@ -16,7 +17,7 @@ from train_testlib import tiny_config
 
 def _initial_state(config, num_classes, images, seed=0):
   model = runs.model_from_config(config, classes=num_classes)
-  tx = train.create_optimizer(config, optax.constant_schedule(0.01))
+  tx = run_builder.create_optimizer(config, optax.constant_schedule(0.01))
   return model, train.initial_state(model, tx, jax.random.key(seed), images)
 
 

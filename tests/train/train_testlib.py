@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:
 from configs import base
 
 from dqnn import checkpoint
-from dqnn import train
+from dqnn import run_builder
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 SHARED_DATA = pathlib.Path(
@@ -76,8 +76,8 @@ def patch_train_batches(monkeypatch, on_batch) -> None:
 
   The first call is the batch the state is initialised from, with the index of step 1.
   """
-  original = train.training_input
-  monkeypatch.setattr(train, 'training_input',
+  original = run_builder.training_input
+  monkeypatch.setattr(run_builder, 'training_input',
                       lambda *args: _ObservedInput(original(*args), on_batch))
 
 
