@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from dqnn.data import dali_input
 from dqnn.data import datasets
 from dqnn.data import on_device
 from dqnn.data import pipeline
@@ -73,7 +74,7 @@ class DeviceInput:
 
 
 def training_input(config: ml_collections.ConfigDict, info: datasets.DatasetInfo,
-                   mesh: Mesh) -> HostInput | DeviceInput:
+                   mesh: Mesh) -> HostInput | DeviceInput | dali_input.DaliInput:
   """This run's training input, positioned at its first batch."""
   batch_sharding = NamedSharding(mesh, P('data'))
   steps_per_epoch = info.num_train // config.global_batch_size
@@ -86,6 +87,10 @@ def training_input(config: ml_collections.ConfigDict, info: datasets.DatasetInfo
     return DeviceInput(on_device.DeviceTrainData(info, config.data_dir or None, mesh,
                                                  global_batch_size=config.global_batch_size,
                                                  seed=config.seed))
+  if config.get('input_backend') == 'dali':
+    return dali_input.DaliInput(info, config.data_dir or None, batch_sharding,
+                                global_batch_size=config.global_batch_size, seed=config.seed,
+                                image_size=info.image_size)
   batches = pipeline.train_dataset(info, config.data_dir or None,
                                    global_batch_size=config.global_batch_size, seed=config.seed,
                                    image_size=info.image_size, num_workers=config.input_workers)
