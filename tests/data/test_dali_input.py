@@ -1,6 +1,7 @@
 """Tests for the DALI training input (dqnn.data.dali_input) and `config.input_backend`."""
 import os
 import pathlib
+import subprocess
 import sys
 
 import jax
@@ -130,6 +131,36 @@ def test_set_state_continues_with_exactly_the_next_batch(imagenet_dir):
     want, got = straight.next(), resumed.next()
     for key in ('image', 'label'):
       np.testing.assert_array_equal(got[key], want[key])
+
+
+_TWO_DEVICE_BATCH = '''
+import sys
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax
+from dqnn.data import dali_input, datasets
+data_dir, out = sys.argv[1:]
+assert jax.local_device_count() == 2
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), P('data'))
+batch = dali_input.DaliInput(datasets.get_dataset_info('imagenet2012', data_dir), data_dir,
+                             sharding, global_batch_size=8, seed=3, image_size=16).next()
+assert [s.data.shape[0] for s in batch['image'].addressable_shards] == [4, 4]
+np.savez(out, **{key: np.asarray(value) for key, value in batch.items()})
+'''
+
+
+def test_each_device_decodes_its_rows_of_the_same_batch(imagenet_dir, tmp_path):
+  pytest.importorskip('nvidia.dali')
+  out = tmp_path / 'batch.npz'
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
+         'PYTHONPATH': os.pathsep.join([str(pathlib.Path(__file__).resolve().parents[2]),
+                                        os.environ.get('PYTHONPATH', '')])}
+  subprocess.run([sys.executable, '-c', _TWO_DEVICE_BATCH, imagenet_dir, str(out)], env=env,
+                 check=True)
+  two_devices, one_device = np.load(out), _dali_input(imagenet_dir, 16).next()
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(two_devices[key], one_device[key])
 
 
 def test_set_state_refuses_a_state_without_position(imagenet_dir):
