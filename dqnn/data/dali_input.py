@@ -29,8 +29,8 @@ from dqnn.data import transforms
 
 MISSING_DALI = ("NVIDIA DALI is not installed: pip install -e '.[dali]' (needs a CUDA 12 GPU "
                 'host) or use --config.input_backend=grain')
-# Batches read and cropped-window-drawn ahead of the step by grain's threads.
-_READ_AHEAD_BATCHES = 2
+# Threads that read examples and draw their windows ahead of the step (grain's, as the grain
+# path's own); DALI's threads decode.
 _READ_THREADS = 4
 
 
@@ -118,10 +118,10 @@ class DaliInput:
     examples, local_batch = pipeline.jpeg_train_examples(
         info, data_dir, crop_request, global_batch_size=global_batch_size, seed=seed,
         process_index=process_index, process_count=process_count)
-    self._requests = iter(examples.batch(local_batch, drop_remainder=True, batch_fn=list)
-                          .to_iter_dataset(grain.ReadOptions(
-                              num_threads=_READ_THREADS,
-                              prefetch_buffer_size=_READ_AHEAD_BATCHES)))
+    self._requests = iter(examples.to_iter_dataset(grain.ReadOptions(
+        num_threads=_READ_THREADS, prefetch_buffer_size=pipeline.PREFETCH)))
+    self._local_batch = local_batch
+    self._next_index = 0
     self._sharding = sharding
     self._global_batch_size = global_batch_size
     self._rows = _device_rows(sharding, global_batch_size, local_batch)
@@ -134,7 +134,8 @@ class DaliInput:
     self.steps_per_epoch = info.num_train // global_batch_size
 
   def next(self) -> dict[str, jax.Array]:
-    requests = next(self._requests)
+    requests = [next(self._requests) for _ in range(self._local_batch)]
+    self._next_index += 1
     images, labels = [], []
     for pipe, (device, start, stop) in zip(self._pipes, self._rows):
       for name in ('jpeg', 'anchor', 'shape', 'flip'):
@@ -153,13 +154,14 @@ class DaliInput:
     return inputs
 
   def get_state(self) -> dict[str, Any]:
-    return self._requests.get_state()
+    return {'next_index': self._next_index}
 
   def set_state(self, state: dict[str, Any]) -> None:
     if 'next_index' not in state:
       raise ValueError(f'Input state {state} holds no next_index; the DALI input resumes from a '
                        'grain or DALI run without input processes (input_workers=0).')
-    self._requests.set_state({'next_index': int(state['next_index'])})
+    self._next_index = int(state['next_index'])
+    self._requests.set_state({'next_index': self._next_index * self._local_batch})
 
 
 def _on_device(tensor, device: jax.Device) -> jax.Array:

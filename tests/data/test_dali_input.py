@@ -68,6 +68,14 @@ def test_missing_dali_is_one_error_before_training(imagenet_dir, tmp_path, monke
   assert not os.listdir(tmp_path)  # Nothing trained, nothing written.
 
 
+def test_training_imports_no_dali():
+  loaded = subprocess.run(
+      [sys.executable, '-c', 'import sys, dqnn.train, dqnn.data.dali_input; '
+       'print(sorted(m for m in sys.modules if m.startswith("nvidia.dali")))'],
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, check=True, capture_output=True, text=True)
+  assert loaded.stdout.strip() == '[]'
+
+
 @pytest.mark.parametrize('fields, hint', [
     ({'dataset': 'cifar100'}, 'decodes JPEG datasets only'),
     ({'dataset': 'fake', 'num_classes': 10, 'image_size': 32}, 'decodes JPEG datasets only'),
