@@ -67,13 +67,17 @@ def crop_request(example: dict, rng: np.random.Generator) -> dict[str, np.ndarra
 
 
 def _crop_pipeline(dali, *, batch_size: int, image_size: int, num_threads: int,
-                   device_id: int | None, seed: int):
-  """A DALI pipeline fed by `feed_input` (one batch per run): decode window, resize, flip."""
+                   device_id: int | None):
+  """A DALI pipeline fed by `feed_input` (one batch per run): decode window, resize, flip.
+
+  Nothing in it is random (dqnn drew the windows and flips) and it runs one fed batch at a time
+  (not pipelined), so its output is a pure function of what it was fed.
+  """
   fn, types = dali.fn, dali.types
   on_gpu = device_id is not None
 
   @dali.pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                     seed=seed, prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+                     prefetch_queue_depth=1, exec_pipelined=False)
   def crop():
     jpegs = fn.external_source(name='jpeg')
     anchors = fn.external_source(name='anchor')
@@ -129,20 +133,21 @@ class DaliInput:
     # DALI's CPU-only mode where the devices are not GPUs (its own device id is then None).
     self._pipes = [_crop_pipeline(
         dali, batch_size=stop - start, image_size=self._image_size, num_threads=num_threads,
-        device_id=device.local_hardware_id if device.platform == 'gpu' else None, seed=seed)
+        device_id=device.local_hardware_id if device.platform == 'gpu' else None)
         for device, start, stop in self._rows]
     self.steps_per_epoch = info.num_train // global_batch_size
 
   def next(self) -> dict[str, jax.Array]:
     requests = [next(self._requests) for _ in range(self._local_batch)]
     self._next_index += 1
-    images, labels = [], []
-    for pipe, (device, start, stop) in zip(self._pipes, self._rows):
+    for pipe, (_, start, stop) in zip(self._pipes, self._rows):
       for name in ('jpeg', 'anchor', 'shape', 'flip'):
         pipe.feed_input(name, [request[name] for request in requests[start:stop]])
-      images.append(_on_device(pipe.run()[0].as_tensor(), device))
-      labels.append(jax.device_put(
-          np.array([request['label'] for request in requests[start:stop]]), device))
+      pipe.schedule_run()  # The devices' pipelines decode at the same time.
+    images = [_on_device(pipe.outputs()[0].as_tensor(), device)
+              for pipe, (device, _, _) in zip(self._pipes, self._rows)]
+    labels = [jax.device_put(np.array([request['label'] for request in requests[start:stop]]),
+                             device) for device, start, stop in self._rows]
     size = self._image_size
     return {'image': jax.make_array_from_single_device_arrays(
                 (self._global_batch_size, size, size, 3), self._sharding, images),
