@@ -24,5 +24,8 @@ setuptools.setup(
         # convert_format`) needs TensorFlow; training, evaluation and export do not.
         'tf': ['tensorflow-cpu>=2.18; platform_machine == "x86_64"',
                'tensorflow>=2.18; platform_machine != "x86_64"'],
+        # --config.input_backend=dali: NVIDIA DALI decodes training JPEGs (nvJPEG on a CUDA 12
+        # GPU host; it also runs CPU-only, slower than the grain path).
+        'dali': ['nvidia-dali-cuda120'],
     },
 )

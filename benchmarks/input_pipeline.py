@@ -1,7 +1,7 @@
 """Input throughput, side by side in one run: ImageNet decode per CPU core, and CIFAR fed on-device.
 
     python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
-        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=2]
+        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=2] [--dali]
 
 1. ImageNet training images (decode + random-resized crop to 224 + flip + batch), for the
    previous decoder (Pillow, kept as the reference) and the new one (libjpeg-turbo through
@@ -15,8 +15,12 @@
      it does not depend on other load on the host) and the cores one H200 needs at 17,600 img/s;
    - the tf.data ops dqnn used before grain (TensorFlow's decode_and_crop_jpeg; needs the `[tf]`
      extra, skipped without it), from encoded bytes in memory.
+   - with `--dali` (NVIDIA DALI installed): dqnn's DALI input (`input_backend='dali'`), the
+     same examples, windows and flips, decoded by DALI: on a GPU host nvJPEG ('mixed'), else
+     DALI's CPU-only mode, labelled so; the global batch built on the devices, as training gets it.
    The last line printed is one JSON object of the end-to-end images per CPU-second:
-   {"original": N, "resized": N, "previous_original": N, "previous_resized": N}.
+   {"original": N, "resized": N, "previous_original": N, "previous_resized": N}, plus
+   "dali_original" and "dali_resized" with `--dali`.
 2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
    W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
    (`input_on_device`): median wall time of `--steps` timed steps, and images per CPU-second of
@@ -37,7 +41,7 @@ import time
 import jax
 import numpy as np
 import psutil
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -46,6 +50,7 @@ from dqnn import data
 from dqnn import run_builder
 from dqnn import runs
 from dqnn import train
+from dqnn.data import dali_input
 from dqnn.data import datasets
 from dqnn.data import pipeline
 from dqnn.data import prepare
@@ -120,6 +125,34 @@ def grain_rate(data_dir: str, batch: int, batches: int, workers: int,
   return _rate(iter(ds), batch, batches, buffered=max(workers, 1) * pipeline.PREFETCH)
 
 
+class _ReadyBatches:
+  """A training input's batches, each waited for on its devices."""
+
+  def __init__(self, train_input):
+    self._input = train_input
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return jax.block_until_ready(self._input.next())
+
+
+def dali_rate(data_dir: str, batch: int, batches: int) -> tuple[float, float]:
+  """DALI's decode of the grain path's windows, into the global batch on this host's devices."""
+  info = data.get_dataset_info('imagenet2012', data_dir)
+  sharding = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), PartitionSpec('data'))
+  train_input = dali_input.DaliInput(info, data_dir, sharding, global_batch_size=batch, seed=0,
+                                     image_size=IMAGE_SIZE)
+  return _rate(_ReadyBatches(train_input), batch, batches)
+
+
+def _dali_mode() -> str:
+  if jax.devices()[0].platform == 'gpu':
+    return 'nvJPEG, device=mixed'
+  return 'CPU-only mode, DALI\'s CPU decoder'
+
+
 def _cpu_us(fn, items) -> float:
   """CPU microseconds per item of `fn(item)`, in this thread, the best of 3 rounds."""
   best = math.inf
@@ -174,7 +207,8 @@ def stage_costs(data_dir: str, batch: int, decoder: str) -> dict[str, float]:
   return costs
 
 
-def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> dict[str, float]:
+def imagenet_table(folder: str, batch: int, batches: int, workers: int,
+                   dali: bool = False) -> dict[str, float]:
   """Prints the per-stage and end-to-end tables; returns end-to-end img per CPU-second."""
   jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
   reference = tf_data_rate(jpegs, batch, batches)
@@ -192,8 +226,12 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> dict[
         stages[label, kind]['worker hand-off'] = max(0.0, 1e6 / rates[1] - 1e6 / threads[1])
         rows.append((label, decoder, kind, rates))
         result[kind if label == 'new' else f'previous_{kind}'] = round(rates[1])
+      if dali:
+        rates = dali_rate(data_dir, batch, batches)
+        rows.append(('dali', _dali_mode(), kind, rates))
+        result[f'dali_{kind}'] = round(rates[1])
   print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}), {os.cpu_count()} CPU '
-        f'cores, jax {jax.__version__}, {_versions()}.')
+        f'cores, jax {jax.__version__}, {_versions(dali)}.')
   print('\nCPU microseconds per image by stage (one thread; worker hand-off = end to end with '
         f'{workers} worker processes minus the same pipeline in threads):')
   names = list(next(iter(stages.values())))
@@ -216,9 +254,11 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int) -> dict[
   return result
 
 
-def _versions() -> str:
+def _versions(dali: bool) -> str:
   import PIL
   found = [f'Pillow {PIL.__version__}', f'grain {importlib.metadata.version("grain")}']
+  if dali:
+    found.append(f'DALI {dali_input.import_dali().__version__}')
   for module, name in (('simplejpeg', 'simplejpeg'), ('cv2', 'OpenCV')):
     try:
       found.append(f'{name} {importlib.import_module(module).__version__}')
@@ -278,11 +318,17 @@ def main():
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--workers', type=int, default=os.cpu_count())
   parser.add_argument('--skip_cifar', action='store_true')
+  parser.add_argument('--dali', action='store_true',
+                      help='also measure the DALI input (needs NVIDIA DALI; CPU-only mode '
+                           'without a GPU)')
   args = parser.parse_args()
+  if args.dali:
+    dali_input.import_dali()  # Fails now, naming the fix, not after the grain measurements.
   print(f'jax {jax.__version__}, {jax.devices()[0].device_kind}')
   result = None
   if args.imagenet_folder:
-    result = imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers)
+    result = imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers,
+                            args.dali)
   if not args.skip_cifar:
     cifar_step_rates(args.cifar_data_dir or None, args.steps)
   if result:

@@ -26,6 +26,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # CIFAR-size splits can live on the accelerators, batched and augmented in the step.
   config.input_on_device = False
   config.input_workers = 0  # Host pipeline: decode/augment processes (0 = threads only).
+  # JPEG datasets: 'grain' (libjpeg-turbo/Pillow on host threads) or 'dali' (NVIDIA DALI: nvJPEG
+  # on the GPUs; the `dali` extra). The same examples, crop windows and flips either way.
+  config.input_backend = 'grain'
   config.num_classes = 0  # Only for dataset 'fake'; real datasets know theirs.
 
   # Model: a name from dqnn.models, compute dtype, and the quantization policy.

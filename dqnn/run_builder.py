@@ -12,7 +12,7 @@ import flax.linen as nn
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dqnn import data
 from dqnn import distill
@@ -22,6 +22,7 @@ from dqnn import optim
 from dqnn import run_config
 from dqnn import runs
 from dqnn import schedules
+from dqnn.data import dali_input
 from dqnn.data import train_input
 
 
@@ -87,6 +88,9 @@ def training_input(config: ml_collections.ConfigDict, info: data.DatasetInfo,
     return train_input.fake_input(info, mesh, **batches)
   if config.input_on_device:
     return train_input.device_input(info, config.data_dir or None, mesh, **batches)
+  if config.input_backend == run_config.DALI:
+    return dali_input.DaliInput(info, config.data_dir or None, NamedSharding(mesh, P('data')),
+                                **batches, image_size=info.image_size)
   return train_input.grain_input(info, config.data_dir or None, mesh, **batches,
                                  num_workers=config.input_workers)
 

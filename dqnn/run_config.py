@@ -27,6 +27,10 @@ ON_CORRUPT_CHECKPOINT = ('fallback', 'stop')
 TEACHER_DTYPES = ('float32', 'bfloat16')
 # `init_from` values that name no run: a fine-tune recipe's placeholder, and "from scratch".
 INIT_FROM_REQUIRED, INIT_FROM_NONE = 'required', 'none'
+# Who decodes and crops training JPEGs: grain's threads (dqnn.data.pipeline) or NVIDIA DALI
+# (dqnn.data.dali_input, the `dali` extra).
+GRAIN, DALI = 'grain', 'dali'
+INPUT_BACKENDS = (GRAIN, DALI)
 
 
 class ConfigError(ValueError):
@@ -100,6 +104,7 @@ SCHEMA: dict[str, Field] = {
     'image_size': _int(0),
     'input_on_device': _bool(),
     'input_workers': _int(0),
+    'input_backend': _choice(INPUT_BACKENDS, absent_means=GRAIN),
     'num_classes': _int(0, shapes_state=True),
     'model': _choice(MODELS, shapes_state=True),
     'dtype': _choice(COMPUTE_DTYPES),
@@ -191,6 +196,8 @@ def _relation_problems(config: ml_collections.ConfigDict) -> list[str]:
       and config.get('num_classes') and config.get('image_size')):
     problems.append(f'dataset={datasets.FAKE!r}: set num_train_steps, num_classes and '
                     'image_size (synthetic data has no size of its own).')
+  if config.get('input_backend') == DALI:
+    problems += _dali_problems(config)
   if config.get('init_from') == INIT_FROM_REQUIRED:
     problems.append(
         f'init_from: this recipe fine-tunes a float run (learning rate '
@@ -198,6 +205,19 @@ def _relation_problems(config: ml_collections.ConfigDict) -> list[str]:
         f'--config.init_from=<float run workdir>, or --config.init_from={INIT_FROM_NONE} to train '
         'from scratch with it.')
   return problems
+
+
+def _dali_problems(config: ml_collections.ConfigDict) -> list[str]:
+  dataset = config.get('dataset')
+  if dataset == datasets.FAKE or (dataset in datasets.SUPPORTED_DATASETS
+                                  and datasets.is_small(dataset)):
+    return [f"input_backend='dali': decodes JPEG datasets only, not {dataset!r}; use "
+            '--config.input_backend=grain.']
+  if config.get('input_on_device'):
+    return ["input_backend='dali' with input_on_device=True: the on-device input forms batches "
+            'without a host pipeline; use --config.input_on_device=False or '
+            '--config.input_backend=grain.']
+  return []
 
 
 def init_from_workdir(config: ml_collections.ConfigDict) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from absl import flags
 import grain
@@ -105,6 +105,26 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
                     'label': int32 [global_batch_size // process_count]}.
   """
   image_size = image_size or info.image_size
+  if datasets.spec(info.name).augmentation == specs.CIFAR_AUGMENTATION:
+    source, batch, host_seed = _host_train_split(info, data_dir, global_batch_size, seed,
+                                                 process_index, process_count)
+    ds = (grain.MapDataset.range(len(source)).seed(host_seed).shuffle().repeat()
+          .batch(batch, drop_remainder=True)
+          .random_map(functools.partial(_small_train_batch, source=source,
+                                        image_size=image_size)))
+  else:
+    examples, batch = jpeg_train_examples(
+        info, data_dir, functools.partial(_imagenet_train_example, image_size=image_size,
+                                          decoder=decoder),
+        global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+        process_count=process_count)
+    ds = examples.batch(batch, drop_remainder=True)
+  return _prefetched(ds, num_workers)
+
+
+def _host_train_split(info: datasets.DatasetInfo, data_dir: str | None, global_batch_size: int,
+                      seed: int, process_index: int | None, process_count: int | None):
+  """(this host's training examples, its batch size, its seed)."""
   process_index, process_count = process_layout(process_index, process_count)
   batch = local_batch_size(global_batch_size, process_count)
   start, end = host_slice(info.num_train, process_index, process_count)
@@ -112,18 +132,23 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
     raise ValueError(f'Host {process_index} holds {end - start} training examples, fewer than '
                      f'its batch of {batch}.')
   source = datasets.open_split(info.name, data_dir, info.train_split, start, end)
-  host_seed = _host_seed(seed, process_index)
-  if datasets.spec(info.name).augmentation == specs.CIFAR_AUGMENTATION:
-    ds = (grain.MapDataset.range(len(source)).seed(host_seed).shuffle().repeat()
-          .batch(batch, drop_remainder=True)
-          .random_map(functools.partial(_small_train_batch, source=source,
-                                        image_size=image_size)))
-  else:
-    ds = (grain.MapDataset.source(source).seed(host_seed).shuffle().repeat()
-          .random_map(functools.partial(_imagenet_train_example, image_size=image_size,
-                                        decoder=decoder))
-          .batch(batch, drop_remainder=True))
-  return _prefetched(ds, num_workers)
+  return source, batch, _host_seed(seed, process_index)
+
+
+def jpeg_train_examples(info: datasets.DatasetInfo, data_dir: str | None,
+                        augment: Callable[[dict, np.random.Generator], Any], *,
+                        global_batch_size: int, seed: int, process_index: int | None = None,
+                        process_count: int | None = None) -> tuple[grain.MapDataset, int]:
+  """This host's infinite shuffled JPEG examples, each `augment(example, rng)`, and its batch.
+
+  Element i is a pure function of (seed, host, i): grain shuffles by index, with a new
+  permutation each epoch, and seeds element i's generator by i. Batch k is elements
+  [k * batch, (k + 1) * batch). Every JPEG input (grain's, DALI's) draws from this one order.
+  """
+  source, batch, host_seed = _host_train_split(info, data_dir, global_batch_size, seed,
+                                               process_index, process_count)
+  return grain.MapDataset.source(source).seed(host_seed).shuffle().repeat().random_map(
+      augment), batch
 
 
 def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:

@@ -206,6 +206,24 @@ def imagenet_train(encoded: bytes, rng: np.random.Generator, image_size: int = 2
                      lambda: rng.random() < 0.5)
 
 
+def random_crop_window(width: int, height: int,
+                       rng: np.random.Generator) -> tuple[int, int, int, int, bool]:
+  """(left, top, crop width, crop height, flip): the draws `imagenet_train` makes from `rng` for
+  an image of that size, in its order, for decoders outside this module (DALI)."""
+  left, top, w, h = _random_resized_box(width, height, rng)
+  return int(left), int(top), int(w), int(h), bool(rng.random() < 0.5)
+
+
+def image_dimensions(encoded: bytes) -> tuple[int, int]:
+  """(width, height) of an encoded image, read from its header."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(io.BytesIO(encoded)) as probe:
+      return probe.size
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise UnreadableImageError(f'not a readable image ({e})') from e
+
+
 def imagenet_eval(encoded: bytes, image_size: int = 224,
                   decoder: str | None = None) -> np.ndarray:
   """Central crop (shorter side x 224/256) of a JPEG resized to uint8 [S, S, 3]."""
