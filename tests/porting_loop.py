@@ -3,10 +3,11 @@
 A typical Flax loop — `flax.training.train_state.TrainState`, `apply_gradients`, a per-device
 step under `jax.shard_map` with `lax.pmean` — with the guide's changes applied. Checks every DQ
 invariant after each step and prints a JSON report. Run by tests/test_porting.py in a
-subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=2) with argv[1] the variant:
-`wrap_decays`, `l2_in_loss` (the loss keeps its L2 term, masked with `decay_mask`) or
-`l2_unmasked` (the original example's term, on every matrix: wrap_optimizer warns) or `distill`
-(the loss is `dqnn.distill.distillation_loss` against a float teacher's logits).
+subprocess (XLA_FLAGS=--xla_force_host_platform_device_count=2) with the variants as arguments:
+`wrap_decays`, `l2_in_loss` (the loss keeps its L2 term, masked with `decay_mask`),
+`l2_unmasked` (the original example's term, on every matrix: wrap_optimizer warns) and `distill`
+(the loss is `dqnn.distill.distillation_loss` against a float teacher's logits); the last line
+is `{variant: report}`. One process runs them all: starting JAX is most of a variant's cost.
 """
 import functools
 import json
@@ -142,11 +143,13 @@ def main(l2_in_loss, with_teacher):
   same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state, restored)
   evaluated = model.apply({'params': restored.params, 'batch_stats': restored.batch_stats,
                            'quant_stats': restored.quant_stats}, images, train=False)
-  print(json.dumps({'losses': losses, 'restored_equal': all(jax.tree.leaves(same)),
-                    'warnings': [str(w.message) for w in caught],
-                    'eval_finite': bool(jnp.all(jnp.isfinite(evaluated)))}))
+  return {'losses': losses, 'restored_equal': all(jax.tree.leaves(same)),
+          'warnings': [str(w.message) for w in caught],
+          'eval_finite': bool(jnp.all(jnp.isfinite(evaluated)))}
 
 
 if __name__ == '__main__':
-  main(l2_in_loss={'l2_in_loss': 'masked', 'l2_unmasked': 'unmasked'}.get(sys.argv[1]),
-       with_teacher=sys.argv[1] == 'distill')
+  print(json.dumps({
+      variant: main(l2_in_loss={'l2_in_loss': 'masked', 'l2_unmasked': 'unmasked'}.get(variant),
+                    with_teacher=variant == 'distill')
+      for variant in sys.argv[1:]}))

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.xdist_group('porting_loop')  # One run of the loop.
+
 
 def _run_on_two_devices(script_name, *args):
   """The JSON report a script of tests/ prints last, run on 2 virtual CPU devices."""
@@ -21,15 +23,22 @@ def _run_on_two_devices(script_name, *args):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope='module')
+def ported_loop_reports():
+  return _run_on_two_devices('porting_loop.py', 'wrap_decays', 'l2_in_loss', 'distill',
+                             'l2_unmasked')
+
+
 @pytest.mark.parametrize('variant', ['wrap_decays', 'l2_in_loss', 'distill'])
-def test_ported_flax_loop_keeps_dq_invariants_on_two_devices(variant):
-  report = _run_on_two_devices('porting_loop.py', variant)
+def test_ported_flax_loop_keeps_dq_invariants_on_two_devices(variant, ported_loop_reports):
+  report = ported_loop_reports[variant]
   assert report['restored_equal'] and report['eval_finite'], report
   assert report['warnings'] == [], report  # e.g. no L2 on DQ parameters: it is masked
 
 
-def test_ported_loop_with_the_examples_unmasked_l2_term_warns_naming_decay_mask():
-  report = _run_on_two_devices('porting_loop.py', 'l2_unmasked')
+def test_ported_loop_with_the_examples_unmasked_l2_term_warns_naming_decay_mask(
+    ported_loop_reports):
+  report = ported_loop_reports['l2_unmasked']
   assert any('conv0/weight_quantizer, conv1/weight_quantizer' in warning and
              'dqnn.optim.decay_mask(params)' in warning for warning in report['warnings']), report
   assert report['losses'][-1] < report['losses'][0], report

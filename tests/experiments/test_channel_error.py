@@ -3,6 +3,7 @@ import math
 
 import jax
 import numpy as np
+import pytest
 
 from configs import base
 from configs import cifar100_mobilenetv2_fp
@@ -11,11 +12,22 @@ from dqnn import train
 from experiments import channel_error
 
 
-def test_measures_every_quantized_activation_of_a_float_run(tmp_path):
+pytestmark = pytest.mark.xdist_group('channel_error_float_run')  # One run for the module.
+
+
+@pytest.fixture(scope='module')
+def float_run(tmp_path_factory):
+  """A runlocal MobileNetV2 float run (depthwise and ordinary convolutions), 2 steps."""
   config = base.runlocal(cifar100_mobilenetv2_fp.get_config())
   config.num_train_steps = 2
   config.weight_images = False
-  train.train_and_evaluate(config, str(tmp_path))
+  workdir = tmp_path_factory.mktemp('float_run')
+  train.train_and_evaluate(config, str(workdir))
+  return config, workdir
+
+
+def test_measures_every_quantized_activation_of_a_float_run(float_run):
+  config, tmp_path = float_run
   quantized = channel_error.quantized_config(config, 1)
   assert (quantized.quant.w_bits, quantized.quant.a_bits) == (32, 1)
   assert config.quant.a_bits == 32  # The run's own config is left alone.
@@ -49,12 +61,8 @@ def test_measures_every_quantized_activation_of_a_float_run(tmp_path):
     assert 0.0 <= record['channels_better_with_channel_weighting'] <= 1.0
 
 
-def test_unnormalized_activations_are_the_relu_of_each_conv_output_before_batchnorm(tmp_path):
-  config = base.runlocal(cifar100_mobilenetv2_fp.get_config())
-  config.num_train_steps = 1
-  config.weight_images = False
-  train.train_and_evaluate(config, str(tmp_path))
-  config, variables = runs.read_workdir(str(tmp_path))
+def test_unnormalized_activations_are_the_relu_of_each_conv_output_before_batchnorm(float_run):
+  config, variables = runs.read_workdir(str(float_run[1]))
   images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)
   activations = channel_error.unnormalized_activations(config, variables, images)
 

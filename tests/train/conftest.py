@@ -1,36 +1,17 @@
-"""Fixtures for the training tests: mock datasets, the shared ImageNet sample, a compile cache."""
+"""Fixtures for the training tests: mock datasets and the shared ImageNet sample."""
 import os
 import pathlib
 
-import jax
 import pytest
 
 from dqnn.data import mock
 from train_testlib import SHARED_DATA
 
 
-@pytest.fixture(scope='session', autouse=True)
-def compilation_cache(tmp_path_factory) -> str:
-  """Shares compiled programs between the tests' runs; subprocess tests pass it on in the env.
-
-  Every run builds the same few programs, and compiling them dominates a tiny run's time.
-  """
-  directory = str(tmp_path_factory.mktemp('jax_cache'))
-  settings = {'jax_compilation_cache_dir': directory,
-              'jax_persistent_cache_min_compile_time_secs': 0,
-              'jax_persistent_cache_min_entry_size_bytes': -1}
-  for name, value in settings.items():
-    jax.config.update(name, value)
-  return directory
-
-
 @pytest.fixture
-def subprocess_env(compilation_cache) -> dict[str, str]:
-  """The environment for a CPU-only subprocess that shares the compile cache."""
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu',
-          'JAX_COMPILATION_CACHE_DIR': compilation_cache,
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
+def subprocess_env() -> dict[str, str]:
+  """The environment for a CPU-only subprocess (it shares the session's compile cache)."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu'}
 
 
 @pytest.fixture(scope='session')

@@ -71,16 +71,14 @@ def _finish(processes, returncodes=None) -> list[str]:
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory, cifar_data_dir, compilation_cache):
+def runs(tmp_path_factory, cifar_data_dir):
   """Output folders and per-process outputs of three runs made side by side.
 
   'one': 1 process of 2 devices, the reference. 'two': 2 processes of 1 device, the same
   global batches, where the last process finally dies. 'two_by_two': 2 processes of 2
   devices.
   """
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': compilation_cache,
-         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-         'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '-1'}
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   layouts = {'one': (1, 2, ['float_run', 'quant_run']),
              'two': (2, 1, ['float_run', 'quant_interrupted_then_resumed', 'peer_dies']),
              'two_by_two': (2, 2, ['float_run', 'unshared_workdir', 'sigterm_to_last_process'])}
