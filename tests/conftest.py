@@ -1,5 +1,9 @@
 """Shared test set-up: one JAX compile cache for the whole session, and the read-only data under
-../shared (skipped when absent)."""
+../shared (skipped when absent).
+
+An expensive fixture (a training run several tests read) is session-scoped even when one module
+uses it: xdist may run a module's tests apart, and a module-scoped fixture then runs again.
+"""
 import os
 import pathlib
 import shutil

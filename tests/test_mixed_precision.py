@@ -28,7 +28,7 @@ _BODY = ['stage1/block0/conv1', 'stage1/block0/conv2', 'stage2/block0/conv1',
          'stage2/block0/conv2']
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def float_run(tmp_path_factory):
   """(workdir, config, variables): 4 steps of the tiny CIFAR ResNet in float, mock CIFAR-100."""
   root = tmp_path_factory.mktemp('float_run')

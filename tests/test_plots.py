@@ -26,7 +26,7 @@ _LAYERS = ('stage1.block0.conv1', 'stage1.block0.conv2', 'stage2.block0.conv1',
            'stage2.block0.conv2')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def run(tmp_path_factory):
   return trained_run(tmp_path_factory)
 

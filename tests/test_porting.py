@@ -23,7 +23,7 @@ def _run_on_two_devices(script_name, *args):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def ported_loop_reports():
   return _run_on_two_devices('porting_loop.py', 'wrap_decays', 'l2_in_loss', 'distill',
                              'l2_unmasked')

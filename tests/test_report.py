@@ -59,7 +59,7 @@ def test_cli_prints_json_and_table():
   assert table.splitlines()[-1].split()[:2] == ['total', '770']
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def trained_workdir(tmp_path_factory):
   return trained_run(tmp_path_factory)[0]
 

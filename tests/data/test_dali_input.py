@@ -24,7 +24,7 @@ from train_testlib import patch_train_batches, restore_raw_state, sigterm_in_ste
 GLOBAL_BATCH = 8
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def imagenet_dir(tmp_path_factory) -> str:
   """A mock ImageNet: 32 random-noise JPEGs of 24-80 px (every fifth grayscale), 8 eval."""
   directory = str(tmp_path_factory.mktemp('mock_imagenet'))

@@ -152,7 +152,7 @@ def test_tfrecord_dataset_gets_conversion_command(tmp_path):
 # ------------------------------------------------------------ CIFAR slice.
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def cifar(tmp_path_factory):
   npz = _require('cifar100/train.npz')
   d = tmp_path_factory.mktemp('cifar')
@@ -278,7 +278,7 @@ def make_imagenet_subset(folder: pathlib.Path, dst: pathlib.Path) -> dict:
   return {'n': len(files) + len(gray), 'gray': [p.name for p in gray]}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def imagenet(tmp_path_factory):
   src = _require('imagenet_sample')
   root = tmp_path_factory.mktemp('imnet')

@@ -43,7 +43,7 @@ def _read_split(name, data_dir, split):
 # ------------------------------------------------------------------ CIFAR.
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def npz_labels():
   with np.load(_require('cifar100/train.npz')) as f:
     return f['label'].astype(np.int64)
@@ -150,7 +150,7 @@ def make_imagenet_subset(folder: pathlib.Path, dst: pathlib.Path) -> dict:
   return {'n': len(files) + 2, 'gray': [p.name for p in files[10:]]}
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def imagenet_prepared(tmp_path_factory):
   src = _require('imagenet_sample')
   root = tmp_path_factory.mktemp('imnet')

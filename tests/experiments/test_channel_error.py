@@ -15,7 +15,7 @@ from experiments import channel_error
 pytestmark = pytest.mark.xdist_group('channel_error_float_run')  # One run for the module.
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def float_run(tmp_path_factory):
   """A runlocal MobileNetV2 float run (depthwise and ordinary convolutions), 2 steps."""
   config = base.runlocal(cifar100_mobilenetv2_fp.get_config())

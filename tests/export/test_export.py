@@ -32,7 +32,7 @@ def _trained_logits(workdir):
   return model.apply(variables, jnp.asarray(_IMAGES), train=False), model, variables
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def exported_file(trained_workdir, tmp_path_factory):
   path = tmp_path_factory.mktemp('export') / 'model.dqnn'
   export.save(export.export_workdir(str(trained_workdir)), path)

@@ -20,7 +20,7 @@ from train_testlib import (patch_train_batches, read_metrics, restore_raw_state,
 pytestmark = pytest.mark.xdist_group('distill_training')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def teacher_dir(cifar_data_dir, tmp_path_factory) -> str:
   """A finished 2-step float run of the tiny model: the teacher."""
   workdir = str(tmp_path_factory.mktemp('teacher'))

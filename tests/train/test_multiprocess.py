@@ -70,7 +70,7 @@ def _finish(processes, returncodes=None) -> list[str]:
   return outputs
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def runs(tmp_path_factory, cifar_data_dir):
   """Output folders and per-process outputs of three runs made side by side.
 
