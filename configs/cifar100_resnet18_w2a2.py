@@ -13,6 +13,9 @@ Taylor 2017); quantized from scratch, chosen by measurement (evidence: configs/b
 --config.optimizer.learning_rate=0.03, the fine-tune rate that measured best.
 Evaluation split: with data from dqnn.data.prepare, 'test' is a held-out carve of the training
 file; download=True gives the official test set, which literature numbers use.
+Teacher: none. --config.distill.teacher_workdir=<a finished float run> adds a float teacher
+(label-free at temperature 1, as the budgeted study's `distill` group runs it); whether it
+helps this config is not measured yet (docs/results.md).
 """
 from configs import base
 

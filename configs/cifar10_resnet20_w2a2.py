@@ -14,6 +14,9 @@ which literature numbers use.
 Smoke run: runlocal keeps CIFAR-10 (there is no embedded CIFAR-10 sample), so pass the
 data_dir of a prepared one: --config=configs/cifar10_resnet20_w2a2.py:runlocal
 --config.data_dir=$TFDS_DATA_DIR.
+Teacher: none. --config.distill.teacher_workdir=<a finished float run> adds a float teacher
+(label-free at temperature 1, as the budgeted study's `distill` group runs it); whether it
+helps this config is not measured yet (docs/results.md).
 """
 from configs import base
 
