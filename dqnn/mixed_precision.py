@@ -70,7 +70,7 @@ from dqnn import run_builder
 from dqnn import warm_start
 from dqnn.quantizers import FULL_PRECISION, check_bits, readout
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANTIZER,
-                            WEIGHT_QUANTIZER, layer_variables)
+                            WEIGHT_QUANTIZER, layer_variables, path_name)
 
 WEIGHTS, ACTIVATIONS = 'weights', 'activations'
 SENSITIVITIES = ('loss', 'proxy')
@@ -241,7 +241,7 @@ class Probe:
         w_q = readout.quantized_kernel(
             module, layer_variables(variables, (*module.path, WEIGHT_QUANTIZER)))
         kernel = np.asarray(report.subtree(self.source[PARAMS], module.path)['kernel'])
-        errors['/'.join(module.path)] = float(np.sum((w_q - kernel) ** 2) / np.sum(kernel ** 2))
+        errors[path_name(module.path)] = float(np.sum((w_q - kernel) ** 2) / np.sum(kernel ** 2))
     return errors
 
 

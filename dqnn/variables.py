@@ -3,7 +3,7 @@
 Collections hold a model's state; the submodule names say where a quantized layer's quantizers
 keep theirs (`<layer path>/WEIGHT_QUANTIZER/...` in each collection).
 """
-from typing import Any
+from typing import Any, Sequence
 
 PARAMS = 'params'
 BATCH_STATS = 'batch_stats'
@@ -22,6 +22,12 @@ PARAM_GROUPS = ('weights', 'levels', 'quantizer', 'other')
 WEIGHT_QUANTIZER = 'weight_quantizer'
 ACT_QUANTIZER = 'act_quantizer'
 QUANTIZER = 'quantizer'
+
+
+def path_name(path: Sequence[str]) -> str:
+  """A module path (or a variable's path under one) as the string that names it everywhere:
+  `'stage1/block0/conv1'`."""
+  return '/'.join(path)
 
 
 def layer_variables(variables: dict[str, Any], path: tuple[str, ...]) -> dict[str, dict]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from dqnn import optim
 from dqnn.quantizers import capability
-from dqnn.variables import BATCH_STATS, COLLECTIONS, PARAMS, WEIGHT_QUANTIZER
+from dqnn.variables import BATCH_STATS, COLLECTIONS, PARAMS, WEIGHT_QUANTIZER, path_name
 
 _FLOAT_COLLECTIONS = (PARAMS, BATCH_STATS)  # What a float model has.
 
@@ -42,14 +42,14 @@ def _get(tree: Mapping[str, Any], path: tuple[str, ...]):
 
 def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
               problems: list[str], quantizer_params: set[tuple[str, ...]]) -> Any:
-  where = '/'.join(path)
+  where = path_name(path)
   fit = capability(target, 'fit') if path[-1:] == (WEIGHT_QUANTIZER,) else None
   if fit is not None:
     shape = tuple(jax.eval_shape(capability(target, 'weight'), target).shape)
     kernel = _get(source, path[:-1] + ('kernel',))
     if kernel is None or tuple(kernel.shape) != shape:
       problems.append(f'{where}: needs a float kernel shaped {shape} at '
-                      f'{"/".join(path[:-1])}/kernel')
+                      f'{path_name((*path[:-1], "kernel"))}')
       return target
     return fit(target, np.asarray(kernel))
   if isinstance(target, Mapping):
