@@ -70,7 +70,7 @@ from dqnn import run_builder
 from dqnn import warm_start
 from dqnn.quantizers import FULL_PRECISION, check_bits, readout
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANTIZER,
-                            WEIGHT_QUANTIZER, layer_variables, path_name)
+                            WEIGHT_QUANTIZER, layer_variables, path_name, subtree)
 
 WEIGHTS, ACTIVATIONS = 'weights', 'activations'
 SENSITIVITIES = ('loss', 'proxy')
@@ -165,7 +165,7 @@ def _float_source(model, variables: dict[str, Any], input_shape) -> dict[str, An
   params = flax.core.unfreeze(jax.device_get(variables[PARAMS]))
   for module, _ in tracing.quantized_layers(model, input_shape, variables):
     if module.w_bits != FULL_PRECISION:
-      layer = report.subtree(params, module.path)
+      layer = subtree(params, module.path)
       layer['kernel'] = readout.quantized_kernel(
           module, layer_variables(variables, (*module.path, WEIGHT_QUANTIZER)))
 
@@ -240,7 +240,7 @@ class Probe:
       if module.w_bits != FULL_PRECISION:
         w_q = readout.quantized_kernel(
             module, layer_variables(variables, (*module.path, WEIGHT_QUANTIZER)))
-        kernel = np.asarray(report.subtree(self.source[PARAMS], module.path)['kernel'])
+        kernel = np.asarray(subtree(self.source[PARAMS], module.path)['kernel'])
         errors[path_name(module.path)] = float(np.sum((w_q - kernel) ** 2) / np.sum(kernel ** 2))
     return errors
 

@@ -25,7 +25,7 @@ from dqnn import run_config
 from dqnn import runs
 from dqnn import tracing
 from dqnn.quantizers import FULL_PRECISION, readout
-from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER, path_name
+from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER, path_name, subtree
 
 _FLOAT_BYTES = 4
 
@@ -62,12 +62,6 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
   rows.append(LayerCost('batch_norm', 'bn', bn_params, FULL_PRECISION, FULL_PRECISION, 0, 0,
                         bn_bytes, bn_bytes))
   return rows
-
-
-def subtree(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
 
 
 def _layer_cost(module, in_shape, out_shape, params) -> LayerCost:

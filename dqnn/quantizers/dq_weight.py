@@ -153,7 +153,7 @@ def validate(params: Mapping[str, Any], where: str) -> None:
   tree: call that on restored parameters before training resumes.
   """
   half = params.get(HALF_LEVELS)
-  rows = params[LEVELS] if half is None else jnp.concatenate([-half[..., ::-1], half], axis=-1)
+  rows = params[LEVELS] if half is None else lv.mirror(half)
   stacked = rows.shape[:-2]
   if rows.ndim < 2 or rows.shape[-1] not in tuple(2 ** b for b in SUPPORTED_BITS):
     raise ValueError(f'DQ levels at {where} have shape {rows.shape}; expected '
