@@ -50,16 +50,16 @@ from dqnn import train
 from dqnn.data import train_input
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.models import MODELS
-from dqnn.quantizers import activation_quantizer, weight_quantizer
+from dqnn.quantizers import FULL_PRECISION, activation_quantizer, weight_quantizer
 
 VARIANTS = {
-    'float': dict(w_bits=32, a_bits=32),
+    'float': dict(w_bits=FULL_PRECISION, a_bits=FULL_PRECISION),
     'dq': dict(w_bits=2, a_bits=2, weight_quantizer='dq', act_quantizer='dq'),
     'lqnets': dict(w_bits=2, a_bits=2, weight_quantizer='lqnets', act_quantizer='lqnets'),
     'lsq': dict(w_bits=2, a_bits=2, weight_quantizer='lsq', act_quantizer='lsq'),
     # DQ's two halves alone, to split its cost between weights and activations.
-    'dq_weights': dict(w_bits=2, a_bits=32, weight_quantizer='dq'),
-    'dq_acts': dict(w_bits=32, a_bits=2, act_quantizer='dq'),
+    'dq_weights': dict(w_bits=2, a_bits=FULL_PRECISION, weight_quantizer='dq'),
+    'dq_acts': dict(w_bits=FULL_PRECISION, a_bits=2, act_quantizer='dq'),
 }
 LABELS = {'float': 'float', 'dq': 'DQ W2A2', 'lqnets': 'LQ-Nets W2A2', 'lsq': 'LSQ W2A2',
           'dq_weights': 'DQ W2 (float activations)', 'dq_acts': 'DQ A2 (float weights)'}
@@ -171,7 +171,7 @@ def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
   def record(next_fun, args, kwargs, context):
     module = context.module
     if (context.method_name == '__call__' and isinstance(module, (QuantConv, QuantDense))
-        and module.a_bits != 32 and module.w_bits != 32):
+        and module.a_bits != FULL_PRECISION and module.w_bits != FULL_PRECISION):
       inputs = args[0]
       if isinstance(module, QuantConv):
         kernel = (*module.kernel_size, inputs.shape[-1] // module.feature_group_count,

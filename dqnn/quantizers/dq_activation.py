@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn.quantizers import levels as lv
-from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, check_bits
 from dqnn.variables import QUANT_STATS
 
 PARAMETERISATIONS = ('basis', 'free', 'uniform')
@@ -186,7 +186,7 @@ class DQActivation(nn.Module):
     _check_choice('weighting', self.weighting, WEIGHTINGS)
     _check_choice('parameterisation', self.parameterisation, PARAMETERISATIONS)
     _check_choice('update', self.update, UPDATES)
-    if self.bits == 32:
+    if self.bits == FULL_PRECISION:
       return x
     name = PARAMETER_NAMES[self.parameterisation]
     init = functools.partial(self._initial_value, x)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnn.quantizers import levels as lv
-from dqnn.quantizers.bits import SUPPORTED_BITS, check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, SUPPORTED_BITS, check_bits
 
 LEVELS = 'levels'
 HALF_LEVELS = 'half_levels'
@@ -65,8 +65,9 @@ def params_from_kernel(kernel: jax.Array, bits: int, *, per_channel: bool = True
   Used at initialisation (random kernels) and to start from a pretrained float model.
   """
   check_bits(bits, 'w_bits')
-  if bits == 32:
-    raise ValueError('params_from_kernel quantizes; bits=32 keeps the float kernel as it is.')
+  if bits == FULL_PRECISION:
+    raise ValueError(f'params_from_kernel quantizes; bits={FULL_PRECISION} keeps the float kernel '
+                     'as it is.')
   if kernel.ndim < 2:
     raise ValueError(f'A quantized kernel needs rank >= 2 (last axis = output channels); got '
                      f'shape {kernel.shape}.')
