@@ -54,7 +54,7 @@ def _set(tree: dict, path: tuple[str, ...], value: dict) -> dict:
 def reestimate(model: nn.Module, variables: dict[str, Any], batches: Iterable[jax.Array],
                statistics_fn: Callable | None = None) -> dict[str, Any]:
   """`variables` with every BatchNorm's running statistics replaced by the mean of its batch
-  statistics over `batches` (normalised images). `statistics_fn(variables, images)` defaults
+  statistics over `batches` (standardised images). `statistics_fn(variables, images)` defaults
   to `batch_statistics` jitted; pass one with explicit shardings for a mesh."""
   statistics_fn = statistics_fn or jax.jit(functools.partial(batch_statistics, model))
   totals, count = None, 0

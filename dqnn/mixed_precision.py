@@ -204,11 +204,11 @@ class Probe:
                        '--sensitivity=proxy or a run on a real dataset.')
     size = runs.image_size(config)
     self.input_shape = (size, size, 3)
-    normalization = data.normalization(info.name)
+    input_statistics = data.input_statistics(info.name)
     batches = itertools.islice(
         data.eval_batches(info, config.data_dir or None, global_batch_size=config.eval_batch_size,
                           image_size=size), num_batches)
-    self.batches = [(data.normalize(batch['image'], normalization), jnp.asarray(batch['label']),
+    self.batches = [(data.standardize(batch['image'], input_statistics), jnp.asarray(batch['label']),
                      jnp.asarray(batch['mask'])) for batch in batches]
     self.source = _float_source(runs.model_from_config(config), variables, self.input_shape)
     self.rng = jax.random.key(config.seed)

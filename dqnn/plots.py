@@ -115,8 +115,8 @@ def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
       info = data.get_dataset_info(config.dataset, config.data_dir or None)
       batch = next(data.eval_batches(info, config.data_dir or None, global_batch_size=batch_size,
                                      image_size=size, process_index=0, process_count=1))
-      images = np.asarray(data.normalize(batch['image'][batch['mask']],
-                                         data.normalization(config.dataset)))
+      images = np.asarray(data.standardize(batch['image'][batch['mask']],
+                                         data.input_statistics(config.dataset)))
       return images, f'{config.dataset} eval batch'
     except data.DatasetNotFoundError:
       pass

@@ -1,4 +1,4 @@
-"""Tests for dqnn.data.transforms: one crop formula for host and device, normalisation, and the
+"""Tests for dqnn.data.transforms: one crop formula for host and device, input standardisation, and the
 two JPEG decoders against a full-decode-then-crop reference."""
 import io
 
@@ -63,10 +63,10 @@ def test_cifar_train_batch_pad_crops_and_mirrors_each_image_at_random_determinis
                             transforms.cifar_train_batch(images, np.random.default_rng(1)))
 
 
-def test_normalize_uses_the_dataset_statistics():
+def test_standardize_uses_the_dataset_statistics():
   images = np.full((1, 2, 2, 3), 255, np.uint8)
-  mean, std = transforms.NORMALIZATION['cifar100']
-  np.testing.assert_allclose(np.asarray(transforms.normalize(images, 'cifar100'))[0, 0, 0],
+  mean, std = transforms.INPUT_STATISTICS['cifar100']
+  np.testing.assert_allclose(np.asarray(transforms.standardize(images, 'cifar100'))[0, 0, 0],
                              (1 - np.array(mean)) / np.array(std), rtol=1e-6)
 
 
