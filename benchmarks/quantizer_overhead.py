@@ -18,9 +18,10 @@ import optax
 
 from dqnn import optim
 from dqnn.layers import QuantConv
+from dqnn.quantizers import FULL_PRECISION
 
 CONFIGS = {
-    'FP': dict(w_bits=32, a_bits=32),
+    'FP': dict(w_bits=FULL_PRECISION, a_bits=FULL_PRECISION),
     'DQ W2A2': dict(w_bits=2, a_bits=2, weight_quantizer='dq', act_quantizer='dq'),
     'LQ-Nets W2A2': dict(w_bits=2, a_bits=2, weight_quantizer='lqnets', act_quantizer='lqnets'),
     'LSQ W2A2': dict(w_bits=2, a_bits=2, weight_quantizer='lsq', act_quantizer='lsq'),

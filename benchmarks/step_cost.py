@@ -50,16 +50,16 @@ from dqnn import train
 from dqnn.data import train_input
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.models import MODELS
-from dqnn.quantizers import activation_quantizer, weight_quantizer
+from dqnn.quantizers import FULL_PRECISION, activation_quantizer, weight_quantizer
 
 VARIANTS = {
-    'float': dict(w_bits=32, a_bits=32),
+    'float': dict(w_bits=FULL_PRECISION, a_bits=FULL_PRECISION),
     'dq': dict(w_bits=2, a_bits=2, weight_quantizer='dq', act_quantizer='dq'),
     'lqnets': dict(w_bits=2, a_bits=2, weight_quantizer='lqnets', act_quantizer='lqnets'),
     'lsq': dict(w_bits=2, a_bits=2, weight_quantizer='lsq', act_quantizer='lsq'),
     # DQ's two halves alone, to split its cost between weights and activations.
-    'dq_weights': dict(w_bits=2, a_bits=32, weight_quantizer='dq'),
-    'dq_acts': dict(w_bits=32, a_bits=2, act_quantizer='dq'),
+    'dq_weights': dict(w_bits=2, a_bits=FULL_PRECISION, weight_quantizer='dq'),
+    'dq_acts': dict(w_bits=FULL_PRECISION, a_bits=2, act_quantizer='dq'),
 }
 LABELS = {'float': 'float', 'dq': 'DQ W2A2', 'lqnets': 'LQ-Nets W2A2', 'lsq': 'LSQ W2A2',
           'dq_weights': 'DQ W2 (float activations)', 'dq_acts': 'DQ A2 (float weights)'}
@@ -104,7 +104,7 @@ class Step:
     self.images = jax.ShapeDtypeStruct((batch, self.size, self.size, 3), jnp.float32)
     self.init = jax.jit(functools.partial(train.initial_state, self.model, self.tx))
     self.state_shape = jax.eval_shape(self.init, jax.random.key(1), self.images)
-    # The step reads uint8 batches, as from the input pipelines, and normalises them itself.
+    # The step reads uint8 batches, as from the input pipelines, and standardises them itself.
     self.data_shape = {'image': jax.ShapeDtypeStruct(self.images.shape, jnp.uint8),
                        'label': jax.ShapeDtypeStruct((batch,), jnp.int32)}
     self.teacher_model = teacher and runs.model_from_config(
@@ -116,7 +116,7 @@ class Step:
     self.step = jax.jit(
         functools.partial(train.train_step, model=self.model, tx=self.tx,
                           make_batch=train_input.HostInput.make_batch,
-                          normalization='imagenet2012', label_smoothing=0.0,
+                          input_statistics='imagenet2012', label_smoothing=0.0,
                           dropout_key=jax.random.key(2), teacher_model=self.teacher_model,
                           temperature=1.0, distill_weight=1.0),
         donate_argnums=0)
@@ -131,9 +131,9 @@ class Step:
     batch = self.images.shape[0]
     images = jax.random.randint(jax.random.key(0), self.images.shape, 0, 256).astype(jnp.uint8)
     data = {'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % self.num_classes}
-    normalized = dqnn_data.normalize(images, 'imagenet2012')
-    carry = [self.init(jax.random.key(1), normalized)]
-    teacher_variables = self.teacher_model and self.teacher_init(jax.random.key(3), normalized)
+    standardized = dqnn_data.standardize(images, 'imagenet2012')
+    carry = [self.init(jax.random.key(1), standardized)]
+    teacher_variables = self.teacher_model and self.teacher_init(jax.random.key(3), standardized)
 
     def run(steps):
       start = time.perf_counter()
@@ -171,7 +171,7 @@ def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
   def record(next_fun, args, kwargs, context):
     module = context.module
     if (context.method_name == '__call__' and isinstance(module, (QuantConv, QuantDense))
-        and module.a_bits != 32 and module.w_bits != 32):
+        and module.a_bits != FULL_PRECISION and module.w_bits != FULL_PRECISION):
       inputs = args[0]
       if isinstance(module, QuantConv):
         kernel = (*module.kernel_size, inputs.shape[-1] // module.feature_group_count,

@@ -57,14 +57,14 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P('data'))
   images = jax.random.randint(jax.random.key(0), (batch, size, size, 3), 0, 256).astype(jnp.uint8)
   state = train.initial_state(model, tx, jax.random.key(1),
-                              dqnn_data.normalize(images, 'imagenet2012'))
+                              dqnn_data.standardize(images, 'imagenet2012'))
   state = jax.device_put(state, replicated)
   data = jax.device_put({'image': images, 'label': jnp.arange(batch, dtype=jnp.int32) % 100},
                         batch_sharding)
   step = jax.jit(
       functools.partial(train.train_step, model=model, tx=tx,
                         make_batch=train_input.HostInput.make_batch,
-                        normalization='imagenet2012', label_smoothing=0.0,
+                        input_statistics='imagenet2012', label_smoothing=0.0,
                         dropout_key=jax.random.key(2)),
       in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)
   start = time.perf_counter()

@@ -10,6 +10,7 @@ import ml_collections
 
 from dqnn.data import specs
 from dqnn.models import CIFAR_MODELS, IMAGENET_MODELS, MODELS
+from dqnn.quantizers import FULL_PRECISION
 
 RUNLOCAL = 'runlocal'
 
@@ -35,8 +36,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model = 'cifar_resnet20'
   config.dtype = 'float32'  # 'float32' | 'bfloat16' (activations; parameters stay float32)
   config.quant = ml_collections.ConfigDict({
-      'w_bits': 32,
-      'a_bits': 32,
+      'w_bits': FULL_PRECISION,
+      'a_bits': FULL_PRECISION,
       'weight_quantizer': 'dq',
       'act_quantizer': 'dq',
       'weight_options': {},
@@ -116,7 +117,7 @@ def _quant(config: ml_collections.ConfigDict, w_bits: int, a_bits: int) -> None:
   config.quant.a_bits = a_bits
 
 
-def cifar(dataset: str, model: str, w_bits: int = 32, a_bits: int = 32,
+def cifar(dataset: str, model: str, w_bits: int = FULL_PRECISION, a_bits: int = FULL_PRECISION,
           arg: str | None = None) -> ml_collections.ConfigDict:
   """CIFAR (`dataset` 'cifar10' or 'cifar100'): SGD momentum 0.9, lr 0.1 at batch 128, wd 5e-4,
   cosine, 200 epochs.
@@ -148,7 +149,7 @@ def cifar(dataset: str, model: str, w_bits: int = 32, a_bits: int = 32,
 cifar100 = functools.partial(cifar, 'cifar100')
 
 
-def imagenet(model: str, w_bits: int = 32, a_bits: int = 32,
+def imagenet(model: str, w_bits: int = FULL_PRECISION, a_bits: int = FULL_PRECISION,
              arg: str | None = None) -> ml_collections.ConfigDict:
   """ImageNet: SGD momentum 0.9, lr 0.1 x batch/256, cosine, batch 256.
 
@@ -172,7 +173,7 @@ def imagenet(model: str, w_bits: int = 32, a_bits: int = 32,
   config.input_workers = 16
   config.model = model
   _quant(config, w_bits, a_bits)
-  quantized = min(w_bits, a_bits) < 32
+  quantized = min(w_bits, a_bits) < FULL_PRECISION
   if quantized:
     config.init_from = 'required'
   config.global_batch_size = 256

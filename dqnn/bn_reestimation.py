@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn import tracing
-from dqnn.variables import BATCH_STATS
+from dqnn.variables import BATCH_STATS, path_name
 
 
 def _batch_statistics(module: nn.BatchNorm, x: jax.Array, record: dict) -> jax.Array:
@@ -54,7 +54,7 @@ def _set(tree: dict, path: tuple[str, ...], value: dict) -> dict:
 def reestimate(model: nn.Module, variables: dict[str, Any], batches: Iterable[jax.Array],
                statistics_fn: Callable | None = None) -> dict[str, Any]:
   """`variables` with every BatchNorm's running statistics replaced by the mean of its batch
-  statistics over `batches` (normalised images). `statistics_fn(variables, images)` defaults
+  statistics over `batches` (standardised images). `statistics_fn(variables, images)` defaults
   to `batch_statistics` jitted; pass one with explicit shardings for a mesh."""
   statistics_fn = statistics_fn or jax.jit(functools.partial(batch_statistics, model))
   totals, count = None, 0
@@ -68,7 +68,7 @@ def reestimate(model: nn.Module, variables: dict[str, Any], batches: Iterable[ja
   known = {path for path, _ in _paths(stats)}
   for path, value in totals.items():
     if path not in known:
-      raise ValueError(f'BatchNorm {"/".join(path)} has no running statistics to replace.')
+      raise ValueError(f'BatchNorm {path_name(path)} has no running statistics to replace.')
     stats = _set(stats, path, jax.tree.map(lambda total: total / count, value))
   return {**variables, BATCH_STATS: stats}
 

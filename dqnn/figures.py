@@ -6,7 +6,7 @@ import flax.linen as nn
 import numpy as np
 
 from dqnn.quantizers import readout
-from dqnn.variables import WEIGHT_QUANTIZER, layer_variables
+from dqnn.variables import WEIGHT_QUANTIZER, layer_variables, path_name
 
 # A dot per (channel, level) stays readable up to this many level tables; above it the weight
 # figure shows each level's spread over the channels instead.
@@ -33,7 +33,7 @@ def weight_figure(module: nn.Module, variables):
   """
   plt = pyplot()
   from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  name = '/'.join(module.path)
+  name = path_name(module.path)
   quantizer = layer_variables(variables, (*module.path, WEIGHT_QUANTIZER))
   table, _ = readout.kernel_levels(module, quantizer)
   table = np.sort(table, axis=1)  # Level index k = a channel's k-th smallest level.

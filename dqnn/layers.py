@@ -48,7 +48,7 @@ from dqnn import quantizers
 from dqnn.quantizers import FULL_PRECISION, capability, check_bits
 from dqnn.quantizers.dq_activation import per_channel_relative_error
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANT_STATS,
-                            QUANTIZER, WEIGHT_QUANTIZER)
+                            QUANTIZER, WEIGHT_QUANTIZER, path_name)
 
 # Apply with mutable=[..., QUANT_METRICS] to collect each layer's mean per-channel relative
 # activation quantization error (sown as a tuple under `act_relative_error`).
@@ -176,7 +176,7 @@ def _training(module: nn.Module) -> bool:
 
 
 def _layer_name(module: nn.Module) -> str:
-  return '/'.join(module.path) or module.name or type(module).__name__
+  return path_name(module.path) or module.name or type(module).__name__
 
 
 def _run_quantizer(module: nn.Module, registry: Mapping[str, Any], method: str, run):

@@ -11,6 +11,7 @@ import optax
 
 from dqnn import files
 from dqnn import summary_writer
+from dqnn.variables import path_name
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -38,7 +39,7 @@ def layer_errors(quant_metrics: Mapping[str, Any]) -> dict[str, jax.Array]:
     names = [n for n in names if n != 'act_relative_error']
     if names and names[-1] == '0':
       names.pop()
-    errors['act_error/' + '/'.join(names)] = value
+    errors['act_error/' + path_name(names)] = value
   return errors
 
 

@@ -70,7 +70,7 @@ from dqnn import run_builder
 from dqnn import warm_start
 from dqnn.quantizers import FULL_PRECISION, check_bits, readout
 from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, PARAMS, QUANT_METRICS, QUANTIZER,
-                            WEIGHT_QUANTIZER, layer_variables)
+                            WEIGHT_QUANTIZER, layer_variables, path_name, subtree)
 
 WEIGHTS, ACTIVATIONS = 'weights', 'activations'
 SENSITIVITIES = ('loss', 'proxy')
@@ -165,7 +165,7 @@ def _float_source(model, variables: dict[str, Any], input_shape) -> dict[str, An
   params = flax.core.unfreeze(jax.device_get(variables[PARAMS]))
   for module, _ in tracing.quantized_layers(model, input_shape, variables):
     if module.w_bits != FULL_PRECISION:
-      layer = report.subtree(params, module.path)
+      layer = subtree(params, module.path)
       layer['kernel'] = readout.quantized_kernel(
           module, layer_variables(variables, (*module.path, WEIGHT_QUANTIZER)))
 
@@ -204,11 +204,11 @@ class Probe:
                        '--sensitivity=proxy or a run on a real dataset.')
     size = runs.image_size(config)
     self.input_shape = (size, size, 3)
-    normalization = data.normalization(info.name)
+    input_statistics = data.input_statistics(info.name)
     batches = itertools.islice(
         data.eval_batches(info, config.data_dir or None, global_batch_size=config.eval_batch_size,
                           image_size=size), num_batches)
-    self.batches = [(data.normalize(batch['image'], normalization), jnp.asarray(batch['label']),
+    self.batches = [(data.standardize(batch['image'], input_statistics), jnp.asarray(batch['label']),
                      jnp.asarray(batch['mask'])) for batch in batches]
     self.source = _float_source(runs.model_from_config(config), variables, self.input_shape)
     self.rng = jax.random.key(config.seed)
@@ -240,8 +240,8 @@ class Probe:
       if module.w_bits != FULL_PRECISION:
         w_q = readout.quantized_kernel(
             module, layer_variables(variables, (*module.path, WEIGHT_QUANTIZER)))
-        kernel = np.asarray(report.subtree(self.source[PARAMS], module.path)['kernel'])
-        errors['/'.join(module.path)] = float(np.sum((w_q - kernel) ** 2) / np.sum(kernel ** 2))
+        kernel = np.asarray(subtree(self.source[PARAMS], module.path)['kernel'])
+        errors[path_name(module.path)] = float(np.sum((w_q - kernel) ** 2) / np.sum(kernel ** 2))
     return errors
 
 

@@ -38,7 +38,7 @@ from dqnn.quantizers import FULL_PRECISION
 from dqnn.quantizers import levels as lv
 from dqnn.quantizers import readout
 from dqnn.quantizers.dq_activation import fit_levels, per_channel_relative_error
-from dqnn.variables import ACT_QUANTIZER, layer_variables
+from dqnn.variables import ACT_QUANTIZER, layer_variables, path_name
 
 plt = figures.pyplot()
 
@@ -101,7 +101,7 @@ def _quantized_layers(config, variables):
 def plot_weights(config, variables, out_dir: str, output: Output = Output()) -> list[str]:
   """One weight figure per layer with quantized weights; returns the paths."""
   return [_save(figures.weight_figure(module, variables),
-                os.path.join(out_dir, 'weights', _file_name('/'.join(module.path), output)),
+                os.path.join(out_dir, 'weights', _file_name(path_name(module.path), output)),
                 output)
           for module, _ in _quantized_layers(config, variables)
           if module.w_bits != FULL_PRECISION]
@@ -115,8 +115,8 @@ def sample_batch(config, batch_size: int) -> tuple[np.ndarray, str]:
       info = data.get_dataset_info(config.dataset, config.data_dir or None)
       batch = next(data.eval_batches(info, config.data_dir or None, global_batch_size=batch_size,
                                      image_size=size, process_index=0, process_count=1))
-      images = np.asarray(data.normalize(batch['image'][batch['mask']],
-                                         data.normalization(config.dataset)))
+      images = np.asarray(data.standardize(batch['image'][batch['mask']],
+                                         data.input_statistics(config.dataset)))
       return images, f'{config.dataset} eval batch'
     except data.DatasetNotFoundError:
       pass
@@ -133,7 +133,7 @@ def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
 
     def record(module, x, run):
       if module.a_bits != FULL_PRECISION:
-        inputs['/'.join(module.path)] = x
+        inputs[path_name(module.path)] = x
       return run()
 
     with tracing.intercept_layers((QuantConv, QuantDense), record):
@@ -145,7 +145,7 @@ def layer_inputs(config, variables, images) -> dict[str, jax.Array]:
 
 def activation_error_figure(module: nn.Module, variables, x: jax.Array, source: str):
   """Per-channel relative error of one layer's input, channel- vs pooled-weighted levels."""
-  name = '/'.join(module.path)
+  name = path_name(module.path)
   x = jnp.asarray(x, jnp.float32)
   quantizer = quantizers.activation_quantizer(module.act_quantizer, module.a_bits,
                                               module.act_options, signed=module.a_signed)
@@ -179,8 +179,8 @@ def plot_activation_errors(config, variables, out_dir: str, output: Output = Out
   """One per-channel error figure per quantized activation; returns the paths."""
   images, source = sample_batch(config, batch_size)
   inputs = layer_inputs(config, variables, images)
-  return [_save(activation_error_figure(module, variables, inputs['/'.join(module.path)], source),
-                os.path.join(out_dir, 'act_error', _file_name('/'.join(module.path), output)),
+  return [_save(activation_error_figure(module, variables, inputs[path_name(module.path)], source),
+                os.path.join(out_dir, 'act_error', _file_name(path_name(module.path), output)),
                 output)
           for module, _ in _quantized_layers(config, variables)
           if module.a_bits != FULL_PRECISION]

@@ -25,7 +25,7 @@ from dqnn import run_config
 from dqnn import runs
 from dqnn import tracing
 from dqnn.quantizers import FULL_PRECISION, readout
-from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER
+from dqnn.variables import BATCH_STATS, WEIGHT_QUANTIZER, path_name, subtree
 
 _FLOAT_BYTES = 4
 
@@ -64,16 +64,10 @@ def layer_costs(model: nn.Module, input_shape: tuple[int, ...],
   return rows
 
 
-def subtree(tree, path):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
 def _layer_cost(module, in_shape, out_shape, params) -> LayerCost:
   w_bits = getattr(module, 'w_bits', FULL_PRECISION)
   a_bits = getattr(module, 'a_bits', FULL_PRECISION)
-  name = '/'.join(module.path)
+  name = path_name(module.path)
   if isinstance(module, nn.Conv):
     kernel_shape = (*module.kernel_size, in_shape[-1] // module.feature_group_count,
                     module.features)

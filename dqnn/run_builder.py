@@ -52,7 +52,7 @@ class Run:
   global_batch_size: int
   train_input: train_input.TrainingInput
   eval_batches: Callable[[], Iterator[dict[str, np.ndarray]]]  # One pass over the eval split.
-  normalization: str
+  input_statistics: str
   seed: int
   label_smoothing: float
   teacher: distill.Teacher | None
@@ -173,7 +173,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh) -> Run:
                                      global_batch_size=eval_batch_size,
                                      image_size=info.image_size,
                                      num_workers=config.input_workers),
-      normalization=data.normalization(info.name),
+      input_statistics=data.input_statistics(info.name),
       seed=config.seed,
       label_smoothing=config.label_smoothing,
       teacher=teacher,

@@ -11,6 +11,7 @@ import jax
 from dqnn import figures
 from dqnn import tracing
 from dqnn.quantizers import FULL_PRECISION
+from dqnn.variables import path_name
 
 
 def write_weight_images(writer, step: int, model: nn.Module, variables: dict[str, Any],
@@ -20,7 +21,7 @@ def write_weight_images(writer, step: int, model: nn.Module, variables: dict[str
   `variables`: the model's eval variables; `input_shape`: one image's (H, W, C).
   """
   variables = jax.device_get(variables)
-  images = {f'weights/{"/".join(module.path)}':
+  images = {f'weights/{path_name(module.path)}':
                 figures.figure_image(figures.weight_figure(module, variables))[None]
             for module, _ in tracing.quantized_layers(model, input_shape, variables)
             if module.w_bits != FULL_PRECISION}

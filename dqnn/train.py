@@ -102,7 +102,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any = None, *,
-               model, tx, make_batch, normalization: str, label_smoothing: float,
+               model, tx, make_batch, input_statistics: str, label_smoothing: float,
                dropout_key: jax.Array, teacher_model: Any = None,
                temperature: float = 1.0, distill_weight: float = 1.0):
   """One optimizer step on the batch `make_batch(inputs)`; returns (state, metrics, finite).
@@ -111,7 +111,7 @@ def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any
   of the compiled step rather than constants in it) the loss is `distill.distillation_loss`.
   """
   batch = make_batch(inputs)
-  images = data.normalize(batch['image'], normalization)
+  images = data.standardize(batch['image'], input_statistics)
   soft_targets = (None if teacher_model is None else
                   distill.teacher_logits(teacher_model, teacher_variables, images, train=False))
 
@@ -142,9 +142,9 @@ def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model,
-              normalization: str) -> dict[str, jax.Array]:
+              input_statistics: str) -> dict[str, jax.Array]:
   """Sums over the batch's real (mask True) examples."""
-  logits, sown = model.apply(state.variables(), data.normalize(batch['image'], normalization),
+  logits, sown = model.apply(state.variables(), data.standardize(batch['image'], input_statistics),
                              train=False,
                              mutable=[QUANT_METRICS])
   mask = batch['mask'].astype(jnp.float32)
@@ -220,14 +220,14 @@ def _train(run: run_builder.Run, mesh: Mesh, config: ml_collections.ConfigDict,
   """The training loop over `run`'s objects. `config` is only recorded and compared on resume
   (`run_config`, `checkpoint`): every setting the loop uses is in `run`."""
   info, model, tx, train_input, teacher = run.info, run.model, run.tx, run.train_input, run.teacher
-  normalization, settings = run.normalization, run.loop
+  input_statistics, settings = run.input_statistics, run.loop
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P('data'))
   rng = jax.random.key(run.seed)
   teacher_variables = None if teacher is None else _replicate(teacher.variables, replicated)
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, make_batch=train_input.make_batch,
-                        normalization=normalization, label_smoothing=run.label_smoothing,
+                        input_statistics=input_statistics, label_smoothing=run.label_smoothing,
                         dropout_key=jax.random.fold_in(rng, 1),
                         teacher_model=None if teacher is None else teacher.model,
                         temperature=run.distill_temperature,
@@ -270,8 +270,8 @@ def _train(run: run_builder.Run, mesh: Mesh, config: ml_collections.ConfigDict,
     position = train_input.get_state()
     first = jax.jit(train_input.make_batch)(train_input.next())
     train_input.set_state(position)
-    images = np.asarray(data.normalize(distributed.gather_global_batch(first['image']),
-                                       normalization))
+    images = np.asarray(data.standardize(distributed.gather_global_batch(first['image']),
+                                       input_statistics))
     state = initial_state(model, tx, rng, images)
     if init_from := run.init_from:
       variables = warm_start.from_float(model, jax.device_get(state.variables()),
@@ -289,10 +289,10 @@ def _train(run: run_builder.Run, mesh: Mesh, config: ml_collections.ConfigDict,
 
   log = metrics.MetricLog(workdir, is_main_process=is_main)
   log.truncate_after(start_step)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, normalization=normalization),
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, input_statistics=input_statistics),
                     in_shardings=(replicated, batch_sharding), out_shardings=replicated)
-  bn_images = jax.jit(lambda inputs: data.normalize(train_input.make_batch(inputs)['image'],
-                                                    normalization))
+  bn_images = jax.jit(lambda inputs: data.standardize(train_input.make_batch(inputs)['image'],
+                                                    input_statistics))
   bn_statistics_fn = jax.jit(functools.partial(bn_reestimation.batch_statistics, model),
                              out_shardings=replicated)
 

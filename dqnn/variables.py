@@ -3,7 +3,7 @@
 Collections hold a model's state; the submodule names say where a quantized layer's quantizers
 keep theirs (`<layer path>/WEIGHT_QUANTIZER/...` in each collection).
 """
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 PARAMS = 'params'
 BATCH_STATS = 'batch_stats'
@@ -24,10 +24,22 @@ ACT_QUANTIZER = 'act_quantizer'
 QUANTIZER = 'quantizer'
 
 
+def path_name(path: Sequence[str]) -> str:
+  """A module path (or a variable's path under one) as the string that names it everywhere:
+  `'stage1/block0/conv1'`."""
+  return '/'.join(path)
+
+
+def subtree(tree: Mapping[str, Any], path: Sequence[str]) -> Any | None:
+  """The entry at `path` of a nested mapping (one collection of variables), or None where the
+  path is missing."""
+  for key in path:
+    if not isinstance(tree, Mapping) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
 def layer_variables(variables: dict[str, Any], path: tuple[str, ...]) -> dict[str, dict]:
   """The subtree at module `path` of each collection (empty where a collection has none)."""
-  def subtree(tree):
-    for key in path:
-      tree = (tree or {}).get(key, {})
-    return tree or {}
-  return {name: subtree(variables.get(name, {})) for name in COLLECTIONS}
+  return {name: subtree(variables.get(name, {}), path) or {} for name in COLLECTIONS}

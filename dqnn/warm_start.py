@@ -20,7 +20,7 @@ import numpy as np
 
 from dqnn import optim
 from dqnn.quantizers import capability
-from dqnn.variables import BATCH_STATS, COLLECTIONS, PARAMS, WEIGHT_QUANTIZER
+from dqnn.variables import BATCH_STATS, COLLECTIONS, PARAMS, WEIGHT_QUANTIZER, path_name, subtree
 
 _FLOAT_COLLECTIONS = (PARAMS, BATCH_STATS)  # What a float model has.
 
@@ -32,24 +32,16 @@ class WarmStartError(ValueError):
 _UNSET = object()  # A quantizer variable with no float counterpart: `calibrate` sets it.
 
 
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]):
-  for key in path:
-    if not isinstance(tree, Mapping) or key not in tree:
-      return None
-    tree = tree[key]
-  return tree
-
-
 def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
               problems: list[str], quantizer_params: set[tuple[str, ...]]) -> Any:
-  where = '/'.join(path)
+  where = path_name(path)
   fit = capability(target, 'fit') if path[-1:] == (WEIGHT_QUANTIZER,) else None
   if fit is not None:
     shape = tuple(jax.eval_shape(capability(target, 'weight'), target).shape)
-    kernel = _get(source, path[:-1] + ('kernel',))
+    kernel = subtree(source, path[:-1] + ('kernel',))
     if kernel is None or tuple(kernel.shape) != shape:
       problems.append(f'{where}: needs a float kernel shaped {shape} at '
-                      f'{"/".join(path[:-1])}/kernel')
+                      f'{path_name((*path[:-1], "kernel"))}')
       return target
     return fit(target, np.asarray(kernel))
   if isinstance(target, Mapping):
@@ -57,7 +49,7 @@ def _transfer(target: Any, source: Mapping[str, Any], path: tuple[str, ...],
                 for key, value in target.items()}
     return {key: value for key, value in children.items() if value is not _UNSET}
   latent = path[-2:] == (WEIGHT_QUANTIZER, 'kernel')
-  value = _get(source, path[:-2] + ('kernel',) if latent else path)
+  value = subtree(source, path[:-2] + ('kernel',) if latent else path)
   if value is None:
     if path not in quantizer_params:
       problems.append(f'{where}: missing from the float model')

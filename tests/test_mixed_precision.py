@@ -1,7 +1,6 @@
 """Budgeted mixed precision on a tiny float run: layers, costs, sensitivities, written config."""
 import math
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -15,14 +14,10 @@ from dqnn import run_config
 from dqnn import runs
 from dqnn import train
 from dqnn.data import mock
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'train'))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from train_testlib import REPO, tiny_config
 
 # One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
 pytestmark = pytest.mark.xdist_group('mixed_precision')
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _BODY = ['stage1/block0/conv1', 'stage1/block0/conv2', 'stage2/block0/conv1',
          'stage2/block0/conv2']

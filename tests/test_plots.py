@@ -1,8 +1,6 @@
 """Each plot command writes non-empty figures of the requested format and size; the weight
 figure shows every channel's levels or their spread; the curves show top-1 in percent."""
 import os
-import pathlib
-import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -15,9 +13,7 @@ from dqnn import runs
 from dqnn import tracing
 from dqnn.quantizers import readout
 from dqnn.variables import WEIGHT_QUANTIZER, layer_variables
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
-from run_testlib import trained_run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from run_testlib import trained_run
 
 # One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
 pytestmark = pytest.mark.xdist_group('plots')

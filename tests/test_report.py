@@ -1,24 +1,19 @@
 """Cost report on a model small enough to count by hand."""
 import json
-import pathlib
 import subprocess
 import sys
 
 import flax.linen as nn
 import pytest
 
+from configs import base
 from dqnn import checkpoint
 from dqnn import report
 from dqnn.layers import QuantConv, QuantDense
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from run_testlib import trained_run  # Also puts the repository (configs/) on the path.
-from configs import base
+from run_testlib import trained_run
 
 # One worker runs the module, so its module-scoped training runs once (pytest.ini: loadgroup).
 pytestmark = pytest.mark.xdist_group('report')
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 class _Tiny(nn.Module):

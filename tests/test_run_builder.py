@@ -1,7 +1,6 @@
 """`run_builder.build`: one place turns a config into a run's objects; nothing else reads it."""
 import ast
 import pathlib
-import sys
 
 import jax
 import numpy as np
@@ -11,9 +10,7 @@ from dqnn import data
 from dqnn import run_builder
 from dqnn import runs
 from dqnn import train
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'train'))
-from train_testlib import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_testlib import tiny_config
 
 
 def _config_uses(path: pathlib.Path) -> tuple[list[str], list[str]]:

@@ -1,17 +1,13 @@
 """Config checks: unusable values listed at once, changed fields named, old configs kept."""
 import json
 import os
-import pathlib
-import sys
 
 import pytest
 
 from configs import base
 from dqnn import run_config
 from dqnn.models import MODELS
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'train'))
-from train_testlib import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_testlib import tiny_config
 
 
 def test_every_unusable_field_is_listed_in_one_error():

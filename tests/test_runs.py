@@ -1,14 +1,10 @@
 """What a config builds, and reading a run back, without the dataset or a training run."""
-import pathlib
-import sys
 
 import pytest
 
 from dqnn import metrics
 from dqnn import runs
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'train'))
-from train_testlib import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_testlib import tiny_config
 
 
 def test_class_count_and_image_size_come_from_the_dataset_and_model():

@@ -6,9 +6,7 @@ import sys
 
 from dqnn import runs
 from dqnn import summaries
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / 'export'))
-from run_testlib import trained_run  # pylint: disable=g-import-not-at-top,wrong-import-position
+from run_testlib import trained_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

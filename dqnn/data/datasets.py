@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from dqnn.data.errors import DatasetDamagedError
 from dqnn.data.errors import DatasetNotFoundError
 from dqnn.data.specs import EMBEDDED
-from dqnn.data.specs import FAKE_NORMALIZATION
+from dqnn.data.specs import FAKE_INPUT_STATISTICS
 from dqnn.data.specs import SOURCE_INPUT_HELP
 from dqnn.data.specs import SPECS
 from dqnn.data.specs import spec
@@ -51,9 +51,9 @@ class DatasetInfo:
   num_eval: int
 
 
-def normalization(name: str) -> str:
-  """The key of `transforms.NORMALIZATION` whose mean/std normalise `name`'s images."""
-  return name if name in SPECS else FAKE_NORMALIZATION
+def input_statistics(name: str) -> str:
+  """The key of `transforms.INPUT_STATISTICS` whose mean/std standardise `name`'s images."""
+  return name if name in SPECS else FAKE_INPUT_STATISTICS
 
 
 def is_small(name: str) -> bool:

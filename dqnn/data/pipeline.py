@@ -2,7 +2,7 @@
 
 Each host (JAX process) reads a disjoint contiguous slice of the split: host i of P reads
 examples [n*i//P, n*(i+1)//P). Batches are per-host: `global_batch_size // P` examples, images
-uint8 (the train step normalises them on the device).
+uint8 (the train step standardises them on the device).
 
 * `train_dataset`: an infinite grain dataset. Batch k of it is a pure function of
   (seed, host, k): grain shuffles by index, with a new permutation each epoch, and draws each

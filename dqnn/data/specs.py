@@ -1,11 +1,11 @@
 """One `DatasetSpec` record per dataset: everything dqnn knows about it, in one place.
 
-The pipelines, the offline prepare tool, the normalisation, the mock datasets, the error
+The pipelines, the offline prepare tool, the input statistics, the mock datasets, the error
 messages and the config builders all read these records; none branches on a dataset's name. To
 add a dataset, add its record here (docs/architecture.md, "Adding a dataset").
 
 `FAKE` is not a dataset and has no record: synthetic batches whose sizes come from the config
-(`pipeline.fake_batches`), normalised with the statistics of `FAKE_NORMALIZATION`. The embedded
+(`pipeline.fake_batches`), standardised with the statistics of `FAKE_INPUT_STATISTICS`. The embedded
 CIFAR-100 sample is a record whose source is `EMBEDDED`.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 FAKE = 'fake'  # Synthetic batches for throughput runs: no files, sizes from the config.
-FAKE_NORMALIZATION = 'imagenet2012'  # Whose statistics normalise the synthetic images.
+FAKE_INPUT_STATISTICS = 'imagenet2012'  # Whose statistics standardise the synthetic images.
 SAMPLE = 'cifar100_sample'
 
 # How a dataset's files are made: `python -m dqnn.data.prepare --source=npz` (uint8 32x32 images

@@ -1,7 +1,7 @@
-"""Image preprocessing: augmentation on uint8 images, normalisation on the device.
+"""Image preprocessing: augmentation on uint8 images, standardisation on the device.
 
 Pipelines hand uint8 images to the train step (a quarter of float32's host-to-device bytes);
-the step normalises them with `normalize`. Randomness comes from generators seeded by the
+the step standardises them with `standardize`. Randomness comes from generators seeded by the
 pipeline, so every batch is a deterministic function of (seed, position).
 
 * CIFAR train: zero-pad 4 + random 32x32 crop + random horizontal flip, on whole batches
@@ -37,7 +37,7 @@ import numpy as np
 from dqnn.data import specs
 
 # (mean, std) per dataset, from its record.
-NORMALIZATION = {name: (spec.mean, spec.std) for name, spec in specs.SPECS.items()}
+INPUT_STATISTICS = {name: (spec.mean, spec.std) for name, spec in specs.SPECS.items()}
 
 PILLOW = 'pillow'
 LIBJPEG_TURBO = 'libjpeg-turbo'
@@ -47,10 +47,10 @@ CIFAR_PAD = 4
 _EVAL_CROP_FRACTION = 224 / 256
 
 
-def normalize(images, normalization: str) -> jnp.ndarray:
+def standardize(images, input_statistics: str) -> jnp.ndarray:
   """uint8 [..., 3] images -> (x/255 - mean)/std in float32 (jax, so it runs in the step), with
-  the statistics of the dataset `normalization` names (`datasets.normalization`)."""
-  mean, std = NORMALIZATION[normalization]
+  the statistics of the dataset `input_statistics` names (`datasets.input_statistics`)."""
+  mean, std = INPUT_STATISTICS[input_statistics]
   images = jnp.asarray(images, jnp.float32) / 255.0
   return (images - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 

@@ -21,7 +21,8 @@ from dqnn.export import graph
 from dqnn.layers import QuantizeActivation
 from dqnn.quantizers import FULL_PRECISION, validate_params
 from dqnn.quantizers import readout
-from dqnn.variables import ACT_QUANTIZER, BATCH_STATS, QUANTIZER, WEIGHT_QUANTIZER, layer_variables
+from dqnn.variables import (ACT_QUANTIZER, BATCH_STATS, QUANTIZER, WEIGHT_QUANTIZER,
+                            layer_variables, path_name)
 
 
 
@@ -89,7 +90,7 @@ class _Builder:
     return name
 
   def layer_ops(self, module: nn.Module, source: int, output: int) -> list[dict]:
-    name = '/'.join(module.path)
+    name = path_name(module.path)
     if isinstance(module, nn.BatchNorm):
       return [self._batch_norm(module, name, source, output)]
     if isinstance(module, QuantizeActivation):

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 
 from dqnn import files
+from dqnn.quantizers.bits import SUPPORTED_BITS
 
 MAGIC = b'\x89DQNN\r\n\x1a'
 # Version 2 added the per-tensor sha256 and the file's sha256 trailer; version 1 is refused.
 VERSION = 2
 ALIGNMENT = 64
-PACKABLE_BITS = (1, 2, 3, 4, 8)
+PACKABLE_BITS = SUPPORTED_BITS  # Every quantized bit width packs.
 # Magic, then little-endian uint32 version and uint64 header length.
 _PREAMBLE = struct.Struct('<8sIQ')
 _DTYPES = ('float32', 'uint8', 'int32')

@@ -18,6 +18,7 @@ import numpy as np
 
 from dqnn import tracing
 from dqnn.layers import QuantizeActivation
+from dqnn.quantizers import FULL_PRECISION
 
 LAYER_TYPES = (nn.Conv, nn.Dense, nn.BatchNorm, QuantizeActivation)
 # Element-wise functions the runner has as ops, by their jit name.
@@ -59,7 +60,7 @@ def trace(model: nn.Module, variables: Any, input_shape: tuple[int, ...]) -> Tra
   def intercept(module, x, run):
     out = run()
     # A 32-bit QuantizeActivation passes its input through: no op.
-    if getattr(module, 'bits', None) == 32:
+    if getattr(module, 'bits', None) == FULL_PRECISION:
       return out
     # The real output only gives the shape; its equations are dead code in the jaxpr.
     layers.append(module)

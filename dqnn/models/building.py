@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn.layers import QuantConv, QuantDense
+from dqnn.variables import path_name
 
 # torchvision's conv init (Kaiming normal, fan_out, not truncated).
 CONV_INIT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -16,7 +17,7 @@ NORMALIZATIONS = ('batch', 'none')
 
 
 def _quant_kwargs(parent: nn.Module, name: str, role: str) -> dict:
-  return parent.policy.layer_kwargs('/'.join((*parent.path, name)), role)
+  return parent.policy.layer_kwargs(path_name((*parent.path, name)), role)
 
 
 def conv(parent: nn.Module, name: str, features: int, kernel_size: int, *, strides: int = 1,

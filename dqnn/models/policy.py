@@ -20,6 +20,7 @@ import ml_collections
 from dqnn import tracing
 from dqnn.layers import QuantConv, QuantDense
 from dqnn.quantizers import FULL_PRECISION, check_bits
+from dqnn.variables import path_name
 
 EDGE_POLICIES = ('float', '8bit')
 ROLES = ('first', 'body', 'last')
@@ -120,7 +121,7 @@ def layer_paths(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
   paths = []
 
   def record(module, x, run):
-    path = '/'.join(module.path)
+    path = path_name(module.path)
     if path not in paths:
       paths.append(path)
     return run()

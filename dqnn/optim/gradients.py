@@ -9,6 +9,7 @@ import optax
 from dqnn.optim.groups import decay_mask
 from dqnn.optim.tree import map_quantizers, per_layer, quantizer_modules
 from dqnn.quantizers import registry
+from dqnn.variables import path_name
 
 
 def weight_decay(weight_decay: float, *, float_kernels: bool = True
@@ -68,7 +69,7 @@ def warn_on_foreign_dq_gradients(grads, params) -> None:
   for module_path, names, foreign_gradient in found:
     own = {name: param_leaves[position] for name, position in names.items()}
     own_grads = {name: grad_leaves[position] for name, position in names.items()}
-    layers.append('/'.join(module_path) or '<root>')
+    layers.append(path_name(module_path) or '<root>')
     flags.append(jnp.any(per_layer(foreign_gradient, own)(own_grads, own)))
   if flags:
     foreign = jnp.stack(flags)

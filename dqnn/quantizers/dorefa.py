@@ -5,7 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, check_bits
 from dqnn.quantizers.dq_activation import unit_grid
 from dqnn.quantizers.ste import replace_ste, round_ste
 
@@ -40,7 +40,7 @@ class DoReFaActivation(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     check_bits(self.bits, 'a_bits')
-    if self.bits == 32:
+    if self.bits == FULL_PRECISION:
       return x
     xf = x.astype(jnp.float32)
     if self.signed:

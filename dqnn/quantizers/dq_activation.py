@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from dqnn.quantizers import levels as lv
-from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, check_bits
 from dqnn.variables import QUANT_STATS
 
 PARAMETERISATIONS = ('basis', 'free', 'uniform')
@@ -140,11 +140,10 @@ def closed_form(parameterisation: str, mass: jax.Array, moment: jax.Array, level
                 current: jax.Array, bits: int, signed: bool) -> jax.Array:
   """The parameter value minimising `E` with every element's level held fixed."""
   if parameterisation == 'free':
-    return jnp.where(mass > 0, moment / jnp.where(mass > 0, mass, 1), levels)
+    return lv.ratio_or(moment, mass, levels)
   if parameterisation == 'uniform':
     grid = unit_grid(2 ** bits, signed)
-    denom = jnp.sum(mass * grid ** 2)
-    return jnp.where(denom > 0, jnp.sum(moment * grid) / jnp.where(denom > 0, denom, 1), current)
+    return lv.ratio_or(jnp.sum(moment * grid), jnp.sum(mass * grid ** 2), current)
   # Basis: weighted least squares over the codes of the levels in sorted order.
   codes = binary_codes(bits, signed)
   codes = codes[jnp.argsort(codes @ current)]
@@ -187,7 +186,7 @@ class DQActivation(nn.Module):
     _check_choice('weighting', self.weighting, WEIGHTINGS)
     _check_choice('parameterisation', self.parameterisation, PARAMETERISATIONS)
     _check_choice('update', self.update, UPDATES)
-    if self.bits == 32:
+    if self.bits == FULL_PRECISION:
       return x
     name = PARAMETER_NAMES[self.parameterisation]
     init = functools.partial(self._initial_value, x)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dqnn.quantizers import levels as lv
-from dqnn.quantizers.bits import SUPPORTED_BITS, check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, SUPPORTED_BITS, check_bits
 
 LEVELS = 'levels'
 HALF_LEVELS = 'half_levels'
@@ -65,8 +65,9 @@ def params_from_kernel(kernel: jax.Array, bits: int, *, per_channel: bool = True
   Used at initialisation (random kernels) and to start from a pretrained float model.
   """
   check_bits(bits, 'w_bits')
-  if bits == 32:
-    raise ValueError('params_from_kernel quantizes; bits=32 keeps the float kernel as it is.')
+  if bits == FULL_PRECISION:
+    raise ValueError(f'params_from_kernel quantizes; bits={FULL_PRECISION} keeps the float kernel '
+                     'as it is.')
   if kernel.ndim < 2:
     raise ValueError(f'A quantized kernel needs rank >= 2 (last axis = output channels); got '
                      f'shape {kernel.shape}.')
@@ -153,7 +154,7 @@ def validate(params: Mapping[str, Any], where: str) -> None:
   tree: call that on restored parameters before training resumes.
   """
   half = params.get(HALF_LEVELS)
-  rows = params[LEVELS] if half is None else jnp.concatenate([-half[..., ::-1], half], axis=-1)
+  rows = params[LEVELS] if half is None else lv.mirror(half)
   stacked = rows.shape[:-2]
   if rows.ndim < 2 or rows.shape[-1] not in tuple(2 ** b for b in SUPPORTED_BITS):
     raise ValueError(f'DQ levels at {where} have shape {rows.shape}; expected '

@@ -21,10 +21,6 @@ from dqnn.quantizers.dq_weight import GAP_RATIO, HALF_LEVELS, INDEX, LEVELS, lev
 FOREIGN_GRADIENT_TOLERANCE = 1e-3
 
 
-def _symmetrise(table):
-  return (table - table[:, ::-1]) / 2
-
-
 def _level_name(params: dict) -> str:
   return HALF_LEVELS if HALF_LEVELS in params else LEVELS
 
@@ -64,7 +60,7 @@ def direct_step(steps: dict, params: dict, *, residual: bool, level_update: str)
     new_table = lv.lloyd_step(jnp.concatenate([target, -target]) if symmetric else target,
                               new_table)
   if symmetric:
-    new_table = _symmetrise(new_table)
+    new_table = lv.symmetrise(new_table)
   new_table = lv.make_increasing(new_table, lv.min_gap(new_table, GAP_RATIO))
 
   new_index = lv.fractional_index(target, new_table)
@@ -86,7 +82,7 @@ def project(params: dict) -> dict:
   index = lv.as_groups(jnp.nan_to_num(params[INDEX]), num_groups)
   clipped = jnp.clip(index, -0.5, num_levels - 0.5)
   if symmetric:
-    table = _symmetrise(table)
+    table = lv.symmetrise(table)
   valid = jnp.all(jnp.diff(table, axis=-1) > 0, axis=-1) & jnp.all(jnp.isfinite(table), axis=-1)
   table = jnp.nan_to_num(table)
   new_table = jnp.where(valid[:, None], table,
@@ -117,8 +113,7 @@ def level_counts(params: dict) -> dict:
   chosen = lv.round_index(lv.as_groups(params[INDEX], num_groups), num_levels)
   counts = lv.sum_by_level(jnp.ones(chosen.shape, table.dtype), chosen, num_levels)
   if HALF_LEVELS in params:
-    half = num_levels // 2
-    return {HALF_LEVELS: counts[:, half:] + counts[:, :half][:, ::-1]}
+    return {HALF_LEVELS: _fold_half(counts, 1.0)}
   return {LEVELS: counts}
 
 

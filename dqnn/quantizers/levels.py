@@ -144,8 +144,21 @@ def make_increasing(levels: jax.Array, gap: jax.Array) -> jax.Array:
 
 
 def mirror(half_levels: jax.Array) -> jax.Array:
-  """The full symmetric table `(-h[::-1], h)` of a positive half table `h`, shape `(G, L)`."""
-  return jnp.concatenate([-half_levels[:, ::-1], half_levels], axis=-1)
+  """The full symmetric table `(-h[::-1], h)` of a positive half table `h`, shape `(G, L)`
+  (leading stacked axes allowed)."""
+  return jnp.concatenate([-half_levels[..., ::-1], half_levels], axis=-1)
+
+
+def symmetrise(table: jax.Array) -> jax.Array:
+  """The nearest table symmetric about zero: level `k` and level `L-1-k` become `+-` their
+  mean magnitude."""
+  return (table - table[..., ::-1]) / 2
+
+
+def ratio_or(numerator: jax.Array, denominator: jax.Array, fallback: jax.Array) -> jax.Array:
+  """`numerator / denominator` where `denominator > 0`, else `fallback` (no NaN gradient)."""
+  positive = denominator > 0
+  return jnp.where(positive, numerator / jnp.where(positive, denominator, 1), fallback)
 
 
 def lloyd_step(values: jax.Array, levels: jax.Array, weights: jax.Array | None = None) -> jax.Array:
@@ -158,7 +171,7 @@ def lloyd_step(values: jax.Array, levels: jax.Array, weights: jax.Array | None =
   weights = jnp.ones_like(values) if weights is None else weights
   mass = sum_by_level(weights, index, num_levels)
   total = sum_by_level(weights * values, index, num_levels)
-  return jnp.where(mass > 0, total / jnp.where(mass > 0, mass, 1), levels)
+  return ratio_or(total, mass, levels)
 
 
 @functools.partial(jax.jit, static_argnames=('num_levels', 'iterations', 'symmetric', 'gap_ratio'))
@@ -176,7 +189,7 @@ def kmeans_levels(values: jax.Array, num_levels: int, *, iterations: int, symmet
 
   def project(levels):
     if symmetric:
-      levels = (levels - levels[:, ::-1]) / 2
+      levels = symmetrise(levels)
     return make_increasing(levels, min_gap(levels, gap_ratio))
 
   return jax.lax.fori_loop(0, iterations, lambda _, lv: project(lloyd_step(values, lv)),

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, check_bits
 from dqnn.quantizers.dq_activation import initial_top_level
 from dqnn.quantizers.ste import round_ste, scale_grad
 
@@ -47,7 +47,7 @@ class LSQActivation(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     check_bits(self.bits, 'a_bits')
-    if self.bits == 32:
+    if self.bits == FULL_PRECISION:
       return x
     xf = x.astype(jnp.float32)
     q_neg, q_pos = signed_range(self.bits) if self.signed else (0, 2 ** self.bits - 1)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dqnn.quantizers.bits import check_bits
+from dqnn.quantizers.bits import FULL_PRECISION, check_bits
 from dqnn.quantizers.dq_activation import initial_top_level, unit_grid
 from dqnn.quantizers.ste import replace_ste
 
@@ -21,7 +21,7 @@ class PACTActivation(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     check_bits(self.bits, 'a_bits')
-    if self.bits == 32:
+    if self.bits == FULL_PRECISION:
       return x
     xf = x.astype(jnp.float32)
     alpha = self.param('clip', lambda _: initial_top_level(xf, 2 ** self.bits))

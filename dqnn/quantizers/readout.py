@@ -18,6 +18,7 @@ import numpy as np
 
 from dqnn import quantizers
 from dqnn.quantizers import registry
+from dqnn.variables import path_name
 
 # Relative spread of float noise around one level that still counts as that level.
 _NOISE = 1e-5
@@ -68,7 +69,7 @@ def kernel_levels(module: nn.Module, variables: dict[str, Any]) -> tuple[np.ndar
     table, indices = quantizer.kernel_levels(variables)
     return np.asarray(table), np.asarray(indices)
   return per_channel_levels(_quantized_kernel(quantizer, variables), module.w_bits,
-                            '/'.join(module.path))
+                            path_name(module.path))
 
 
 def quantized_kernel(module: nn.Module, variables: dict[str, Any]) -> np.ndarray:

@@ -3,7 +3,6 @@ import functools
 import importlib.util
 import pathlib
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +15,6 @@ from dqnn import runs
 from dqnn.data import datasets
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# Config files import `configs.base`, as they do when run from the repository root.
-if str(REPO) not in sys.path:
-  sys.path.insert(0, str(REPO))
 
 CONFIG_FILES = sorted(path for path in (REPO / 'configs').glob('*.py')
                       if path.name not in ('__init__.py', 'base.py'))

@@ -15,11 +15,7 @@ from dqnn.data import dali_input
 from dqnn.data import datasets
 from dqnn.data import mock
 from dqnn.data import pipeline
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'train'))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from train_testlib import patch_train_batches, restore_raw_state, sigterm_in_step, tiny_config
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 GLOBAL_BATCH = 8
 

@@ -35,7 +35,7 @@ def test_record_is_consistent(name):
     assert specs.spec(spec.sample).num_classes == spec.num_classes
   if spec.coarse_labels:
     assert len(spec.coarse_labels) == spec.num_classes
-  np.testing.assert_array_equal(transforms.NORMALIZATION[datasets.normalization(name)],
+  np.testing.assert_array_equal(transforms.INPUT_STATISTICS[datasets.input_statistics(name)],
                                 (spec.mean, spec.std))
 
 
@@ -46,8 +46,8 @@ def test_cifar10_statistics_and_sizes():
   assert not spec.sample and not spec.coarse_labels  # TFDS cifar10: id, image, label.
 
 
-def test_fake_data_is_normalised_with_imagenet_statistics():
-  assert datasets.normalization(specs.FAKE) == 'imagenet2012'
+def test_fake_data_is_standardised_with_imagenet_statistics():
+  assert datasets.input_statistics(specs.FAKE) == 'imagenet2012'
 
 
 def test_a_record_the_pipelines_cannot_serve_is_refused():

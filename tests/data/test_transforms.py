@@ -1,4 +1,4 @@
-"""Tests for dqnn.data.transforms: one crop formula for host and device, normalisation, and the
+"""Tests for dqnn.data.transforms: one crop formula for host and device, input standardisation, and the
 two JPEG decoders against a full-decode-then-crop reference."""
 import io
 
@@ -34,18 +34,39 @@ def test_crop_and_flip_matches_the_per_image_definition_in_numpy_and_jax():
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_cifar_train_batch_is_deterministic_in_the_generator():
-  images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+def _drawn_crop_and_flip(image, augmented):
+  """The `(dy, dx, flip)` whose pad-crop-flip of `image` is exactly `augmented`, else None."""
+  for dy in range(2 * transforms.CIFAR_PAD + 1):
+    for dx in range(2 * transforms.CIFAR_PAD + 1):
+      for flip in (False, True):
+        if np.array_equal(_reference_crop_and_flip(image, dy, dx, flip), augmented):
+          return dy, dx, flip
+  return None
+
+
+def test_cifar_train_batch_pad_crops_and_mirrors_each_image_at_random_deterministically():
+  images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   a = transforms.cifar_train_batch(images, np.random.default_rng(5))
   b = transforms.cifar_train_batch(images, np.random.default_rng(5))
   np.testing.assert_array_equal(a, b)
   assert a.dtype == np.uint8 and a.shape == images.shape
+  draws = []
+  for seed in range(3):
+    batch = transforms.cifar_train_batch(images, np.random.default_rng(seed))
+    draw = [_drawn_crop_and_flip(image, out) for image, out in zip(images, batch)]
+    assert None not in draw, 'an output is not an exact pad-crop (and mirror) of its input'
+    draws += draw
+  # Over 24 draws: both mirrored and unmirrored images, and more than one crop window.
+  assert {flip for _, _, flip in draws} == {False, True}
+  assert len({(dy, dx) for dy, dx, _ in draws}) > 1
+  assert not np.array_equal(transforms.cifar_train_batch(images, np.random.default_rng(0)),
+                            transforms.cifar_train_batch(images, np.random.default_rng(1)))
 
 
-def test_normalize_uses_the_dataset_statistics():
+def test_standardize_uses_the_dataset_statistics():
   images = np.full((1, 2, 2, 3), 255, np.uint8)
-  mean, std = transforms.NORMALIZATION['cifar100']
-  np.testing.assert_allclose(np.asarray(transforms.normalize(images, 'cifar100'))[0, 0, 0],
+  mean, std = transforms.INPUT_STATISTICS['cifar100']
+  np.testing.assert_allclose(np.asarray(transforms.standardize(images, 'cifar100'))[0, 0, 0],
                              (1 - np.array(mean)) / np.array(std), rtol=1e-6)
 
 

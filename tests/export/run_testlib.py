@@ -1,15 +1,9 @@
 """One tiny trained run shared by the export, report and plots tests (training dominates)."""
 import pathlib
-import sys
 
-# train_testlib (tiny configs) lives beside the training tests.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'train'))
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from dqnn import train
 from dqnn.data import mock
 from train_testlib import tiny_config
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 _DONE = 'trained.ok'
 

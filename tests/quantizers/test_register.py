@@ -1,8 +1,6 @@
 """A quantizer from outside dqnn, plugged in through the public `register` API alone: it trains,
 resumes from a checkpoint, is grouped by the optimizer, reports, and exports once it has a
 read-out (before that, export names the method to write)."""
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -16,11 +14,7 @@ from dqnn import quantizers
 from dqnn import report
 from dqnn import runs
 from dqnn import train
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, 'train'))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from train_testlib import read_metrics, tiny_config
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 class GridActivation(nn.Module):

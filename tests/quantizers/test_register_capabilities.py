@@ -4,9 +4,7 @@ non-gradient update rule), plugged in through `register_weight_quantizer` and it
 repaired, and exports. And DQ itself is such a plug-in: no dqnn module outside
 `dqnn/quantizers/` imports it."""
 import ast
-import os
 import pathlib
-import sys
 from typing import Callable
 
 import flax
@@ -22,11 +20,7 @@ from dqnn import quantizers
 from dqnn import runs
 from dqnn import train
 from dqnn import warm_start
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, 'train'))
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from train_testlib import read_metrics, tiny_config
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 LEVELS, INDEX = 'toy_levels', 'toy_index'
 

@@ -5,7 +5,6 @@ Each ends in correct behaviour or one clear error, and nothing already written i
 import os
 import pathlib
 import shutil
-import sys
 
 import jax
 import numpy as np
@@ -18,10 +17,8 @@ from dqnn import metrics
 from dqnn import run_config
 from dqnn import train
 from faults_testlib import fill_disk_after, snapshot
+from run_testlib import trained_run
 from train_testlib import checkpoint_steps, read_metrics, restore_raw_state, tiny_config
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'export'))
-from run_testlib import trained_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _without_timing(records):

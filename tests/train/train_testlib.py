@@ -6,7 +6,8 @@ import signal
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# Config files import `configs.base`, as they do when run from the repository root.
+# pytest.ini puts the repository on the path; the scripts tests start (multiprocess_worker.py,
+# sharded_train.py) import `configs.base` through this.
 if str(REPO) not in sys.path:
   sys.path.insert(0, str(REPO))
 
