@@ -16,6 +16,7 @@ DQ parameters are malformed is corrupt: by default it is moved aside (to
 import errno
 import hashlib
 import json
+import sys
 from typing import Any, Mapping
 
 from absl import logging
@@ -174,6 +175,33 @@ def _first_line(error: Exception) -> str:
   return f'{type(error).__name__}: {line[:300]}'
 
 
+def _is_leftover_of_a_failed_read(unraisable) -> bool:
+  error = unraisable.exc_value
+  return (str(error).startswith('Encountered error while reading array index')
+          or (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'))
+
+
+def _silence_leftovers_of_failed_reads() -> None:
+  """Drops what a failed orbax read leaves behind, keeping every other unraisable error.
+
+  When one array of a checkpoint cannot be read, orbax's restore raises, but the reads of the
+  other arrays are still in flight: as they finish (or are collected) they report to a closed
+  event loop, and Python prints each as a traceback, long after the error was caught and
+  `CorruptCheckpointError` logged its one line. Installed before the first read, for the rest
+  of the process.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_failed_read_leftovers', False):
+    return
+
+  def hook(unraisable):
+    if not _is_leftover_of_a_failed_read(unraisable):
+      previous(unraisable)
+
+  hook.drops_failed_read_leftovers = True
+  sys.unraisablehook = hook
+
+
 def _has_item(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
   return (epath.Path(manager.directory) / str(step) / item).exists()
 
@@ -196,6 +224,7 @@ def _read(manager: ocp.CheckpointManager, step: int, target: Any, *,
   for item in ('digest', 'train_metrics', 'input'):
     if _has_item(manager, step, item):
       items[item] = ocp.args.JsonRestore()
+  _silence_leftovers_of_failed_reads()
   try:
     restored = manager.restore(step, args=ocp.args.Composite(**items))
   except Exception as error:  # pylint: disable=broad-except

@@ -2,6 +2,8 @@
 import os
 import pathlib
 import shutil
+import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +105,22 @@ def test_truncated_file_is_named_and_without_a_good_one_nothing_moves(tmp_path):
   assert 'No checkpoint' in message and 'checkpoints/1 cannot be read' in message
   assert len(message.splitlines()) < 5  # One line per checkpoint, no TensorStore traceback.
   assert _steps(workdir) == [1] and not (tmp_path / checkpoint.CORRUPT_DIR).exists()
+
+
+def test_only_the_leftovers_of_a_failed_read_are_silenced(monkeypatch):
+  reported = []
+  monkeypatch.setattr(sys, 'unraisablehook', reported.append)
+  checkpoint._silence_leftovers_of_failed_reads()  # pylint: disable=protected-access
+  checkpoint._silence_leftovers_of_failed_reads()  # Installed once: wraps no second time.
+
+  def unraisable(error):
+    return types.SimpleNamespace(exc_value=error, exc_type=type(error), object=None)
+
+  sys.unraisablehook(unraisable(RuntimeError('Event loop is closed')))
+  sys.unraisablehook(unraisable(Exception('Encountered error while reading array index: ()')))
+  other = unraisable(RuntimeError('something else'))
+  sys.unraisablehook(other)
+  assert reported == [other]
 
 
 @pytest.mark.parametrize('state_options, named', [

@@ -17,7 +17,8 @@ from dqnn.export import graph
 
 def _config(model, **quant):
   config = ml_collections.ConfigDict({
-      'model': model, 'dataset': 'fake', 'num_classes': 10, 'image_size': 0,
+      'model': model, 'dataset': 'fake', 'num_classes': 10,
+      'image_size': models.model_spec(model).image_size,
       'dtype': 'float32', 'quant': {'w_bits': 2, 'a_bits': 2, **quant}})
   return config
 
@@ -47,7 +48,7 @@ def _through_a_file(exported):
 def _init(config, seed=0):
   """The model, random variables of its structure, and images."""
   model = runs.model_from_config(config)
-  size = models.model_spec(config.model).image_size
+  size = runs.image_size(config)
   images = jax.random.normal(jax.random.key(seed), (2, size, size, 3))
   abstract = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
   rng = np.random.default_rng(seed)

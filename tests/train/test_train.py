@@ -79,7 +79,9 @@ def test_fake_data_needs_no_dataset(tmp_path):
 
 
 def test_batch_must_divide_over_devices(cifar_data_dir, tmp_path, monkeypatch):
-  monkeypatch.setattr(train.jax, 'device_count', lambda: 3)
+  # The run's mesh is built from jax.devices(): three entries make a 3-device mesh here.
+  device = train.jax.devices()[0]
+  monkeypatch.setattr(train.jax, 'devices', lambda: [device] * 3)
   workdir = tmp_path / 'workdir'
   with pytest.raises(ValueError, match=r'global_batch_size=8 does not split evenly over 3 '
                                        r'devices; use a multiple of 3 \(e.g. 6 or 9\)'):
