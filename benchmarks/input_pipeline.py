@@ -282,7 +282,7 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
     train_input = run_builder.training_input(config, info, mesh)
     step = jax.jit(lambda state, inputs, make_batch=train_input.make_batch: train.train_step(
         state, inputs, model=model, tx=tx, make_batch=make_batch, input_statistics='cifar100',
-        label_smoothing=0.0, dropout_key=jax.random.key(2)), donate_argnums=0)
+        label_smoothing=0.0), donate_argnums=0)
     first = jax.jit(train_input.make_batch)(train_input.next())
     state = train.initial_state(model, tx, jax.random.key(0),
                                 data.standardize(first['image'], 'cifar100'))

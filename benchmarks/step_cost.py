@@ -117,7 +117,7 @@ class Step:
         functools.partial(train.train_step, model=self.model, tx=self.tx,
                           make_batch=train_input.HostInput.make_batch,
                           input_statistics='imagenet2012', label_smoothing=0.0,
-                          dropout_key=jax.random.key(2), teacher_model=self.teacher_model,
+                          teacher_model=self.teacher_model,
                           temperature=1.0, distill_weight=1.0),
         donate_argnums=0)
     start = time.perf_counter()
@@ -183,8 +183,7 @@ def quantized_layer_shapes(model_name: str, dtype: str, images) -> list[dict]:
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    jax.eval_shape(lambda x: model.init({'params': jax.random.key(0), 'dropout': jax.random.key(0)},
-                                        x, train=True), images)
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=True), images)
   return layers
 
 

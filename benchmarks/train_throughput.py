@@ -64,8 +64,7 @@ def make_step(model_name: str, bits: int, batch: int, with_batch_input: bool = F
   step = jax.jit(
       functools.partial(train.train_step, model=model, tx=tx,
                         make_batch=train_input.HostInput.make_batch,
-                        input_statistics='imagenet2012', label_smoothing=0.0,
-                        dropout_key=jax.random.key(2)),
+                        input_statistics='imagenet2012', label_smoothing=0.0),
       in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()

@@ -220,7 +220,7 @@ class Probe:
     # Only shapes are needed: every value is fitted to the run's weights or calibrated anew,
     # and initialising for real would run each quantizer's k-means for nothing.
     shapes = jax.eval_shape(functools.partial(model.init, train=True),
-                            {'params': self.rng, 'dropout': self.rng}, images)
+                            self.rng, images)
     variables = warm_start.from_float(
         model, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes), self.source, images,
         self.rng)

@@ -103,7 +103,7 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any = None, *,
                model, tx, make_batch, input_statistics: str, label_smoothing: float,
-               dropout_key: jax.Array, teacher_model: Any = None,
+               teacher_model: Any = None,
                temperature: float = 1.0, distill_weight: float = 1.0):
   """One optimizer step on the batch `make_batch(inputs)`; returns (state, metrics, finite).
 
@@ -118,7 +118,7 @@ def train_step(state: TrainState, inputs: dict[str, Any], teacher_variables: Any
   def loss_fn(params):
     logits, model_state = model.apply(
         {**state.variables(), 'params': params}, images, train=True,
-        mutable=list(MODEL_STATE), rngs={'dropout': jax.random.fold_in(dropout_key, state.step)})
+        mutable=list(MODEL_STATE))
     if soft_targets is None:
       loss = metrics.cross_entropy(logits, batch['label'], label_smoothing)
     else:
@@ -178,7 +178,7 @@ def initial_state(model, tx, rng: jax.Array, images: jax.Array) -> TrainState:
   activations, where BatchNorm's initial running statistics (the identity) would let them grow
   layer by layer.
   """
-  variables = model.init({'params': rng, 'dropout': rng}, images, train=True)
+  variables = model.init(rng, images, train=True)
   params = variables['params']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     **{name: variables.get(name, {}) for name in MODEL_STATE})
@@ -228,7 +228,6 @@ def _train(run: run_builder.Run, mesh: Mesh, config: ml_collections.ConfigDict,
   step_fn = jax.jit(
       functools.partial(train_step, model=model, tx=tx, make_batch=train_input.make_batch,
                         input_statistics=input_statistics, label_smoothing=run.label_smoothing,
-                        dropout_key=jax.random.fold_in(rng, 1),
                         teacher_model=None if teacher is None else teacher.model,
                         temperature=run.distill_temperature,
                         distill_weight=run.distill_weight),

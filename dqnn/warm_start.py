@@ -92,7 +92,7 @@ def calibrate(model, variables: Mapping[str, Any], images: jax.Array, rng: jax.A
   taken from that run, so BatchNorm statistics and given parameters come back unchanged.
   """
   _, fresh = model.apply(variables, images, train=True, mutable=list(COLLECTIONS),
-                         rngs={'params': rng, 'dropout': rng})
+                         rngs={'params': rng})
   merged = flax.traverse_util.flatten_dict(flax.core.unfreeze(fresh))
   merged.update(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables)))
   merged = flax.traverse_util.unflatten_dict(merged)

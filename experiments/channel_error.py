@@ -122,7 +122,7 @@ def measure_layer_inputs(workdir: str, a_bits: Sequence[int], batch_size: int = 
   for bits in a_bits:  # Each bit width is its own quantized network.
     config = quantized_config(float_config, bits)
     model = runs.model_from_config(config)
-    fresh = model.init({'params': rng, 'dropout': rng}, images, train=True)
+    fresh = model.init(rng, images, train=True)
     variables = warm_start.from_float(model, fresh, float_variables, images, rng)
     inputs = plots.layer_inputs(config, variables, images)
     calls, _ = tracing.layer_calls(model, (size, size, 3), variables)

@@ -70,7 +70,7 @@ def test_a_quantized_run_is_measured_against_its_own_bits(float_run):
   config = tiny_config('cifar100', w_bits=2, a_bits=2, data_dir=float_run[1].data_dir)
   key = jax.random.key(0)
   variables = runs.model_from_config(config).init(
-      {'params': key, 'dropout': key}, jax.random.normal(key, (8, 32, 32, 3)), train=True)
+      key, jax.random.normal(key, (8, 32, 32, 3)), train=True)
   probe = mixed_precision.Probe(config, variables, num_batches=1)
   layer = probe.source['params']['stage1']['block0']['conv1']
   assert 'kernel' in layer and 'weight_quantizer' not in layer  # Its w_q, as a float kernel.
