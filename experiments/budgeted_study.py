@@ -31,9 +31,8 @@ row's workdir lives under `--runs_dir` (checkpoints stay there); its config, met
 are copied to `<record_dir>/<row>/`, and `<record_dir>/results.md` (the table with mean and
 range per cell and which differences lie outside the seed ranges) is rewritten after every row.
 
-`--workers=K` runs K rows at once. With a `cpu` scale each is pinned to its own core (on a
-2-core machine two one-core runs give about 1.3x the throughput of one run on both cores);
-otherwise they share the accelerator, each allowed 1/K of its memory.
+`--workers=K` runs K rows at once (`experiments.scheduler`). With a `cpu` scale each is pinned
+to its own cores; otherwise they share the accelerator, each allowed 1/K of its memory.
 """
 import argparse
 import collections
@@ -44,7 +43,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +50,7 @@ import time
 from pathlib import Path
 
 from configs import base
+from experiments import scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_ROOT = ROOT / 'experiments' / 'budgeted_study'  # Records go to RECORD_ROOT/<scale>.
@@ -638,17 +637,6 @@ def _spawn(row: Row, scale: Scale, args, cores: set[int] | None) -> subprocess.P
                             preexec_fn=pin)
 
 
-def _core_sets(workers: int, pin: bool) -> list[set[int] | None]:
-  """One entry per worker: the cores it is pinned to, or None (not pinned)."""
-  if not pin:
-    return [None] * workers
-  cores = sorted(os.sched_getaffinity(0))
-  if workers > len(cores):
-    raise SystemExit(f'--workers={workers} exceeds the {len(cores)} cores to pin them to.')
-  per_worker = len(cores) // workers
-  return [set(cores[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
-
-
 def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
   """Runs every selected row not yet recorded; returns the rows left: failed, stopped by the
   time budget, or waiting for a float run that is not selected or failed."""
@@ -658,47 +646,14 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
               else float('inf'))
   again = _retrained(selected, runs_dir, record_dir)
   pending = [row for row in selected if not _done(row, record_dir) or row.name in again]
-  free = _core_sets(args.workers, pin=args.scale.startswith('cpu'))
-  running = []  # (row, process, cores)
-  failed = []
-  while pending or running:
-    if time.monotonic() > deadline:
-      for row, process, _ in running:  # The run saves a checkpoint and stops.
-        process.send_signal(signal.SIGTERM)
-      for row, process, _ in running:
-        process.wait()
-        print(f'stopped {row.name} (time budget); it resumes on the next call', flush=True)
-      return failed + pending + [row for row, _, _ in running if not _done(row, record_dir)]
-    for entry in list(running):
-      row, process, cores = entry
-      if process.poll() is None:
-        continue
-      running.remove(entry)
-      free.append(cores)
-      if process.returncode == 0 and _done(row, record_dir):
-        print(f'done {row.name}', flush=True)
-        write_table(scale, record_dir)
-      else:  # The other rows go on; this one is tried again on the next call.
-        failed.append(row)
-        print(f'FAILED {row.name} (exit {process.returncode}); see '
-              f'{runs_dir / (row.name + ".log")}', flush=True)
-    busy = ({row.name for row in pending} | {row.name for row, _, _ in running}
-            | {row.name for row in failed})
-    ready = [row for row in pending if all(
-        _done(by_name[name], record_dir) and name not in busy for name in row.needs)]
-    if ready and free:
-      row, cores = ready[0], free.pop(0)
-      pending.remove(row)
-      print(f'start {row.name}' + (f' on cores {sorted(cores)}' if cores else ''), flush=True)
-      running.append((row, _spawn(row, scale, args, cores), cores))
-      continue
-    if not running and pending:
-      missing = sorted({name for row in pending for name in row.needs})
-      print(f'not started (the runs they need {missing} are not selected or failed): '
-            f'{[row.name for row in pending]}', flush=True)
-      return failed + pending
-    time.sleep(2)
-  return failed
+  left = scheduler.run(
+      [scheduler.Job(row.name, row.needs) for row in pending],
+      slots=scheduler.core_slots(args.workers, pin=args.scale.startswith('cpu')),
+      is_done=lambda name: _done(by_name[name], record_dir),
+      start=lambda job, cores: _spawn(by_name[job.name], scale, args, cores),
+      on_done=lambda job: write_table(scale, record_dir),
+      log_path=lambda job: str(runs_dir / f'{job.name}.log'), deadline=deadline)
+  return [by_name[job.name] for job in left]
 
 
 def _accuracies(scale: Scale, record_dir: Path) -> tuple[Scale, collections.OrderedDict]:

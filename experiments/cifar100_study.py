@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from configs import base
+from experiments import scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_DIR = ROOT / 'experiments' / 'cifar100_study'  # Default of --record_dir.
@@ -160,11 +161,11 @@ def _done(row: Row, record_dir: Path) -> bool:
   return (record_dir / row.name / SUMMARY).exists()
 
 
-def _spawn(row: Row, args, core: int | None) -> subprocess.Popen:
+def _spawn(row: Row, args, cores: set[int] | None) -> subprocess.Popen:
   command = [sys.executable, '-m', 'experiments.cifar100_study', f'--data_dir={args.data_dir}',
              f'--runs_dir={args.runs_dir}', f'--record_dir={args.record_dir}',
              f'--run_one={row.name}'] + (['--runlocal'] if args.runlocal else [])
-  pin = None if core is None else (lambda: os.sched_setaffinity(0, {core}))
+  pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
   # The child keeps its own handle on the log; the parent's is closed at once.
   with open(Path(args.runs_dir) / f'{row.name}.log', 'a') as log:
     return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -177,39 +178,17 @@ def run_study(args) -> None:
   runs_dir.mkdir(parents=True, exist_ok=True)
   wanted = [ROWS_BY_NAME[name] for name in args.only.split(',')] if args.only else ROWS
   pending = [row for row in wanted if not _done(row, record_dir)]
-  cores = sorted(os.sched_getaffinity(0))[:args.workers]
-  running = []  # (row, process, core); core None = every core.
-  while pending or running:
-    for entry in list(running):
-      row, process, _ = entry
-      if process.poll() is None:
-        continue
-      running.remove(entry)
-      if not _done(row, record_dir):
-        raise SystemExit(f'{row.name} failed (exit {process.returncode}); '
-                         f'see {runs_dir / (row.name + ".log")}')
-      print(f'done {row.name}', flush=True)
-      write_table(record_dir)
-    ready = [row for row in pending
-             if not row.init_from or _done(ROWS_BY_NAME[row.init_from], record_dir)]
-    busy = {core for _, _, core in running}
-    free = [] if None in busy else [core for core in cores if core not in busy]
-    if ready and free:
-      row = ready[0]
-      if not row.init_from:
-        if running:  # It needs every core: wait for the others to finish.
-          time.sleep(5)
-          continue
-        core = None
-      else:
-        core = free[0] if len(cores) > 1 else None
-      pending.remove(row)
-      print(f'start {row.name}' + ('' if core is None else f' on core {core}'), flush=True)
-      running.append((row, _spawn(row, args, core), core))
-      continue
-    if not running and pending:
-      raise SystemExit(f'Rows {[r.name for r in pending]} wait for runs that are not selected.')
-    time.sleep(5)
+  left = scheduler.run(
+      [scheduler.Job(row.name, (row.init_from,) if row.init_from else (),
+                     exclusive=not row.init_from) for row in pending],
+      slots=scheduler.core_slots(args.workers, pin=args.workers > 1),
+      is_done=lambda name: _done(ROWS_BY_NAME[name], record_dir),
+      start=lambda job, cores: _spawn(ROWS_BY_NAME[job.name], args, cores),
+      on_done=lambda job: write_table(record_dir),
+      log_path=lambda job: str(runs_dir / f'{job.name}.log'))
+  if left:
+    raise SystemExit(f'Rows not recorded: {[job.name for job in left]}; see their logs in '
+                     f'{runs_dir}. Run the same command again to retry them.')
 
 
 def write_table(record_dir: Path) -> str:
