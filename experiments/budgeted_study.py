@@ -825,8 +825,11 @@ def main():
   parser.add_argument('--run_one', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
   scale = _scale_from(args)
-  args.runs_dir = args.runs_dir or str(ROOT / 'runs' / 'budgeted_study' / scale.name)
-  args.record_dir = args.record_dir or str(RECORD_ROOT / scale.name)
+  # Absolute: the rows' configs record their data and init_from paths, which later calls, from
+  # whichever directory, read back.
+  args.runs_dir = str(Path(args.runs_dir or ROOT / 'runs' / 'budgeted_study' / scale.name)
+                      .resolve())
+  args.record_dir = str(Path(args.record_dir or RECORD_ROOT / scale.name).resolve())
   record_dir = Path(args.record_dir)
   if args.run_one:
     row = {row.name: row for row in rows(scale)}[args.run_one]

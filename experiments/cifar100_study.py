@@ -239,6 +239,10 @@ def main():
   parser.add_argument('--table', action='store_true', help='Only rewrite results.md.')
   parser.add_argument('--run_one', default='', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  # Absolute: the rows' configs record these paths, which later calls read back from anywhere.
+  for name in ('data_dir', 'runs_dir', 'record_dir'):
+    if getattr(args, name):
+      setattr(args, name, str(Path(getattr(args, name)).resolve()))
   unknown = [n for n in args.only.split(',') if n and n not in ROWS_BY_NAME]
   if unknown:
     raise SystemExit(f'Unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}.')
