@@ -22,13 +22,13 @@ def _quant_kwargs(parent: nn.Module, name: str, role: str) -> dict:
 
 def conv(parent: nn.Module, name: str, features: int, kernel_size: int, *, strides: int = 1,
          padding: int | None = None, role: str = 'body', groups: int = 1,
-         signed_input: bool = False, use_bias: bool = False) -> QuantConv:
+         a_signed: bool = False, use_bias: bool = False) -> QuantConv:
   """A square conv padded symmetrically (torchvision: kernel_size // 2); bias-free by default,
   as BatchNorm follows it."""
   pad = kernel_size // 2 if padding is None else padding
   return QuantConv(features, (kernel_size, kernel_size), strides=strides,
                    padding=((pad, pad), (pad, pad)), feature_group_count=groups, use_bias=use_bias,
-                   kernel_init=CONV_INIT, dtype=parent.dtype, a_signed=signed_input, name=name,
+                   kernel_init=CONV_INIT, dtype=parent.dtype, a_signed=a_signed, name=name,
                    **_quant_kwargs(parent, name, role))
 
 

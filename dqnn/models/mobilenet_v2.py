@@ -35,7 +35,7 @@ class InvertedResidual(nn.Module):
     hidden = x.shape[-1] * self.expansion
     y = x
     if self.expansion != 1:
-      y = building.conv(self, 'expand', hidden, 1, signed_input=True)(y)
+      y = building.conv(self, 'expand', hidden, 1, a_signed=True)(y)
       y = nn.relu6(building.batch_norm(self, 'expand_bn', train)(y))
     y = building.conv(self, 'depthwise', hidden, 3, strides=self.strides, groups=hidden)(y)
     y = nn.relu6(building.batch_norm(self, 'depthwise_bn', train)(y))
@@ -67,6 +67,6 @@ class MobileNetV2(nn.Module):
         x = InvertedResidual(features, strides if repeat == 0 else 1, expansion, self.policy,
                              self.dtype, name=f'block{index}')(x, train)
         index += 1
-    x = building.conv(self, 'last_conv', self.last_features, 1, signed_input=True)(x)
+    x = building.conv(self, 'last_conv', self.last_features, 1, a_signed=True)(x)
     x = nn.relu6(building.batch_norm(self, 'last_bn', train)(x))
     return building.classifier_head(self, x)
