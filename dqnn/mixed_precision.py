@@ -3,7 +3,7 @@ r"""Budgeted mixed precision: each layer's weight and activation bits for a trai
   python -m dqnn.mixed_precision --workdir=/tmp/dqnn/r20_fp --budget_bops=2.5e9
   python -m dqnn.mixed_precision --workdir=/tmp/dqnn/r20_fp \
       --like=configs/cifar100_resnet20_w2a2.py [--cost=bytes] [--bits=1,2,3,4] \
-      [--sensitivity=loss|proxy] [--num_batches=2] [--output=<config file>]
+      [--weight_bits=2,3,4] [--act_bits=...] [--sensitivity=loss|proxy] [--num_batches=2] [--output=<config file>]
   python -m dqnn.main --config=/tmp/dqnn/r20_fp/mixed_precision/config.py --workdir=/tmp/dqnn/r20_mp
   python -m dqnn.report --workdir=/tmp/dqnn/r20_mp
 
@@ -12,7 +12,8 @@ it: BOPs, or packed bytes with BatchNorm) or --like=<config>[:arg] (that uniform
 BOPs, or bytes with --cost=bytes; it must build the run's model).
 
 Layers. Every conv/dense layer that a uniform policy quantizes (a body layer) gets a
-`(w_bits, a_bits)` pair from --bits x --bits; the first and last layers follow the run's
+`(w_bits, a_bits)` pair from --bits x --bits (--weight_bits / --act_bits replace one side:
+the bits the config's quantizers can train, e.g. LSQ's signed weight grid needs >= 2); the first and last layers follow the run's
 `first_layer` / `last_layer` policy and keep their bits (float, or 8-bit), their cost counted in
 the budget. The result is the run's config with exact-path `quant.overrides` for every body
 layer (merged into the run's own overrides, whose other fields are kept).
@@ -147,11 +148,13 @@ def total_cost(config: ml_collections.ConfigDict, kind: str) -> int:
   return _cost(report.total(report.config_costs(config)), kind)
 
 
-def choice_costs(config: ml_collections.ConfigDict, layers: Sequence[str], bits: Sequence[int],
+def choice_costs(config: ml_collections.ConfigDict, layers: Sequence[str],
+                 weight_bits: Sequence[int], act_bits: Sequence[int],
                  kind: str) -> tuple[dict[tuple[int, int], dict[str, int]], int]:
-  """`({(w_bits, a_bits): {layer: cost}}, fixed cost of every other row)`, from `dqnn.report`."""
+  """`({(w_bits, a_bits): {layer: cost}}, fixed cost of every other row)`, from `dqnn.report`,
+  for every pair of candidate weight and activation bits."""
   costs, fixed = {}, None
-  for pair in itertools.product(bits, bits):
+  for pair in itertools.product(weight_bits, act_bits):
     rows = report.config_costs(_with_overrides(
         config, allocation_overrides(config, {layer: pair for layer in layers})))
     costs[pair] = {row.name: _cost(row, kind) for row in rows if row.name in layers}
@@ -245,25 +248,30 @@ class Probe:
     return errors
 
 
-def measure(probe: Probe, layers: Sequence[str], bits: Sequence[int],
-            mode: str) -> list[Sensitivity]:
-  """Each layer's sensitivity at each of `bits`, weights and activations (module docstring)."""
+def measure(probe: Probe, layers: Sequence[str], weight_bits: Sequence[int],
+            act_bits: Sequence[int], mode: str) -> list[Sensitivity]:
+  """Each layer's sensitivity at each candidate bit width of its weights and of its input
+  activations (module docstring)."""
   if mode not in SENSITIVITIES:
     raise ValueError(f'sensitivity must be one of {", ".join(SENSITIVITIES)}; got {mode!r}.')
   own = {row.name: (row.w_bits, row.a_bits) for row in report.config_costs(probe.config)}
   base_overrides = allocation_overrides(probe.config, {layer: own[layer] for layer in layers})
   results = []
   if mode == 'proxy':
-    for b in bits:
+    for b in sorted({*weight_bits, *act_bits}):
       evaluation = probe.evaluate(allocation_overrides(probe.config,
                                                        {layer: (b, b) for layer in layers}))
       for layer in layers:
-        results += [Sensitivity(layer, WEIGHTS, b, None, evaluation.weight_errors.get(layer, 0.0)),
-                    Sensitivity(layer, ACTIVATIONS, b, None, evaluation.act_errors.get(layer, 0.0))]
+        if b in weight_bits:
+          results.append(Sensitivity(layer, WEIGHTS, b, None,
+                                     evaluation.weight_errors.get(layer, 0.0)))
+        if b in act_bits:
+          results.append(Sensitivity(layer, ACTIVATIONS, b, None,
+                                     evaluation.act_errors.get(layer, 0.0)))
     return results
   base = probe.evaluate(base_overrides)
   for layer in layers:
-    for operand, index in ((WEIGHTS, 0), (ACTIVATIONS, 1)):
+    for operand, index, bits in ((WEIGHTS, 0, weight_bits), (ACTIVATIONS, 1, act_bits)):
       for b in bits:
         pair = list(own[layer])
         pair[index] = b
@@ -411,10 +419,10 @@ def budget_from(config: ml_collections.ConfigDict, *, budget_bops: float | None,
   return _cost(report.total(theirs), cost), cost
 
 
-def candidate_bits(values: Sequence[str]) -> list[int]:
-  """--bits as distinct supported bit widths; `app.UsageError` names a bad one."""
+def candidate_bits(values: Sequence[str], flag: str = '--bits') -> list[int]:
+  """A bits flag's values as distinct supported bit widths; `app.UsageError` names a bad one."""
   try:
-    return sorted({check_bits(int(value) if value.isdigit() else value, '--bits')
+    return sorted({check_bits(int(value) if value.isdigit() else value, flag)
                    for value in values})
   except ValueError as error:
     raise app.UsageError(str(error)) from None
@@ -425,16 +433,19 @@ def main(argv):
     raise app.UsageError('Too many command-line arguments.')
   options = flags.FLAGS
   try:
-    bits = candidate_bits(options.bits)
+    weight_bits = candidate_bits(options.weight_bits or options.bits,
+                                 '--weight_bits' if options.weight_bits else '--bits')
+    act_bits = candidate_bits(options.act_bits or options.bits,
+                              '--act_bits' if options.act_bits else '--bits')
     config, variables = runs.read_workdir(options.workdir)
     budget, kind = budget_from(config, budget_bops=options.budget_bops,
                                budget_bytes=options.budget_bytes, like=options.like,
                                cost=options.cost)
     layers = body_layers(config)
-    costs, fixed = choice_costs(config, layers, bits, kind)
+    costs, fixed = choice_costs(config, layers, weight_bits, act_bits, kind)
     check_budget(costs, fixed, budget, kind)  # Before the measurement, the slow part.
-    sensitivities = measure(Probe(config, variables, options.num_batches), layers, bits,
-                            options.sensitivity)
+    sensitivities = measure(Probe(config, variables, options.num_batches), layers,
+                            weight_bits, act_bits, options.sensitivity)
     result = solve(sensitivities, costs, fixed, budget, kind, options.sensitivity)
   except (FileNotFoundError, checkpoint.CorruptCheckpointError, run_config.ConfigError,
           config_flag.ConfigFlagError, data.DatasetNotFoundError,
@@ -464,6 +475,9 @@ def _define_flags():
   flags.DEFINE_enum('cost', 'bops', COSTS, 'What --like matches: BOPs or bytes.')
   flags.DEFINE_list('bits', ['1', '2', '3', '4'], 'Candidate bit widths, weights and '
                     'activations alike (32: float).')
+  flags.DEFINE_list('weight_bits', None, 'Candidate weight bits instead of --bits (e.g. 2,3,4 '
+                    "for LSQ, whose signed weight grid needs >= 2 bits).")
+  flags.DEFINE_list('act_bits', None, 'Candidate activation bits instead of --bits.')
   flags.DEFINE_enum('sensitivity', 'loss', SENSITIVITIES, 'Measured loss increase or the '
                     'quantizers\' relative error (module docstring).')
   flags.DEFINE_integer('num_batches', 2, 'Eval batches the sensitivity is measured on.')

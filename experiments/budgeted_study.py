@@ -82,6 +82,9 @@ BN_REESTIMATION_BATCHES = 50
 # Mixed precision: candidate bits per layer (weights and activations) and the eval batches
 # each layer's sensitivity is measured on (of the held-out split, which top-1 is reported on).
 MIXED_BITS = (1, 2, 3, 4)
+# The weight bits a row's weight quantizer can train: LSQ's signed weight grid needs >= 2 bits,
+# so its rows get their own allocation without 1-bit weights.
+MIXED_WEIGHT_BITS = {'lsq': (2, 3, 4)}
 MIXED_BATCHES = 2
 # Learning rates at batch 128 (the configs scale them linearly with the batch). From scratch
 # every run uses its config's own rate (0.1); a fine-tune starts ten times lower, as the
@@ -306,8 +309,9 @@ def _no_bn(scale: Scale, seed: int) -> list[Row]:
 
 def _mixed(scale: Scale, seed: int) -> list[Row]:
   """Mixed precision at no more BOPs than uniform W2A2: the bits come from the float run of the
-  same seed (its measured loss sensitivity, or DQ's quantization-error proxy), the same bits for
-  DQ and LSQ, then the W2A2 fine-tune recipe."""
+  same seed (its measured loss sensitivity, or DQ's quantization-error proxy), among the bits
+  the row's quantizer can train (`MIXED_WEIGHT_BITS`: LSQ's weights take no 1 bit, so LSQ's
+  allocation is its own), then the W2A2 fine-tune recipe."""
   epochs = scale.fine_tune_epochs[0]
   budget = 'within the BOPs of uniform W2A2'
   out = [_fine_tune(f'w2a2_mixed_{key}_ft{epochs}', f'Mixed-precision {label}, per-layer bits '
@@ -426,7 +430,7 @@ def comparisons(scale: Scale) -> list[Comparison]:
     out.append(Comparison(f'w2a2_mixed_{key}_{first}', f'w2a2_{key}_{first}',
                           f'{label}: mixed precision vs uniform W2A2, at most its BOPs'))
   out.append(Comparison(f'w2a2_mixed_dq_{first}', f'w2a2_mixed_lsq_{first}',
-                        'Mixed precision, the same bits: DQ vs LSQ'))
+                        'Mixed precision, each within the same BOPs: DQ vs LSQ'))
   out.append(Comparison(f'w2a2_mixed_dq_{first}', f'w2a2_mixed_dq_proxy_{first}',
                         'Mixed-precision DQ: bits by measured loss vs by the proxy'))
   for key, label, _ in METHODS:
@@ -534,15 +538,19 @@ def mixed_allocation(row: Row, uniform, runs_dir: Path) -> dict:
   once per float run, sensitivity and budget (rows that share it wait for the first)."""
   from dqnn import mixed_precision, runs  # JAX: only in a row's own process.
   budget = mixed_precision.total_cost(uniform, 'bops')
-  cache = runs_dir / row.init_from / f'mixed_precision_{row.mixed}_{budget}.json'
+  weight_bits = MIXED_WEIGHT_BITS.get(uniform.quant.weight_quantizer, MIXED_BITS)
+  restricted = '' if weight_bits == MIXED_BITS else '_w' + ''.join(map(str, weight_bits))
+  cache = runs_dir / row.init_from / f'mixed_precision_{row.mixed}_{budget}{restricted}.json'
   with open(cache.with_suffix('.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not cache.exists():
       float_config, variables = runs.read_workdir(str(runs_dir / row.init_from))
       layers = mixed_precision.body_layers(uniform)
-      costs, fixed = mixed_precision.choice_costs(uniform, layers, MIXED_BITS, 'bops')
+      costs, fixed = mixed_precision.choice_costs(uniform, layers, weight_bits, MIXED_BITS,
+                                                  'bops')
       probe = mixed_precision.Probe(float_config, variables, MIXED_BATCHES)
-      sensitivities = mixed_precision.measure(probe, layers, MIXED_BITS, row.mixed)
+      sensitivities = mixed_precision.measure(probe, layers, weight_bits, MIXED_BITS,
+                                              row.mixed)
       result = mixed_precision.solve(sensitivities, costs, fixed, budget, 'bops', row.mixed)
       allocation = {'bits': {c.layer: [c.w_bits, c.a_bits] for c in result.choices},
                     'budget_bops': budget, 'table': mixed_precision.as_table(result)}

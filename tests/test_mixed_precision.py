@@ -42,7 +42,7 @@ def test_body_layers_leave_the_first_and_last_to_the_edge_policy(float_run):
 
 def test_costs_are_the_reports_and_an_infeasible_budget_names_the_least(float_run):
   _, config, _ = float_run
-  costs, fixed = mixed_precision.choice_costs(config, _BODY, [1, 4], 'bops')
+  costs, fixed = mixed_precision.choice_costs(config, _BODY, [1, 4], [1, 4], 'bops')
   rows = {row.name: row for row in report.config_costs(config)}
   assert fixed == rows['stem_conv'].bops + rows['head'].bops
   assert costs[1, 4]['stage1/block0/conv1'] == rows['stage1/block0/conv1'].macs * 4
@@ -56,13 +56,24 @@ def test_costs_are_the_reports_and_an_infeasible_budget_names_the_least(float_ru
 def test_loss_sensitivity_is_measured_with_one_layer_quantized(float_run):
   _, config, variables = float_run
   probe = mixed_precision.Probe(config, variables, num_batches=1)
-  measured = mixed_precision.measure(probe, _BODY[:1], [2, 32], 'loss')
+  measured = mixed_precision.measure(probe, _BODY[:1], [2, 32], [2, 32], 'loss')
   by_key = {(s.operand, s.bits): s for s in measured}
   # 32 bits is the float run itself: no change, nothing quantized.
   assert by_key['weights', 32].loss_increase == by_key['weights', 32].relative_error == 0
   for operand in ('weights', 'activations'):
     assert math.isfinite(by_key[operand, 2].loss_increase)
     assert 0 < by_key[operand, 2].relative_error < 1
+
+
+def test_weight_and_activation_candidates_are_separate(float_run):
+  # E.g. LSQ, whose signed weight grid needs >= 2 bits, with 1-bit activations allowed.
+  _, config, variables = float_run
+  costs, _ = mixed_precision.choice_costs(config, _BODY, [2, 4], [1], 'bops')
+  assert sorted(costs) == [(2, 1), (4, 1)]
+  probe = mixed_precision.Probe(config, variables, num_batches=1)
+  for mode in ('proxy', 'loss'):
+    measured = mixed_precision.measure(probe, _BODY[:1], [4], [1], mode)
+    assert sorted((s.operand, s.bits) for s in measured) == [('activations', 1), ('weights', 4)]
 
 
 def test_a_quantized_run_is_measured_against_its_own_bits(float_run):
@@ -75,7 +86,7 @@ def test_a_quantized_run_is_measured_against_its_own_bits(float_run):
   layer = probe.source['params']['stage1']['block0']['conv1']
   assert 'kernel' in layer and 'weight_quantizer' not in layer  # Its w_q, as a float kernel.
   by_key = {(s.operand, s.bits): s
-            for s in mixed_precision.measure(probe, _BODY[:1], [2, 4], 'loss')}
+            for s in mixed_precision.measure(probe, _BODY[:1], [2, 4], [2, 4], 'loss')}
   assert by_key['weights', 2].loss_increase == by_key['activations', 2].loss_increase == 0
   assert math.isfinite(by_key['weights', 4].loss_increase)
   assert math.isfinite(by_key['activations', 4].loss_increase)
@@ -83,7 +94,7 @@ def test_a_quantized_run_is_measured_against_its_own_bits(float_run):
 
 def test_written_config_trains_and_reports_within_the_budget(float_run, tmp_path):
   workdir, config, _ = float_run
-  costs, fixed = mixed_precision.choice_costs(config, _BODY, [1, 4], 'bops')
+  costs, fixed = mixed_precision.choice_costs(config, _BODY, [1, 4], [1, 4], 'bops')
   # Room for W4A4 in some layers only.
   budget = fixed + sum(costs[1, 4].values())
   output = tmp_path / 'mixed.py'
