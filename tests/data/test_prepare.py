@@ -306,9 +306,20 @@ def test_a_killed_prepares_staging_folder_is_removed_by_the_next_prepare(tmp_pat
 
 def test_sigterm_during_prepare_removes_its_staging_folder(tmp_path):
   npz = _require('cifar100/train.npz')
+  # prepare's own command line, each example slowed down so that the SIGTERM surely lands while
+  # the dataset is being written (a real prepare of this size ends within a second or two, and
+  # a signal that arrives as the interpreter exits is never handled).
+  driver = (
+      'import sys, time\n'
+      'from absl import app\n'
+      'from dqnn.data import prepare, writer\n'
+      'example = writer.npz_example\n'
+      'writer.npz_example = lambda *a, **k: (time.sleep(0.005), example(*a, **k))[1]\n'
+      'prepare._define_flags()\n'
+      'app.run(prepare.main, argv=sys.argv)\n')
   process = subprocess.Popen(
-      [sys.executable, '-m', 'dqnn.data.prepare', '--source=npz', f'--input={npz}',
-       f'--data_dir={tmp_path}', '--limit_per_class=200'], cwd=REPO,
+      [sys.executable, '-c', driver, '--source=npz', f'--input={npz}',
+       f'--data_dir={tmp_path}', '--limit_per_class=100'], cwd=REPO,
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 120
   while not list(tmp_path.glob('.cifar100-prepare-*')) and time.monotonic() < deadline:
