@@ -13,9 +13,9 @@ Taylor 2017); quantized from scratch, chosen by measurement (evidence: configs/b
 --config.optimizer.learning_rate=0.03, the fine-tune rate that measured best.
 Evaluation split: with data from dqnn.data.prepare, 'test' is a held-out carve of the training
 file; download=True gives the official test set, which literature numbers use.
-Teacher: none. --config.distill.teacher_workdir=<a finished float run> adds a float teacher
-(label-free at temperature 1, as the budgeted study's `distill` group runs it); whether it
-helps this config is not measured yet (docs/results.md).
+Teacher: none. Where measured (CIFAR-100 ResNet-20 W2A2/W2A1/W3A3, study scale `cpu`, weak
+float teachers: docs/results.md) a teacher lowered every paired fine-tune; this config with
+a teacher is not measured. --config.distill.teacher_workdir=<a finished float run> adds one.
 """
 from configs import base
 

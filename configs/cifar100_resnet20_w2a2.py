@@ -13,9 +13,11 @@ Taylor 2017); quantized from scratch, chosen by measurement (evidence: configs/b
 --config.optimizer.learning_rate=0.03, the fine-tune rate that measured best.
 Evaluation split: with data from dqnn.data.prepare, 'test' is a held-out carve of the training
 file; download=True gives the official test set, which literature numbers use.
-Teacher: none. --config.distill.teacher_workdir=<a finished float run> adds a float teacher
-(label-free at temperature 1, as the budgeted study's `distill` group runs it); whether it
-helps this config is not measured yet (docs/results.md).
+Teacher: none, by measurement: in the budgeted study's `distill` group (scale `cpu`, 2 seeds,
+docs/results.md) a float teacher lowered every paired one-epoch fine-tune of this config
+(label-free, T=1; the ResNet-20 start point as teacher: -0.2 to -0.8 points). Those teachers
+were weak (3-10% top-1); a converged teacher is not measured. To try one:
+--config.distill.teacher_workdir=<a finished float run>.
 """
 from configs import base
 

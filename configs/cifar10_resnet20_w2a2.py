@@ -14,9 +14,9 @@ which literature numbers use.
 Smoke run: runlocal keeps CIFAR-10 (there is no embedded CIFAR-10 sample), so pass the
 data_dir of a prepared one: --config=configs/cifar10_resnet20_w2a2.py:runlocal
 --config.data_dir=$TFDS_DATA_DIR.
-Teacher: none. --config.distill.teacher_workdir=<a finished float run> adds a float teacher
-(label-free at temperature 1, as the budgeted study's `distill` group runs it); whether it
-helps this config is not measured yet (docs/results.md).
+Teacher: none. Where measured (CIFAR-100 ResNet-20 W2A2/W2A1/W3A3, study scale `cpu`, weak
+float teachers: docs/results.md) a teacher lowered every paired fine-tune; this config with
+a teacher is not measured. --config.distill.teacher_workdir=<a finished float run> adds one.
 """
 from configs import base
 

@@ -10,9 +10,9 @@ Recipe: fine-tune from the float run, SGD momentum 0.9, lr 0.01 x batch/256 (LSQ
 2020), batch 256, cosine, 90 epochs, wd 4e-5 (Sandler et al. 2018).
 Kept from the literature, consistent with dqnn's CIFAR-100 measurements; no ImageNet run
 (evidence: configs/base.py, `imagenet`).
-Teacher: none. --config.distill.teacher_workdir=<a finished float run> adds a float teacher
-(label-free at temperature 1, as the budgeted study's `distill` group runs it); whether it
-helps this config is not measured yet (docs/results.md).
+Teacher: none. Where measured (CIFAR-100 ResNet-20 W2A2/W2A1/W3A3, study scale `cpu`, weak
+float teachers: docs/results.md) a teacher lowered every paired fine-tune; this config with
+a teacher is not measured. --config.distill.teacher_workdir=<a finished float run> adds one.
 """
 from configs import base
 
