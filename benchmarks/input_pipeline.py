@@ -101,6 +101,11 @@ def _cpu_seconds() -> float:
   return total
 
 
+def _cpu_seconds_since(cpu_start: float) -> float:
+  # CPU time is counted in clock ticks: a stretch shorter than one reads 0, so count at least one.
+  return max(_cpu_seconds() - cpu_start, 1 / os.sysconf('SC_CLK_TCK'))
+
+
 def _rate(batches_iter, batch: int, batches: int,
           buffered: int = 0) -> tuple[float, float]:
   """(img/s wall, img per CPU-second): the second does not depend on what else the host runs.
@@ -114,7 +119,7 @@ def _rate(batches_iter, batch: int, batches: int,
   for _ in range(batches):
     next(batches_iter)
   images = batches * batch
-  return images / (time.perf_counter() - start), images / (_cpu_seconds() - cpu_start)
+  return images / (time.perf_counter() - start), images / _cpu_seconds_since(cpu_start)
 
 
 def grain_rate(data_dir: str, batch: int, batches: int, workers: int,
@@ -297,7 +302,7 @@ def cifar_step_rates(data_dir: str | None, steps: int) -> None:
         times.append(time.perf_counter() - start)
     images = steps * config.global_batch_size
     results[on_device] = (config.global_batch_size / statistics.median(times),
-                          images / (_cpu_seconds() - cpu_start))
+                          images / _cpu_seconds_since(cpu_start))
   print(f'\nCIFAR-100 ({info.name}, {info.num_train} train images), DQ W2A2 cifar_resnet20, '
         f'batch {config.global_batch_size}, {jax.device_count()} {jax.devices()[0].platform} '
         f'device(s), median of {steps} steps')
