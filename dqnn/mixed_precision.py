@@ -3,7 +3,8 @@ r"""Budgeted mixed precision: each layer's weight and activation bits for a trai
   python -m dqnn.mixed_precision --workdir=/tmp/dqnn/r20_fp --budget_bops=2.5e9
   python -m dqnn.mixed_precision --workdir=/tmp/dqnn/r20_fp \
       --like=configs/cifar100_resnet20_w2a2.py [--cost=bytes] [--bits=1,2,3,4] \
-      [--weight_bits=2,3,4] [--act_bits=...] [--sensitivity=loss|proxy] [--num_batches=2] [--output=<config file>]
+      [--weight_bits=2,3,4] [--act_bits=...] [--sensitivity=loss|proxy] [--num_batches=2] \
+      [--output=<config file>]
   python -m dqnn.main --config=/tmp/dqnn/r20_fp/mixed_precision/config.py --workdir=/tmp/dqnn/r20_mp
   python -m dqnn.report --workdir=/tmp/dqnn/r20_mp
 
@@ -13,10 +14,11 @@ BOPs, or bytes with --cost=bytes; it must build the run's model).
 
 Layers. Every conv/dense layer that a uniform policy quantizes (a body layer) gets a
 `(w_bits, a_bits)` pair from --bits x --bits (--weight_bits / --act_bits replace one side:
-the bits the config's quantizers can train, e.g. LSQ's signed weight grid needs >= 2); the first and last layers follow the run's
-`first_layer` / `last_layer` policy and keep their bits (float, or 8-bit), their cost counted in
-the budget. The result is the run's config with exact-path `quant.overrides` for every body
-layer (merged into the run's own overrides, whose other fields are kept).
+the bits the config's quantizers can train, e.g. LSQ's signed weight grid needs >= 2); the first
+and last layers follow the run's `first_layer` / `last_layer` policy and keep their bits (float,
+or 8-bit), their cost counted in the budget. The result is the run's config with exact-path
+`quant.overrides` for every body layer (merged into the run's own overrides, whose other fields
+are kept).
 
 Sensitivity of a layer at b bits, for weights and activations separately:
 - 'loss' (default): the increase of the mean cross-entropy over --num_batches eval batches when
@@ -419,10 +421,10 @@ def budget_from(config: ml_collections.ConfigDict, *, budget_bops: float | None,
   return _cost(report.total(theirs), cost), cost
 
 
-def candidate_bits(values: Sequence[str], flag: str = '--bits') -> list[int]:
+def candidate_bits(values: Sequence[str], flag: str = 'bits') -> list[int]:
   """A bits flag's values as distinct supported bit widths; `app.UsageError` names a bad one."""
   try:
-    return sorted({check_bits(int(value) if value.isdigit() else value, flag)
+    return sorted({check_bits(int(value) if value.isdigit() else value, f'--{flag}')
                    for value in values})
   except ValueError as error:
     raise app.UsageError(str(error)) from None
@@ -433,10 +435,10 @@ def main(argv):
     raise app.UsageError('Too many command-line arguments.')
   options = flags.FLAGS
   try:
-    weight_bits = candidate_bits(options.weight_bits or options.bits,
-                                 '--weight_bits' if options.weight_bits else '--bits')
-    act_bits = candidate_bits(options.act_bits or options.bits,
-                              '--act_bits' if options.act_bits else '--bits')
+    # --weight_bits / --act_bits where given, else --bits.
+    weight_bits, act_bits = (candidate_bits(options[flag].value, flag) for flag in (
+        'weight_bits' if options.weight_bits else 'bits',
+        'act_bits' if options.act_bits else 'bits'))
     config, variables = runs.read_workdir(options.workdir)
     budget, kind = budget_from(config, budget_bops=options.budget_bops,
                                budget_bytes=options.budget_bytes, like=options.like,

@@ -539,8 +539,8 @@ def mixed_allocation(row: Row, uniform, runs_dir: Path) -> dict:
   from dqnn import mixed_precision, runs  # JAX: only in a row's own process.
   budget = mixed_precision.total_cost(uniform, 'bops')
   weight_bits = MIXED_WEIGHT_BITS.get(uniform.quant.weight_quantizer, MIXED_BITS)
-  restricted = '' if weight_bits == MIXED_BITS else '_w' + ''.join(map(str, weight_bits))
-  cache = runs_dir / row.init_from / f'mixed_precision_{row.mixed}_{budget}{restricted}.json'
+  cache = (runs_dir / row.init_from /
+           f'mixed_precision_{row.mixed}_{budget}_w{"".join(map(str, weight_bits))}.json')
   with open(cache.with_suffix('.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not cache.exists():
@@ -638,11 +638,12 @@ def _spawn(row: Row, scale: Scale, args, cores: set[int] | None) -> subprocess.P
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(Path(args.runs_dir) / 'jax_cache'))
   if cores is None and args.workers > 1:  # Sharing one accelerator.
     env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / args.workers:.2f}'
-  pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
-  # The child keeps its own handle on the log; the parent's is closed at once.
-  with open(Path(args.runs_dir) / f'{row.name}.log', 'a') as log:
-    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            preexec_fn=pin)
+  return scheduler.spawn(command, cwd=ROOT, log_path=_log_path(args, row.name), cores=cores,
+                         env=env)
+
+
+def _log_path(args, name: str) -> Path:
+  return Path(args.runs_dir) / f'{name}.log'
 
 
 def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
@@ -660,7 +661,7 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
       is_done=lambda name: _done(by_name[name], record_dir),
       start=lambda job, cores: _spawn(by_name[job.name], scale, args, cores),
       on_done=lambda job: write_table(scale, record_dir),
-      log_path=lambda job: str(runs_dir / f'{job.name}.log'), deadline=deadline)
+      log_path=lambda job: _log_path(args, job.name), deadline=deadline)
   return [by_name[job.name] for job in left]
 
 

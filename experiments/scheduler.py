@@ -35,9 +35,20 @@ def core_slots(workers: int, pin: bool) -> list[Slot]:
   return [set(cores[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
 
 
+def spawn(command: Sequence[str], *, cwd: os.PathLike, log_path: os.PathLike, cores: Slot,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+  """Starts a row's process pinned to `cores` (None: not pinned), appending its output to
+  `log_path`."""
+  pin = None if cores is None else (lambda: os.sched_setaffinity(0, cores))
+  # The child keeps its own handle on the log; the parent's is closed at once.
+  with open(log_path, 'a') as log:
+    return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                            preexec_fn=pin)
+
+
 def run(jobs: Sequence[Job], *, slots: list[Slot], is_done: Callable[[str], bool],
         start: Callable[[Job, Slot], subprocess.Popen], on_done: Callable[[Job], None],
-        log_path: Callable[[Job], str], deadline: float = float('inf'),
+        log_path: Callable[[Job], os.PathLike], deadline: float = float('inf'),
         poll_s: float = 2.0) -> list[Job]:
   """Runs `jobs` in order as their needs and a free slot allow; returns the jobs left.
 
