@@ -1,32 +1,41 @@
 """Input throughput, side by side in one run: ImageNet decode per CPU core, and CIFAR fed on-device.
 
     python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
-        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=2] [--dali]
+        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=0] [--dali]
 
-1. ImageNet training images (decode + random-resized crop to 224 + flip + batch), for the
-   previous decoder (Pillow, kept as the reference) and the new one (libjpeg-turbo through
-   simplejpeg + an OpenCV warp, where installed), on the original JPEGs and on JPEGs stored with
-   `prepare --max_short_side=256`:
+1. ImageNet training images (read + decode + random-resized crop to 224 + flip + batch) for the
+   previous path, kept here as the reference (dqnn's pipeline before the lean one: grain
+   shuffling and mapping example by example, Pillow's decode and antialiased resize, batches
+   stacked, 4 threads and 256 prefetched examples per process), and the new one
+   (`pipeline.train_dataset`: whole batches per thread, libjpeg-turbo through simplejpeg + one
+   OpenCV warp where installed, written into the batch), on the original JPEGs and on JPEGs
+   stored with `prepare --max_short_side=256`. Both read the prepared sample as an
+   ImageNet-sized split (record i % n of 1,281,167): indexing and shuffling then cost what they
+   cost on ImageNet (grain's shuffle costs ~150 us an element on a 176-example split, 4-5 us on
+   ImageNet's), while every image decoded is a real one.
    - per stage, CPU microseconds per image in one thread (record read, decode, crop/resize +
-     flip, batch assembly, host->device) and the worker hand-off (end to end with `--workers`
-     processes minus the same pipeline in threads);
-   - end to end, dqnn's grain pipeline over the array_record dataset that `prepare` writes:
-     img/s, images per CPU-second of the whole process tree (what one fully used core delivers;
-     it does not depend on other load on the host) and the cores one H200 needs at 17,600 img/s;
+     flip, batch assembly, host->device), the pipeline's own machinery (end to end in threads
+     minus its stages) and the worker hand-off (end to end with `--workers` processes minus
+     threads);
+   - end to end: img/s, images per CPU-second of the whole process tree (what one fully used core
+     delivers; it does not depend on other load on the host) and the cores one H200 needs at
+     17,600 img/s, in threads only and, with `--workers` > 0, with that many processes;
    - the tf.data ops dqnn used before grain (TensorFlow's decode_and_crop_jpeg; needs the `[tf]`
      extra, skipped without it), from encoded bytes in memory.
    - with `--dali` (NVIDIA DALI installed): dqnn's DALI input (`input_backend='dali'`), the
      same examples, windows and flips, decoded by DALI: on a GPU host nvJPEG ('mixed'), else
      DALI's CPU-only mode, labelled so; the global batch built on the devices, as training gets it.
-   The last line printed is one JSON object of the end-to-end images per CPU-second:
-   {"original": N, "resized": N, "previous_original": N, "previous_resized": N}, plus
-   "dali_original" and "dali_resized" with `--dali`.
+   The last line printed is one JSON object of the end-to-end images per CPU-second at
+   `--workers`: {"original": N, "resized": N, "previous_original": N, "previous_resized": N},
+   plus "dali_original" and "dali_resized" with `--dali`.
 2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
    W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
    (`input_on_device`): median wall time of `--steps` timed steps, and images per CPU-second of
    the process (pipeline threads included).
 """
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import importlib.metadata
 import io
@@ -37,7 +46,10 @@ import statistics
 import sys
 import tempfile
 import time
+import unittest.mock
 
+from absl import flags
+import grain
 import jax
 import numpy as np
 import psutil
@@ -122,12 +134,69 @@ def _rate(batches_iter, batch: int, batches: int,
   return images / (time.perf_counter() - start), images / _cpu_seconds_since(cpu_start)
 
 
-def grain_rate(data_dir: str, batch: int, batches: int, workers: int,
-               decoder: str) -> tuple[float, float]:
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+class ImageNetSizedSplit:
+  """A prepared split's records repeated to `length` examples (record i % n)."""
+
+  def __init__(self, source, length: int):
+    self._source, self._length = source, length
+
+  def __len__(self) -> int:
+    return self._length
+
+  def __getitem__(self, index: int) -> dict:
+    return self._source[index % len(self._source)]
+
+  def __getitems__(self, indices: list[int]) -> list[dict]:
+    return self._source.__getitems__([i % len(self._source) for i in indices])
+
+
+@contextlib.contextmanager
+def imagenet_sized(data_dir: str):
+  """The prepared training split at `data_dir` read as ImageNet's (`ImageNetSizedSplit`)."""
   info = data.get_dataset_info('imagenet2012', data_dir)
-  ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0, image_size=IMAGE_SIZE,
-                          process_index=0, process_count=1, num_workers=workers, decoder=decoder)
-  return _rate(iter(ds), batch, batches, buffered=max(workers, 1) * pipeline.PREFETCH)
+  real = datasets.open_split(info.name, data_dir, info.train_split, 0, info.num_train)
+  sized = lambda name, data_dir, split, start, end: ImageNetSizedSplit(real, end - start)
+  with unittest.mock.patch.object(datasets, 'open_split', sized):
+    yield dataclasses.replace(info, num_train=IMAGENET_TRAIN_EXAMPLES)
+
+
+def previous_source(data_dir: str):
+  """The training split as the previous pipeline read it: TFDS's data source, which parses
+  each record through the dataset's feature spec."""
+  return tfds.data_source('imagenet2012', split='train', data_dir=data_dir,
+                          decoders={'image': tfds.decode.SkipDecoding()})
+
+
+def _previous_example(record: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  return {'image': transforms.imagenet_train(record['image'], rng, IMAGE_SIZE, transforms.PILLOW),
+          'label': np.int32(record['label'])}
+
+
+def previous_pipeline(source, batch: int, workers: int) -> grain.IterDataset:
+  """dqnn's ImageNet training pipeline before the lean one, unchanged: the reference."""
+  ds = (grain.MapDataset.source(source).seed(0).shuffle().repeat().random_map(_previous_example)
+        .batch(batch, drop_remainder=True)
+        .to_iter_dataset(grain.ReadOptions(num_threads=4, prefetch_buffer_size=256)))
+  return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)) if workers else ds
+
+
+def end_to_end_rate(data_dir: str, batch: int, batches: int, workers: int,
+                    path: str) -> tuple[float, float]:
+  """(img/s, img per CPU-second) of the `path` ('previous' or 'new') pipeline."""
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+  with imagenet_sized(data_dir) as info:
+    if path == 'previous':
+      source = ImageNetSizedSplit(previous_source(data_dir), info.num_train)
+      return _rate(iter(previous_pipeline(source, batch, workers)), batch, batches,
+                   buffered=max(workers, 1) * 256)
+    ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0,
+                            image_size=IMAGE_SIZE, process_index=0, process_count=1,
+                            num_workers=workers)
+    buffered = max(workers, 1) * pipeline.threads_per_process(workers) * batch
+    return _rate(iter(ds), batch, batches, buffered=buffered)
 
 
 class _ReadyBatches:
@@ -145,17 +214,17 @@ class _ReadyBatches:
 
 def dali_rate(data_dir: str, batch: int, batches: int) -> tuple[float, float]:
   """DALI's decode of the grain path's windows, into the global batch on this host's devices."""
-  info = data.get_dataset_info('imagenet2012', data_dir)
   sharding = NamedSharding(Mesh(np.array(jax.devices()), ('data',)), PartitionSpec('data'))
-  train_input = dali_input.DaliInput(info, data_dir, sharding, global_batch_size=batch, seed=0,
-                                     image_size=IMAGE_SIZE)
-  return _rate(_ReadyBatches(train_input), batch, batches)
+  with imagenet_sized(data_dir) as info:
+    train_input = dali_input.DaliInput(info, data_dir, sharding, global_batch_size=batch, seed=0,
+                                       image_size=IMAGE_SIZE)
+    return _rate(_ReadyBatches(train_input), batch, batches)
 
 
 def _dali_mode() -> str:
   if jax.devices()[0].platform == 'gpu':
-    return 'nvJPEG, device=mixed'
-  return 'CPU-only mode, DALI\'s CPU decoder'
+    return 'dali: nvJPEG, device=mixed'
+  return 'dali: CPU-only mode, DALI\'s CPU decoder'
 
 
 def _cpu_us(fn, items) -> float:
@@ -188,28 +257,41 @@ def _decode_only(decoder: str):
   return decode
 
 
-def stage_costs(data_dir: str, batch: int, decoder: str) -> dict[str, float]:
-  """CPU microseconds per image of each stage, one thread, no pipeline around it."""
-  info = data.get_dataset_info('imagenet2012', data_dir)
-  source = datasets.open_split(info.name, data_dir, info.train_split, 0, info.num_train)
-  indices = list(range(len(source)))
-  records = [source[i] for i in indices]
-  jpegs = [r['image'] for r in records]
+def stage_costs(data_dir: str, batch: int, path: str) -> dict[str, float]:
+  """CPU microseconds per image of each stage of `path`, one thread, no pipeline around it."""
+  if path == 'previous':
+    source = previous_source(data_dir)
+  else:
+    info = data.get_dataset_info('imagenet2012', data_dir)
+    source = datasets.open_split(info.name, data_dir, info.train_split, 0, info.num_train)
+  groups = [list(range(i, i + batch)) for i in range(0, len(source) - batch + 1, batch)]
+  records = [source[i] for i in range(len(source))]
+  decoder = transforms.PILLOW if path == 'previous' else transforms.default_decoder()
   decode = _decode_only(decoder)
   seeded = lambda fn: (lambda item: fn(item[1], np.random.default_rng(item[0])))
   transform = lambda encoded, rng: transforms.imagenet_train(encoded, rng, IMAGE_SIZE, decoder)
-  images = [transform(e, np.random.default_rng(i)) for i, e in enumerate(jpegs)]
-  groups = [images[i:i + batch] for i in range(0, len(images) - batch + 1, batch)]
-  host_batch = np.stack(groups[0])
+  jpegs = list(enumerate(r['image'] for r in records))
+  costs = {'decode': _cpu_us(seeded(decode), jpegs)}
+  costs['crop/resize + flip'] = _cpu_us(seeded(transform), jpegs) - costs['decode']
+  costs['record read'] = _cpu_us(lambda i: source[i], range(len(source)))
+  if path == 'previous':
+    images = [transform(e, np.random.default_rng(i)) for i, e in jpegs]
+    costs['batch assembly'] = _cpu_us(
+        np.stack, [images[g[0]:g[-1] + 1] for g in groups]) / batch
+  else:
+    make_batch = lambda g: pipeline.imagenet_train_batch(
+        [records[i] for i in g], np.random.default_rng(g[0]), image_size=IMAGE_SIZE,
+        decoder=decoder)
+    costs['batch assembly'] = (_cpu_us(make_batch, groups) / batch - costs['decode']
+                               - costs['crop/resize + flip'])
+  host_batch = np.zeros((batch, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
   device = jax.devices()[0]
-  costs = {'record read': _cpu_us(lambda i: source[i], indices),
-           'decode': _cpu_us(seeded(decode), list(enumerate(jpegs))),
-           'decode + crop/resize + flip': _cpu_us(seeded(transform), list(enumerate(jpegs))),
-           'batch assembly (stack)': _cpu_us(np.stack, groups) / batch,
-           'host->device (uint8 batch)': _cpu_us(
-               lambda b: jax.device_put(b, device).block_until_ready(), [host_batch] * 8) / batch}
-  costs['crop/resize + flip'] = costs.pop('decode + crop/resize + flip') - costs['decode']
+  costs['host->device (uint8 batch)'] = _cpu_us(
+      lambda b: jax.device_put(b, device).block_until_ready(), [host_batch] * 8) / batch
   return costs
+
+
+PATHS = ('previous', 'new')
 
 
 def imagenet_table(folder: str, batch: int, batches: int, workers: int,
@@ -217,45 +299,52 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int,
   """Prints the per-stage and end-to-end tables; returns end-to-end img per CPU-second."""
   jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
   reference = tf_data_rate(jpegs, batch, batches)
-  new = transforms.default_decoder()
-  decoders = {'previous': transforms.PILLOW, 'new': new}
+  decoders = {'previous': transforms.PILLOW, 'new': transforms.default_decoder()}
+  settings = sorted({0, workers})
   rows, stages, result = [], {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     for short_side, kind in ((None, 'original'), (256, 'resized')):
       data_dir = os.path.join(tmp, kind)
       prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
-      for label, decoder in decoders.items():
-        stages[label, kind] = stage_costs(data_dir, batch, decoder)
-        threads = grain_rate(data_dir, batch, batches, 0, decoder)
-        rates = grain_rate(data_dir, batch, batches, workers, decoder) if workers else threads
-        stages[label, kind]['worker hand-off'] = max(0.0, 1e6 / rates[1] - 1e6 / threads[1])
-        rows.append((label, decoder, kind, rates))
-        result[kind if label == 'new' else f'previous_{kind}'] = round(rates[1])
+      for path in PATHS:
+        costs = stage_costs(data_dir, batch, path)
+        rates = {w: end_to_end_rate(data_dir, batch, batches, w, path) for w in settings}
+        in_stages = sum(c for name, c in costs.items() if not name.startswith('host'))
+        costs['pipeline (threads, prefetch, indexing)'] = 1e6 / rates[0][1] - in_stages
+        if workers:
+          costs['worker hand-off'] = 1e6 / rates[workers][1] - 1e6 / rates[0][1]
+        stages[path, kind] = costs
+        rows += [(path, kind, w, rates[w]) for w in settings]
+        result[kind if path == 'new' else f'previous_{kind}'] = round(rates[workers][1])
       if dali:
         rates = dali_rate(data_dir, batch, batches)
-        rows.append(('dali', _dali_mode(), kind, rates))
+        rows.append(('dali', kind, 0, rates))
         result[f'dali_{kind}'] = round(rates[1])
   print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}), {os.cpu_count()} CPU '
-        f'cores, jax {jax.__version__}, {_versions(dali)}.')
-  print('\nCPU microseconds per image by stage (one thread; worker hand-off = end to end with '
-        f'{workers} worker processes minus the same pipeline in threads):')
+        f'cores, jax {jax.__version__}, {_versions(dali)}; the sample read as an ImageNet-sized '
+        f'split of {IMAGENET_TRAIN_EXAMPLES:,}.')
+  print('\nCPU microseconds per image by stage (one thread; pipeline = end to end in threads '
+        'minus the stages above it; worker hand-off = end to end with '
+        f'{workers} worker processes minus threads; negative = within noise):')
   names = list(next(iter(stages.values())))
-  print('| stage | ' + ' | '.join(f'{l} ({decoders[l]}), {k}' for l, k in stages) + ' |')
+  print('| stage | ' + ' | '.join(f'{p} ({decoders[p]}), {k}' for p, k in stages) + ' |')
   print('| --- |' + ' ---: |' * len(stages))
   for name in names:
     print(f'| {name} | ' + ' | '.join(f'{c[name]:.0f}' for c in stages.values()) + ' |')
-  print(f'\nEnd to end: grain over the prepared array_record data, {workers} worker processes, '
-        f'{batches} batches after the buffer is drained. img per CPU-second = img/s per fully '
-        f'used core; cores per H200 = {H200_IMAGES_PER_S:,} img/s / that.')
-  print('| path | JPEGs | img/s (wall) | img per CPU-second | cores per H200 | vs previous |')
-  print('| --- | --- | ---: | ---: | ---: | ---: |')
+  print(f'\nEnd to end, over the prepared array_record data, {batches} batches after the buffer '
+        f'is drained. img per CPU-second = img/s per fully used core; cores per H200 = '
+        f'{H200_IMAGES_PER_S:,} img/s / that.')
+  print('| path | JPEGs | worker processes | img/s (wall) | img per CPU-second | cores per H200 '
+        '| vs previous |')
+  print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
   if reference:
-    print(f'| tf.data ops (decode_and_crop_jpeg), AUTOTUNE | original | {reference[0]:.0f} | '
+    print(f'| tf.data ops (decode_and_crop_jpeg), AUTOTUNE | original | - | {reference[0]:.0f} | '
           f'{reference[1]:.0f} | {H200_IMAGES_PER_S / reference[1]:.0f} | - |')
-  for label, decoder, kind, (wall, cpu) in rows:
-    ratio = cpu / result[f'previous_{kind}']
-    print(f'| {label}: {decoder} | {kind} | {wall:.0f} | {cpu:.0f} | '
-          f'{H200_IMAGES_PER_S / cpu:.0f} | {ratio:.2f}x |')
+  previous = {(k, w): cpu for p, k, w, (_, cpu) in rows if p == 'previous'}
+  for path, kind, w, (wall, cpu) in rows:
+    label = _dali_mode() if path == 'dali' else f'{path}: {decoders[path]}'
+    print(f'| {label} | {kind} | {w} | {wall:.0f} | {cpu:.0f} | {H200_IMAGES_PER_S / cpu:.0f} | '
+          f'{cpu / previous[kind, w]:.2f}x |')
   return result
 
 
@@ -321,7 +410,8 @@ def main():
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--batches', type=int, default=40)
   parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--workers', type=int, default=os.cpu_count())
+  parser.add_argument('--workers', type=int, default=0,
+                      help='worker processes of both ImageNet pipelines (0: threads only)')
   parser.add_argument('--skip_cifar', action='store_true')
   parser.add_argument('--dali', action='store_true',
                       help='also measure the DALI input (needs NVIDIA DALI; CPU-only mode '

@@ -1,7 +1,7 @@
 """Training batches decoded by NVIDIA DALI (the optional `dali` extra), drawn by dqnn.
 
 dqnn draws the sample order and every crop window and flip with the grain path's own sampler
-(`pipeline.jpeg_train_examples`, `transforms.random_crop_window`), so batch k holds the same
+(`pipeline.jpeg_train_batches`, `transforms.random_crop_window`), so batch k holds the same
 examples cropped to the same windows as the grain path's batch k. DALI only decodes the window
 (`fn.decoders.image_slice`: nvJPEG with device='mixed' on a GPU, 'cpu' in CPU-only mode),
 resizes it to the image size (bilinear, antialiased, as the Pillow reference) and mirrors it.
@@ -29,9 +29,9 @@ from dqnn.data import transforms
 
 MISSING_DALI = ("NVIDIA DALI is not installed: pip install -e '.[dali]' (needs a CUDA 12 GPU "
                 'host) or use --config.input_backend=grain')
-# Threads that read examples and draw their windows ahead of the step (grain's, as the grain
-# path's own); DALI's threads decode.
-_READ_THREADS = 4
+# Batches whose examples are read and windows drawn ahead of the step, each by a grain thread
+# (a header read per image: cheap next to DALI's decode).
+_READ_AHEAD = 2
 
 
 class DaliNotInstalledError(ImportError):
@@ -49,21 +49,26 @@ def import_dali():
   return nvidia.dali
 
 
-def crop_request(example: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-  """What DALI is fed for one example: its JPEG bytes, crop window and flip, drawn from `rng`
-  as `transforms.imagenet_train` draws them."""
-  encoded = example['image']
-  try:
-    width, height = transforms.image_dimensions(encoded)
-  except transforms.UnreadableImageError as e:
-    name = example.get('file_name', b'<no file_name>')
-    name = name.decode() if isinstance(name, bytes) else name
-    raise transforms.UnreadableImageError(
-        f'{name}: {e}; prepare the dataset again without it.') from None
-  left, top, w, h, flip = transforms.random_crop_window(width, height, rng)
-  return {'jpeg': np.frombuffer(encoded, np.uint8), 'anchor': np.array([left, top], np.int32),
-          'shape': np.array([w, h], np.int32), 'flip': np.int32(flip),
-          'label': np.int32(example['label'])}
+def crop_requests(examples: list[dict], rng: np.random.Generator) -> dict[str, list]:
+  """What DALI is fed for a batch: each example's JPEG bytes, crop window and flip, drawn from
+  `rng` in order as `pipeline.imagenet_train_batch` draws them."""
+  requests = {'jpeg': [], 'anchor': [], 'shape': [], 'flip': [], 'label': []}
+  for example in examples:
+    encoded = example['image']
+    try:
+      width, height = transforms.image_dimensions(encoded)
+    except transforms.UnreadableImageError as e:
+      name = example.get('file_name', b'<no file_name>')
+      name = name.decode() if isinstance(name, bytes) else name
+      raise transforms.UnreadableImageError(
+          f'{name}: {e}; prepare the dataset again without it.') from None
+    left, top, w, h, flip = transforms.random_crop_window(width, height, rng)
+    requests['jpeg'].append(np.frombuffer(encoded, np.uint8))
+    requests['anchor'].append(np.array([left, top], np.int32))
+    requests['shape'].append(np.array([w, h], np.int32))
+    requests['flip'].append(np.int32(flip))
+    requests['label'].append(np.int32(example['label']))
+  return requests
 
 
 def _crop_pipeline(dali, *, batch_size: int, image_size: int, num_threads: int,
@@ -119,13 +124,13 @@ class DaliInput:
                process_count: int | None = None):
     dali = import_dali()
     self._image_size = image_size or info.image_size
-    examples, local_batch = pipeline.jpeg_train_examples(
-        info, data_dir, crop_request, global_batch_size=global_batch_size, seed=seed,
+    process_index, process_count = pipeline.process_layout(process_index, process_count)
+    local_batch = pipeline.local_batch_size(global_batch_size, process_count)
+    requests = pipeline.jpeg_train_batches(
+        info, data_dir, crop_requests, global_batch_size=global_batch_size, seed=seed,
         process_index=process_index, process_count=process_count)
-    self._requests = iter(examples.to_iter_dataset(grain.ReadOptions(
-        num_threads=_READ_THREADS, prefetch_buffer_size=pipeline.PREFETCH)))
-    self._local_batch = local_batch
-    self._next_index = 0
+    self._requests = iter(requests.to_iter_dataset(grain.ReadOptions(
+        num_threads=_READ_AHEAD, prefetch_buffer_size=_READ_AHEAD)))
     self._sharding = sharding
     self._global_batch_size = global_batch_size
     self._rows = _device_rows(sharding, global_batch_size, local_batch)
@@ -138,16 +143,15 @@ class DaliInput:
     self.steps_per_epoch = info.num_train // global_batch_size
 
   def next(self) -> dict[str, jax.Array]:
-    requests = [next(self._requests) for _ in range(self._local_batch)]
-    self._next_index += 1
+    requests = next(self._requests)
     for pipe, (_, start, stop) in zip(self._pipes, self._rows):
       for name in ('jpeg', 'anchor', 'shape', 'flip'):
-        pipe.feed_input(name, [request[name] for request in requests[start:stop]])
+        pipe.feed_input(name, requests[name][start:stop])
       pipe.schedule_run()  # The devices' pipelines decode at the same time.
     images = [_on_device(pipe.outputs()[0].as_tensor(), device)
               for pipe, (device, _, _) in zip(self._pipes, self._rows)]
-    labels = [jax.device_put(np.array([request['label'] for request in requests[start:stop]]),
-                             device) for device, start, stop in self._rows]
+    labels = [jax.device_put(np.array(requests['label'][start:stop]), device)
+              for device, start, stop in self._rows]
     size = self._image_size
     return {'image': jax.make_array_from_single_device_arrays(
                 (self._global_batch_size, size, size, 3), self._sharding, images),
@@ -159,14 +163,13 @@ class DaliInput:
     return inputs
 
   def get_state(self) -> dict[str, Any]:
-    return {'next_index': self._next_index}
+    return self._requests.get_state()
 
   def set_state(self, state: dict[str, Any]) -> None:
     if 'next_index' not in state:
       raise ValueError(f'Input state {state} holds no next_index; the DALI input resumes from a '
                        'grain or DALI run without input processes (input_workers=0).')
-    self._next_index = int(state['next_index'])
-    self._requests.set_state({'next_index': self._next_index * self._local_batch})
+    self._requests.set_state({'next_index': int(state['next_index'])})
 
 
 def _on_device(tensor, device: jax.Device) -> jax.Array:

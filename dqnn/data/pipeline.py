@@ -4,22 +4,29 @@ Each host (JAX process) reads a disjoint contiguous slice of the split: host i o
 examples [n*i//P, n*(i+1)//P). Batches are per-host: `global_batch_size // P` examples, images
 uint8 (the train step standardises them on the device).
 
-* `train_dataset`: an infinite grain dataset. Batch k of it is a pure function of
-  (seed, host, k): grain shuffles by index, with a new permutation each epoch, and draws each
-  batch's augmentation from a generator seeded by its index. Its iterator's `get_state()` is
-  saved with each checkpoint, so a resumed run continues with exactly the next batch.
-  In-memory (CIFAR) datasets are held decoded and augmented a whole batch at a time; ImageNet
-  JPEGs are decoded, cropped and flipped per image, by `num_workers` processes when > 0.
+* `train_dataset`: an infinite grain dataset whose elements are whole batches. Batch k is a pure
+  function of (seed, host, k): `ShuffledBatches` gives its examples (epoch after epoch, each a new
+  permutation of the host's slice), and grain seeds its augmentation generator by k. The
+  iterator's `get_state()` is saved with each checkpoint, so a resumed run continues with
+  exactly the next batch. In-memory (CIFAR) datasets are held decoded and augmented a whole
+  batch at a time; ImageNet JPEGs are read a batch at a time and decoded, cropped and flipped
+  straight into the batch's array.
 * `eval_batches`: finite; every eval example is yielded exactly once across all hosts. The tail
   is padded with masked (`mask=False`) zero examples, never dropped, and all hosts yield the
   same number of batches.
 * `fake_batches`: synthetic batches, no dataset needed.
+
+Batches are made by threads, one batch per thread (the JPEG decoder and OpenCV release the GIL),
+and by `num_workers` processes when > 0, the threads shared among them: one thread per core
+available to this process (docs/results.md measures the choice).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 from typing import Any, Callable, Iterator
 
 from absl import flags
@@ -29,11 +36,6 @@ import numpy as np
 from dqnn.data import datasets
 from dqnn.data import specs
 from dqnn.data import transforms
-
-# Threads that read and transform examples ahead of the step, per process (more lose to the GIL:
-# measured 4 vs 16 threads on the ImageNet sample, docs/results.md).
-_READ_THREADS = 4
-PREFETCH = 256
 
 
 def process_layout(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -63,8 +65,39 @@ def _host_seed(seed: int, process_index: int) -> int:
   return int(np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1)[0])
 
 
-def _read_options() -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=_READ_THREADS, prefetch_buffer_size=PREFETCH)
+def threads_per_process(num_workers: int) -> int:
+  """Batch-making threads in each pipeline process: the cores available to this process, shared
+  among its `num_workers` worker processes (or all in this one when 0)."""
+  return max(1, len(os.sched_getaffinity(0)) // max(1, num_workers))
+
+
+class ShuffledBatches:
+  """Batch k of an endless run of epochs over `num_examples`: the example indices it holds.
+
+  Epoch e is a permutation of the examples drawn from (seed, e); its batches are its first
+  `num_examples // batch_size` whole batches (the remainder, other examples each epoch, waits for
+  a later epoch). A grain random-access source of index arrays. One numpy permutation per epoch
+  costs ~20 ns an example, where grain's own `shuffle` costs 4-5 us an element on an ImageNet
+  host's slice and ~150 us on a split of a few hundred (measured, docs/results.md).
+  """
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int):
+    if num_examples < batch_size:
+      raise ValueError(f'{num_examples} examples are fewer than one batch of {batch_size}.')
+    self._num_examples, self._batch_size, self._seed = num_examples, batch_size, seed
+    self.batches_per_epoch = num_examples // batch_size
+    self._epoch = (-1, np.empty(0, np.int64))  # One tuple: threads read it whole.
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, k: int) -> np.ndarray:
+    epoch, position = divmod(int(k), self.batches_per_epoch)
+    cached, permutation = self._epoch
+    if cached != epoch:
+      permutation = np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
+      self._epoch = (epoch, permutation)
+    return permutation[position * self._batch_size:(position + 1) * self._batch_size]
 
 
 def _small_train_batch(indices: np.ndarray, rng: np.random.Generator, *, source,
@@ -86,10 +119,21 @@ def _decode(transform, example: dict, *args):
         f'{name}: {e}; prepare the dataset again without it.') from None
 
 
-def _imagenet_train_example(example: dict, rng: np.random.Generator, *, image_size: int,
-                            decoder: str | None) -> dict[str, np.ndarray]:
-  return {'image': _decode(transforms.imagenet_train, example, rng, image_size, decoder),
-          'label': np.int32(example['label'])}
+def imagenet_train_batch(examples: list[dict], rng: np.random.Generator, *, image_size: int,
+                         decoder: str | None = None) -> dict[str, np.ndarray]:
+  """Random-resized crops and flips of a batch of JPEG examples, drawn from `rng` in order and
+  written straight into the batch's array."""
+  images = np.empty((len(examples), image_size, image_size, 3), np.uint8)
+  for row, example in enumerate(examples):
+    images[row] = _decode(transforms.imagenet_train, example, rng, image_size, decoder)
+  return {'image': images, 'label': np.array([e['label'] for e in examples], np.int32)}
+
+
+def _read_batch(indices: np.ndarray, rng: np.random.Generator, *, source,
+                make_batch: Callable[[list[dict], np.random.Generator], Any]):
+  # One read at a time: the source's batched read (`__getitems__`) starts reader threads that
+  # cost more CPU than they save (measured, docs/results.md).
+  return make_batch([source[i] for i in indices.tolist()], rng)
 
 
 def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
@@ -106,25 +150,23 @@ def train_dataset(info: datasets.DatasetInfo, data_dir: str | None, *, global_ba
   """
   image_size = image_size or info.image_size
   if datasets.spec(info.name).augmentation == specs.CIFAR_AUGMENTATION:
-    source, batch, host_seed = _host_train_split(info, data_dir, global_batch_size, seed,
-                                                 process_index, process_count)
-    ds = (grain.MapDataset.range(len(source)).seed(host_seed).shuffle().repeat()
-          .batch(batch, drop_remainder=True)
-          .random_map(functools.partial(_small_train_batch, source=source,
-                                        image_size=image_size)))
+    source, batches = _host_train_batches(info, data_dir, global_batch_size, seed,
+                                          process_index, process_count)
+    ds = batches.random_map(functools.partial(_small_train_batch, source=source,
+                                              image_size=image_size))
   else:
-    examples, batch = jpeg_train_examples(
-        info, data_dir, functools.partial(_imagenet_train_example, image_size=image_size,
+    ds = jpeg_train_batches(
+        info, data_dir, functools.partial(imagenet_train_batch, image_size=image_size,
                                           decoder=decoder),
         global_batch_size=global_batch_size, seed=seed, process_index=process_index,
         process_count=process_count)
-    ds = examples.batch(batch, drop_remainder=True)
   return _prefetched(ds, num_workers)
 
 
-def _host_train_split(info: datasets.DatasetInfo, data_dir: str | None, global_batch_size: int,
-                      seed: int, process_index: int | None, process_count: int | None):
-  """(this host's training examples, its batch size, its seed)."""
+def _host_train_batches(info: datasets.DatasetInfo, data_dir: str | None,
+                        global_batch_size: int, seed: int, process_index: int | None,
+                        process_count: int | None) -> tuple[Any, grain.MapDataset]:
+  """(this host's training examples, its `ShuffledBatches` as a seeded grain dataset)."""
   process_index, process_count = process_layout(process_index, process_count)
   batch = local_batch_size(global_batch_size, process_count)
   start, end = host_slice(info.num_train, process_index, process_count)
@@ -132,28 +174,29 @@ def _host_train_split(info: datasets.DatasetInfo, data_dir: str | None, global_b
     raise ValueError(f'Host {process_index} holds {end - start} training examples, fewer than '
                      f'its batch of {batch}.')
   source = datasets.open_split(info.name, data_dir, info.train_split, start, end)
-  return source, batch, _host_seed(seed, process_index)
+  host_seed = _host_seed(seed, process_index)
+  return source, grain.MapDataset.source(ShuffledBatches(len(source), batch, host_seed)).seed(
+      host_seed)
 
 
-def jpeg_train_examples(info: datasets.DatasetInfo, data_dir: str | None,
-                        augment: Callable[[dict, np.random.Generator], Any], *,
-                        global_batch_size: int, seed: int, process_index: int | None = None,
-                        process_count: int | None = None) -> tuple[grain.MapDataset, int]:
-  """This host's infinite shuffled JPEG examples, each `augment(example, rng)`, and its batch.
+def jpeg_train_batches(info: datasets.DatasetInfo, data_dir: str | None,
+                       make_batch: Callable[[list[dict], np.random.Generator], Any], *,
+                       global_batch_size: int, seed: int, process_index: int | None = None,
+                       process_count: int | None = None) -> grain.MapDataset:
+  """This host's infinite JPEG training batches: element k is `make_batch(examples, rng)`.
 
-  Element i is a pure function of (seed, host, i): grain shuffles by index, with a new
-  permutation each epoch, and seeds element i's generator by i. Batch k is elements
-  [k * batch, (k + 1) * batch). Every JPEG input (grain's, DALI's) draws from this one order.
+  Batch k's examples and generator are a pure function of (seed, host, k). Every JPEG input
+  (grain's, DALI's) draws from this one order.
   """
-  source, batch, host_seed = _host_train_split(info, data_dir, global_batch_size, seed,
-                                               process_index, process_count)
-  return grain.MapDataset.source(source).seed(host_seed).shuffle().repeat().random_map(
-      augment), batch
+  source, batches = _host_train_batches(info, data_dir, global_batch_size, seed, process_index,
+                                        process_count)
+  return batches.random_map(functools.partial(_read_batch, source=source, make_batch=make_batch))
 
 
 def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-  """`ds` read ahead by threads, and by `num_workers` processes when > 0."""
-  ds = ds.to_iter_dataset(_read_options())
+  """`ds` made ahead by threads, and by `num_workers` processes when > 0."""
+  threads = threads_per_process(num_workers)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none.
       flags.FLAGS.mark_as_parsed()
@@ -161,17 +204,21 @@ def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
   return ds
 
 
-def _eval_example(index: int, *, source, name: str, image_size: int,
-                  decoder: str | None) -> dict[str, np.ndarray]:
-  if index >= len(source):  # Padding up to whole batches.
-    return {'image': np.zeros((image_size, image_size, 3), np.uint8),
-            'label': np.int32(0), 'mask': np.False_}
-  example = source[index]
-  if datasets.spec(name).augmentation == specs.CIFAR_AUGMENTATION:  # Decoded arrays.
-    image = transforms.resize_square(example['image'], image_size)
-  else:
-    image = _decode(transforms.imagenet_eval, example, image_size, decoder)
-  return {'image': image, 'label': np.int32(example['label']), 'mask': np.True_}
+def _eval_batch(k: int, *, source, batch: int, small: bool, image_size: int,
+                decoder: str | None) -> dict[str, np.ndarray]:
+  """Eval batch k: examples [k * batch, (k + 1) * batch), zero-padded past the split's end."""
+  indices = list(range(k * batch, min((k + 1) * batch, len(source))))
+  images = np.zeros((batch, image_size, image_size, 3), np.uint8)
+  labels = np.zeros(batch, np.int32)
+  if small:  # Decoded arrays.
+    for row, i in enumerate(indices):
+      images[row] = transforms.resize_square(source.images[i], image_size)
+    labels[:len(indices)] = source.labels[indices]
+  elif indices:
+    for row, example in enumerate(source[i] for i in indices):
+      images[row] = _decode(transforms.imagenet_eval, example, image_size, decoder)
+      labels[row] = example['label']
+  return {'image': images, 'label': labels, 'mask': np.arange(batch) < len(indices)}
 
 
 def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_batch_size: int,
@@ -191,10 +238,9 @@ def eval_batches(info: datasets.DatasetInfo, data_dir: str | None, *, global_bat
   start, end = host_slice(n, process_index, process_count)
   num_batches = math.ceil(math.ceil(n / process_count) / batch)
   source = datasets.open_split(info.name, data_dir, info.eval_split, start, end)
-  ds = (grain.MapDataset.range(num_batches * batch)
-        .map(functools.partial(_eval_example, source=source, name=info.name,
-                               image_size=image_size, decoder=decoder))
-        .batch(batch))
+  ds = grain.MapDataset.range(num_batches).map(functools.partial(
+      _eval_batch, source=source, batch=batch, small=datasets.is_small(info.name),
+      image_size=image_size, decoder=decoder))
   return iter(_prefetched(ds, num_workers))
 
 

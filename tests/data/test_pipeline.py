@@ -139,6 +139,58 @@ def test_mock_dataset_offline(name, size):
   assert os.environ.get('TFDS_DATA_DIR') != d
 
 
+def test_shuffled_batches_are_pure_epoch_permutations():
+  batches = pipeline.ShuffledBatches(num_examples=10, batch_size=3, seed=5)
+  assert batches.batches_per_epoch == 3
+  first = [batches[k] for k in range(6)]
+  for epoch in (first[:3], first[3:]):  # 9 distinct examples an epoch; 1 waits for another.
+    held = np.concatenate(epoch)
+    assert len(set(held.tolist())) == 9 and held.min() >= 0 and held.max() < 10
+  assert not np.array_equal(np.concatenate(first[:3]), np.concatenate(first[3:]))
+  again = pipeline.ShuffledBatches(num_examples=10, batch_size=3, seed=5)
+  for k in (4, 0, 5):  # Any order: batch k is a function of (seed, k) alone.
+    np.testing.assert_array_equal(again[k], first[k])
+  other = pipeline.ShuffledBatches(num_examples=10, batch_size=3, seed=6)
+  assert not all(np.array_equal(other[k], first[k]) for k in range(3))
+  with pytest.raises(ValueError, match='fewer than one batch'):
+    pipeline.ShuffledBatches(num_examples=2, batch_size=3, seed=0)
+
+
+def test_threads_share_the_cores_among_worker_processes(monkeypatch):
+  monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda pid: set(range(8)))
+  assert [pipeline.threads_per_process(w) for w in (0, 1, 2, 3, 16)] == [8, 8, 4, 2, 1]
+
+
+def test_records_parse_as_tfds_deserializes_them():
+  from dqnn.data import datasets
+  with data.mock_dataset('imagenet2012', num_examples=6, num_eval_examples=2) as d:
+    info = data.get_dataset_info('imagenet2012', d)
+    ours = datasets.open_split(info.name, d, info.train_split, 1, 5)
+    tfds_source = tfds.data_source('imagenet2012', split='train[1:5]', data_dir=d,
+                                   decoders={'image': tfds.decode.SkipDecoding()})
+    assert len(ours) == len(tfds_source) == 4
+    for got, want in zip(ours.__getitems__([0, 1, 2, 3]), tfds_source.__getitems__([0, 1, 2, 3])):
+      assert set(got) == set(want) and got['image'] == want['image']
+      assert got['file_name'] == want['file_name'] and got['label'] == int(want['label'])
+
+
+def test_imagenet_train_resumes_from_saved_state_exactly():
+  with data.mock_dataset('imagenet2012', num_examples=10, num_eval_examples=2) as d:
+    info = data.get_dataset_info('imagenet2012', d)
+    ds = data.train_dataset(info, d, global_batch_size=4, seed=3, image_size=24,
+                            process_index=0, process_count=1)
+    uninterrupted = _take(ds, 6)  # 2 batches an epoch: crosses two epoch boundaries.
+    it = iter(ds)
+    for _ in range(3):
+      next(it)
+    resumed = iter(ds)
+    resumed.set_state(it.get_state())
+    for want in uninterrupted[3:]:
+      got = next(resumed)
+      np.testing.assert_array_equal(got['image'], want['image'])
+      np.testing.assert_array_equal(got['label'], want['label'])
+
+
 def test_tfrecord_dataset_gets_conversion_command(tmp_path):
   with data.mock_dataset('cifar100', num_examples=4, data_dir=str(tmp_path)):
     pass
@@ -352,5 +404,5 @@ def test_an_unreadable_training_image_is_one_error_naming_its_file():
   example = {'image': b'\xff\xd8 truncated', 'label': 3, 'file_name': b'n01440764_1.JPEG'}
   for decoder in (None, transforms.PILLOW):
     with pytest.raises(transforms.UnreadableImageError, match='n01440764_1.JPEG: not a readable'):
-      pipeline._imagenet_train_example(example, np.random.default_rng(0), image_size=32,
-                                       decoder=decoder)
+      pipeline.imagenet_train_batch([example], np.random.default_rng(0), image_size=32,
+                                    decoder=decoder)
