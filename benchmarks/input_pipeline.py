@@ -291,6 +291,26 @@ def stage_costs(data_dir: str, batch: int, path: str) -> dict[str, float]:
   return costs
 
 
+def gil_held_us(data_dir: str, batch: int) -> float | None:
+  """CPU microseconds per image the new path's batches (records read and cropped) spend in
+  Python, holding the GIL: made with libjpeg-turbo's decode and OpenCV's warp (which release it)
+  returning ready arrays. None where those libraries are not installed."""
+  codecs = transforms._fast_codecs()  # pylint: disable=protected-access
+  if not codecs:
+    return None
+  simplejpeg, cv2 = codecs
+  info = data.get_dataset_info('imagenet2012', data_dir)
+  source = datasets.open_split(info.name, data_dir, info.train_split, 0, info.num_train)
+  groups = [range(i, i + batch) for i in range(0, len(source) - batch + 1, batch)]
+  decoded = np.zeros((IMAGE_SIZE * 2, IMAGE_SIZE * 2, 3), np.uint8)
+  cropped = np.zeros((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+  with unittest.mock.patch.object(simplejpeg, 'decode_jpeg', lambda *a, **k: decoded), \
+       unittest.mock.patch.object(cv2, 'warpAffine', lambda *a, **k: cropped):
+    return _cpu_us(lambda g: pipeline.imagenet_train_batch(
+        [source[i] for i in g], np.random.default_rng(0), image_size=IMAGE_SIZE),
+        groups) / batch
+
+
 PATHS = ('previous', 'new')
 
 
@@ -301,11 +321,12 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int,
   reference = tf_data_rate(jpegs, batch, batches)
   decoders = {'previous': transforms.PILLOW, 'new': transforms.default_decoder()}
   settings = sorted({0, workers})
-  rows, stages, result = [], {}, {}
+  rows, stages, result, gil = [], {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
     for short_side, kind in ((None, 'original'), (256, 'resized')):
       data_dir = os.path.join(tmp, kind)
       prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
+      gil[kind] = gil_held_us(data_dir, batch)
       for path in PATHS:
         costs = stage_costs(data_dir, batch, path)
         rates = {w: end_to_end_rate(data_dir, batch, batches, w, path) for w in settings}
@@ -331,6 +352,11 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int,
   print('| --- |' + ' ---: |' * len(stages))
   for name in names:
     print(f'| {name} | ' + ' | '.join(f'{c[name]:.0f}' for c in stages.values()) + ' |')
+  if all(gil.values()):
+    print('\nOf the new path\'s stages, Python holding the GIL (the batch function with the '
+          'decode and the warp, which release it, returning ready arrays): ' + ', '.join(
+              f'{kind} {us:.0f} us per image, so one process tops out near {1e6 / us:,.0f} img/s'
+              for kind, us in gil.items()) + '.')
   print(f'\nEnd to end, over the prepared array_record data, {batches} batches after the buffer '
         f'is drained. img per CPU-second = img/s per fully used core; cores per H200 = '
         f'{H200_IMAGES_PER_S:,} img/s / that.')

@@ -172,7 +172,9 @@ def imagenet(model: str, w_bits: int = FULL_PRECISION, a_bits: int = FULL_PRECIS
     raise ValueError(f'Not an ImageNet model: {model!r}; choose one of {IMAGENET_MODELS}.')
   config = get_base_config()
   config.dataset = 'imagenet2012'
-  config.input_workers = 16  # One process holds the GIL for ~10k img/s; 8 H200s eat 140k.
+  # A process holds the GIL 60-120 us an image (at most 8-17k img/s, docs/results.md); eight
+  # H200s take ~140k img/s.
+  config.input_workers = 16
   config.model = model
   _quant(config, w_bits, a_bits)
   quantized = min(w_bits, a_bits) < FULL_PRECISION
