@@ -1,7 +1,7 @@
 """Input throughput, side by side in one run: ImageNet decode per CPU core, and CIFAR fed on-device.
 
     python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
-        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=0] [--dali]
+        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=0] [--rounds=3] [--dali]
 
 1. ImageNet training images (read + decode + random-resized crop to 224 + flip + batch) for the
    previous path, kept here as the reference (dqnn's pipeline before the lean one: grain
@@ -19,14 +19,15 @@
      threads);
    - end to end: img/s, images per CPU-second of the whole process tree (what one fully used core
      delivers; it does not depend on other load on the host) and the cores one H200 needs at
-     17,600 img/s, in threads only and, with `--workers` > 0, with that many processes;
+     17,600 img/s, in threads only and, with `--workers` > 0, with that many processes; the
+     median of `--rounds` rounds that alternate between the paths;
    - the tf.data ops dqnn used before grain (TensorFlow's decode_and_crop_jpeg; needs the `[tf]`
      extra, skipped without it), from encoded bytes in memory.
    - with `--dali` (NVIDIA DALI installed): dqnn's DALI input (`input_backend='dali'`), the
      same examples, windows and flips, decoded by DALI: on a GPU host nvJPEG ('mixed'), else
      DALI's CPU-only mode, labelled so; the global batch built on the devices, as training gets it.
    The last line printed is one JSON object of the end-to-end images per CPU-second at
-   `--workers`: {"original": N, "resized": N, "previous_original": N, "previous_resized": N},
+   `--workers` (medians): {"original": N, "resized": N, "previous_original": N, "previous_resized": N},
    plus "dali_original" and "dali_resized" with `--dali`.
 2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
    W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
@@ -195,7 +196,7 @@ def end_to_end_rate(data_dir: str, batch: int, batches: int, workers: int,
     ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0,
                             image_size=IMAGE_SIZE, process_index=0, process_count=1,
                             num_workers=workers)
-    buffered = max(workers, 1) * pipeline.threads_per_process(workers) * batch
+    buffered = max(workers, 1) * max(pipeline.threads_per_process(workers), 1) * batch
     return _rate(iter(ds), batch, batches, buffered=buffered)
 
 
@@ -314,9 +315,14 @@ def gil_held_us(data_dir: str, batch: int) -> float | None:
 PATHS = ('previous', 'new')
 
 
-def imagenet_table(folder: str, batch: int, batches: int, workers: int,
+def _median(rates: list[tuple[float, float]]) -> tuple[float, float]:
+  return statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates)
+
+
+def imagenet_table(folder: str, batch: int, batches: int, workers: int, rounds: int,
                    dali: bool = False) -> dict[str, float]:
-  """Prints the per-stage and end-to-end tables; returns end-to-end img per CPU-second."""
+  """Prints the per-stage and end-to-end tables; returns end-to-end img per CPU-second (the
+  median of `rounds` interleaved rounds)."""
   jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
   reference = tf_data_rate(jpegs, batch, batches)
   decoders = {'previous': transforms.PILLOW, 'new': transforms.default_decoder()}
@@ -327,19 +333,25 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int,
       data_dir = os.path.join(tmp, kind)
       prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
       gil[kind] = gil_held_us(data_dir, batch)
+      measured = {(path, w): [] for path in PATHS for w in settings}
+      for _ in range(rounds):  # Interleaved: load that drifts moves every path alike.
+        for (path, w), found in measured.items():
+          found.append(end_to_end_rate(data_dir, batch, batches, w, path))
       for path in PATHS:
         costs = stage_costs(data_dir, batch, path)
-        rates = {w: end_to_end_rate(data_dir, batch, batches, w, path) for w in settings}
+        rates = {w: _median(measured[path, w]) for w in settings}
         in_stages = sum(c for name, c in costs.items() if not name.startswith('host'))
         costs['pipeline (threads, prefetch, indexing)'] = 1e6 / rates[0][1] - in_stages
         if workers:
           costs['worker hand-off'] = 1e6 / rates[workers][1] - 1e6 / rates[0][1]
         stages[path, kind] = costs
-        rows += [(path, kind, w, rates[w]) for w in settings]
+        rows += [(path, kind, w, rates[w], [cpu for _, cpu in measured[path, w]])
+                 for w in settings]
         result[kind if path == 'new' else f'previous_{kind}'] = round(rates[workers][1])
       if dali:
-        rates = dali_rate(data_dir, batch, batches)
-        rows.append(('dali', kind, 0, rates))
+        found = [dali_rate(data_dir, batch, batches) for _ in range(rounds)]
+        rates = _median(found)
+        rows.append(('dali', kind, 0, rates, [cpu for _, cpu in found]))
         result[f'dali_{kind}'] = round(rates[1])
   print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}), {os.cpu_count()} CPU '
         f'cores, jax {jax.__version__}, {_versions(dali)}; the sample read as an ImageNet-sized '
@@ -358,18 +370,19 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int,
               f'{kind} {us:.0f} us per image, so one process tops out near {1e6 / us:,.0f} img/s'
               for kind, us in gil.items()) + '.')
   print(f'\nEnd to end, over the prepared array_record data, {batches} batches after the buffer '
-        f'is drained. img per CPU-second = img/s per fully used core; cores per H200 = '
-        f'{H200_IMAGES_PER_S:,} img/s / that.')
-  print('| path | JPEGs | worker processes | img/s (wall) | img per CPU-second | cores per H200 '
-        '| vs previous |')
-  print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
+        f'is drained, median of {rounds} interleaved rounds. img per CPU-second = img/s per '
+        f'fully used core; cores per H200 = {H200_IMAGES_PER_S:,} img/s / that.')
+  print('| path | JPEGs | worker processes | img/s (wall) | img per CPU-second | rounds | '
+        'cores per H200 | vs previous |')
+  print('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |')
   if reference:
     print(f'| tf.data ops (decode_and_crop_jpeg), AUTOTUNE | original | - | {reference[0]:.0f} | '
-          f'{reference[1]:.0f} | {H200_IMAGES_PER_S / reference[1]:.0f} | - |')
-  previous = {(k, w): cpu for p, k, w, (_, cpu) in rows if p == 'previous'}
-  for path, kind, w, (wall, cpu) in rows:
+          f'{reference[1]:.0f} | 1 | {H200_IMAGES_PER_S / reference[1]:.0f} | - |')
+  previous = {(k, w): cpu for p, k, w, (_, cpu), _ in rows if p == 'previous'}
+  for path, kind, w, (wall, cpu), each in rows:
     label = _dali_mode() if path == 'dali' else f'{path}: {decoders[path]}'
-    print(f'| {label} | {kind} | {w} | {wall:.0f} | {cpu:.0f} | {H200_IMAGES_PER_S / cpu:.0f} | '
+    print(f'| {label} | {kind} | {w} | {wall:.0f} | {cpu:.0f} | '
+          f'{" / ".join(f"{c:.0f}" for c in each)} | {H200_IMAGES_PER_S / cpu:.0f} | '
           f'{cpu / previous[kind, w]:.2f}x |')
   return result
 
@@ -436,6 +449,8 @@ def main():
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--batches', type=int, default=40)
   parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='interleaved end-to-end rounds of each ImageNet path (median)')
   parser.add_argument('--workers', type=int, default=0,
                       help='worker processes of both ImageNet pipelines (0: threads only)')
   parser.add_argument('--skip_cifar', action='store_true')
@@ -449,7 +464,7 @@ def main():
   result = None
   if args.imagenet_folder:
     result = imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers,
-                            args.dali)
+                            args.rounds, args.dali)
   if not args.skip_cifar:
     cifar_step_rates(args.cifar_data_dir or None, args.steps)
   if result:

@@ -172,7 +172,7 @@ def imagenet(model: str, w_bits: int = FULL_PRECISION, a_bits: int = FULL_PRECIS
     raise ValueError(f'Not an ImageNet model: {model!r}; choose one of {IMAGENET_MODELS}.')
   config = get_base_config()
   config.dataset = 'imagenet2012'
-  # A process holds the GIL 60-120 us an image (at most 8-17k img/s, docs/results.md); eight
+  # A process holds the GIL ~45-75 us an image (at most 14-22k img/s, docs/results.md); eight
   # H200s take ~140k img/s.
   config.input_workers = 16
   config.model = model

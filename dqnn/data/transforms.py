@@ -146,7 +146,8 @@ def _check_decoder(decoder: str | None) -> str:
   return decoder
 
 
-def _pillow_crop_resize(encoded: bytes, box_fn, image_size: int, flip) -> np.ndarray:
+def _pillow_crop_resize(encoded: bytes, box_fn, image_size: int, flip,
+                        out: np.ndarray | None = None) -> np.ndarray:
   """Pillow's reduced-scale decode and antialiased resize; `flip()` is drawn after the box."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
@@ -159,10 +160,15 @@ def _pillow_crop_resize(encoded: bytes, box_fn, image_size: int, flip) -> np.nda
     image = np.asarray(image.resize((image_size, image_size), Image.BILINEAR, box=box))
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise UnreadableImageError(f'not a readable image ({e})') from e
-  return image[:, ::-1] if flip() else image
+  image = image[:, ::-1] if flip() else image
+  if out is None:
+    return image
+  out[...] = image
+  return out
 
 
-def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip) -> np.ndarray:
+def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip,
+                       out: np.ndarray | None = None) -> np.ndarray:
   """libjpeg-turbo's scaled decode, then one warp: crop + resize (+ mirror) in a single pass."""
   simplejpeg, cv2 = _fast_codecs()
   try:
@@ -170,7 +176,7 @@ def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip) -> np.ndar
   except ValueError:  # Not a JPEG.
     colorspace = None
   if colorspace not in ('Gray', 'YCbCr', 'RGB'):  # CMYK/YCCK and other formats: Pillow.
-    return _pillow_crop_resize(encoded, box_fn, image_size, flip)
+    return _pillow_crop_resize(encoded, box_fn, image_size, flip, out)
   left, top, w, h = box_fn(width, height)
   scale = image_size / min(w, h)
   try:
@@ -188,14 +194,15 @@ def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip) -> np.ndar
     x = (-step_x, 0.0, left * sx + (image_size - 0.5) * step_x - 0.5)
   else:
     x = (step_x, 0.0, left * sx + 0.5 * step_x - 0.5)
-  return cv2.warpAffine(image, np.array([x, y]), (image_size, image_size),
+  return cv2.warpAffine(image, np.array([x, y]), (image_size, image_size), dst=out,
                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                         borderMode=cv2.BORDER_REPLICATE)
 
 
 def imagenet_train(encoded: bytes, rng: np.random.Generator, image_size: int = 224,
-                   decoder: str | None = None) -> np.ndarray:
-  """Random-resized crop + random flip of a JPEG -> uint8 [S, S, 3].
+                   decoder: str | None = None, out: np.ndarray | None = None) -> np.ndarray:
+  """Random-resized crop + random flip of a JPEG -> uint8 [S, S, 3], written into `out` (a
+  batch's row, so batching copies nothing) when given.
 
   The crop box, then the flip, are drawn from `rng` whichever `decoder` (`DECODERS`; default
   `default_decoder()`) runs, so both decoders crop the same region.
@@ -203,7 +210,7 @@ def imagenet_train(encoded: bytes, rng: np.random.Generator, image_size: int = 2
   crop_resize = (_turbo_crop_resize if _check_decoder(decoder) == LIBJPEG_TURBO
                  else _pillow_crop_resize)
   return crop_resize(encoded, lambda w, h: _random_resized_box(w, h, rng), image_size,
-                     lambda: rng.random() < 0.5)
+                     lambda: rng.random() < 0.5, out)
 
 
 def random_crop_window(width: int, height: int,
@@ -224,12 +231,13 @@ def image_dimensions(encoded: bytes) -> tuple[int, int]:
     raise UnreadableImageError(f'not a readable image ({e})') from e
 
 
-def imagenet_eval(encoded: bytes, image_size: int = 224,
-                  decoder: str | None = None) -> np.ndarray:
-  """Central crop (shorter side x 224/256) of a JPEG resized to uint8 [S, S, 3]."""
+def imagenet_eval(encoded: bytes, image_size: int = 224, decoder: str | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
+  """Central crop (shorter side x 224/256) of a JPEG resized to uint8 [S, S, 3], written into
+  `out` when given."""
   crop_resize = (_turbo_crop_resize if _check_decoder(decoder) == LIBJPEG_TURBO
                  else _pillow_crop_resize)
-  return crop_resize(encoded, _center_box, image_size, lambda: False)
+  return crop_resize(encoded, _center_box, image_size, lambda: False, out)
 
 
 def resize_square(image: np.ndarray, image_size: int) -> np.ndarray:

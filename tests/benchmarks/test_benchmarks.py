@@ -47,7 +47,7 @@ def test_input_pipeline_ends_with_the_end_to_end_rates_as_json(tmp_path):
     image = rng.integers(0, 256, (60 + 4 * i, 80, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / f'{wnid}_{i}.JPEG', quality=90)
   lines = _run('benchmarks/input_pipeline.py', f'--imagenet_folder={tmp_path}', '--batch=2',
-               '--batches=2', '--workers=0', '--skip_cifar').strip().splitlines()
+               '--batches=2', '--workers=0', '--rounds=2', '--skip_cifar').strip().splitlines()
   rates = json.loads(lines[-1])
   assert set(rates) == {'original', 'resized', 'previous_original', 'previous_resized'}
   assert all(rate > 0 for rate in rates.values()), rates

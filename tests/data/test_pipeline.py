@@ -158,7 +158,7 @@ def test_shuffled_batches_are_pure_epoch_permutations():
 
 def test_threads_share_the_cores_among_worker_processes(monkeypatch):
   monkeypatch.setattr(pipeline.os, 'sched_getaffinity', lambda pid: set(range(8)))
-  assert [pipeline.threads_per_process(w) for w in (0, 1, 2, 3, 16)] == [8, 8, 4, 2, 1]
+  assert [pipeline.threads_per_process(w) for w in (0, 1, 2, 3, 5, 16)] == [8, 8, 4, 2, 0, 0]
 
 
 def test_records_parse_as_tfds_deserializes_them():

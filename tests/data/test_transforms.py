@@ -156,6 +156,23 @@ def test_imagenet_decoders_read_grayscale_cmyk_progressive_and_scaled_jpegs(deco
 
 
 @pytest.mark.parametrize('decoder', DECODERS)
+def test_imagenet_crops_write_into_a_given_batch_row(decoder):
+  rng = np.random.default_rng(3)
+  image = np.asarray(Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).resize(
+      (300, 200), Image.BICUBIC))
+  batch = np.zeros((3, 48, 48, 3), np.uint8)
+  for row, mode in enumerate(('RGB', 'CMYK')):  # CMYK: the fast path's Pillow fallback.
+    encoded = _jpeg(image, mode)
+    want = transforms.imagenet_train(encoded, np.random.default_rng(row), 48, decoder)
+    got = transforms.imagenet_train(encoded, np.random.default_rng(row), 48, decoder,
+                                    out=batch[row])
+    assert np.shares_memory(got, batch)
+    np.testing.assert_array_equal(batch[row], want)
+    assert transforms.imagenet_eval(encoded, 48, decoder, out=batch[2]) is not None
+    np.testing.assert_array_equal(batch[2], transforms.imagenet_eval(encoded, 48, decoder))
+
+
+@pytest.mark.parametrize('decoder', DECODERS)
 def test_an_unreadable_image_is_one_error(decoder):
   truncated = _jpeg(np.zeros((64, 64, 3), np.uint8))[:200]
   for encoded in (truncated, b'not an image'):
