@@ -251,10 +251,8 @@ def _decode_only(decoder: str):
     import simplejpeg
     height, width, _, _ = simplejpeg.decode_jpeg_header(encoded)
     _, _, w, h = transforms._random_resized_box(width, height, rng)
-    scale = IMAGE_SIZE / min(w, h)
-    return simplejpeg.decode_jpeg(
-        encoded, 'rgb', fastdct=True, min_height=math.ceil(height * scale) if scale < 1 else 0,
-        min_width=math.ceil(width * scale) if scale < 1 else 0)
+    return transforms.turbo_decode(encoded, height, width,
+                                   transforms.dct_reduction(min(w, h), IMAGE_SIZE))
   return decode
 
 

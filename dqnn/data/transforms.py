@@ -7,16 +7,15 @@ pipeline, so every batch is a deterministic function of (seed, position).
 * CIFAR train: zero-pad 4 + random 32x32 crop + random horizontal flip, on whole batches
   (`crop_and_flip` is shared by the host pipeline, in numpy, and the on-device input, in jax).
 * ImageNet train: Inception-style random-resized crop (area 0.08-1, aspect 3/4-4/3, 10 attempts,
-  fallback to a center crop) + random flip; JPEGs are decoded at the coarsest DCT scale that
-  keeps the crop at least image_size on its shorter side, which is most of the decode cost saved.
+  fallback to a center crop) + random flip; JPEGs are decoded at the coarsest of the 1/1, 1/2,
+  1/4, 1/8 DCT scales that keeps the crop at least image_size on its shorter side.
 * ImageNet eval: the central crop of side shorter-side x 224/256, resized to image_size.
 Grayscale and CMYK images become RGB.
 
 Two decoders give the same crops (the same sampler draws from the same generator):
 * `LIBJPEG_TURBO` (the default when `simplejpeg` and OpenCV are installed): libjpeg-turbo scaled
-  decode (any of its N/8 scales, fast integer DCT) and one bilinear warp that crops, resizes and
-  flips at once, without antialiasing (after the scaled decode the crop is rarely shrunk by more
-  than 8/7). 2-3x the images per CPU-second of Pillow's path (docs/results.md).
+  decode (fast integer DCT) and one bilinear warp that crops, resizes and flips at once, without
+  antialiasing (after the scaled decode the crop is shrunk by less than 2x).
 * `PILLOW`: `Image.draft` (1/2, 1/4, 1/8 scales) and an antialiased bilinear resize. It reads what
   libjpeg-turbo's decoder does not (CMYK, PNG, other formats), so the fast path falls back to it
   image by image; it is also the whole path where the fast libraries are not installed.
@@ -167,6 +166,28 @@ def _pillow_crop_resize(encoded: bytes, box_fn, image_size: int, flip,
   return out
 
 
+def dct_reduction(crop_side: int, image_size: int) -> int:
+  """The coarsest of libjpeg-turbo's 1/1, 1/2, 1/4 and 1/8 DCT scales (as its reduction 1, 2, 4
+  or 8) that keeps a crop's shorter side `crop_side` at least `image_size`.
+
+  Only these scales: libjpeg-turbo has SIMD inverse DCTs for them alone, and its other N/8
+  scales cost more than a full decode (7/8: 1.7x, 5/8: 1.2x; docs/results.md).
+  """
+  reduction = 1
+  while reduction < 8 and crop_side >= 2 * reduction * image_size:
+    reduction *= 2
+  return reduction
+
+
+def turbo_decode(encoded: bytes, height: int, width: int, reduction: int) -> np.ndarray:
+  """A JPEG of that size decoded by libjpeg-turbo to RGB at DCT scale 1/`reduction`."""
+  simplejpeg, _ = _fast_codecs()
+  # simplejpeg picks the smallest N/8 scale giving at least this size: exactly 8/reduction / 8.
+  return simplejpeg.decode_jpeg(
+      encoded, 'rgb', fastdct=True, min_height=math.ceil(height / reduction) if reduction > 1 else 0,
+      min_width=math.ceil(width / reduction) if reduction > 1 else 0)
+
+
 def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip,
                        out: np.ndarray | None = None) -> np.ndarray:
   """libjpeg-turbo's scaled decode, then one warp: crop + resize (+ mirror) in a single pass."""
@@ -178,11 +199,8 @@ def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip,
   if colorspace not in ('Gray', 'YCbCr', 'RGB'):  # CMYK/YCCK and other formats: Pillow.
     return _pillow_crop_resize(encoded, box_fn, image_size, flip, out)
   left, top, w, h = box_fn(width, height)
-  scale = image_size / min(w, h)
   try:
-    image = simplejpeg.decode_jpeg(
-        encoded, 'rgb', fastdct=True, min_height=math.ceil(height * scale) if scale < 1 else 0,
-        min_width=math.ceil(width * scale) if scale < 1 else 0)
+    image = turbo_decode(encoded, height, width, dct_reduction(min(w, h), image_size))
   except ValueError as e:
     raise UnreadableImageError(f'not a readable JPEG ({e})') from e
   sx, sy = image.shape[1] / width, image.shape[0] / height
