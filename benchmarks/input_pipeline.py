@@ -27,8 +27,8 @@
      same examples, windows and flips, decoded by DALI: on a GPU host nvJPEG ('mixed'), else
      DALI's CPU-only mode, labelled so; the global batch built on the devices, as training gets it.
    The last line printed is one JSON object of the end-to-end images per CPU-second at
-   `--workers` (medians): {"original": N, "resized": N, "previous_original": N, "previous_resized": N},
-   plus "dali_original" and "dali_resized" with `--dali`.
+   `--workers` (medians): {"original": N, "resized": N, "previous_original": N,
+   "previous_resized": N}, plus "dali_original" and "dali_resized" with `--dali`.
 2. CIFAR-100 (`--cifar_data_dir` holding a prepared cifar100, else the embedded sample): the DQ
    W2A2 ResNet-20 train step at batch 128 fed by the host pipeline vs. by the on-device input
    (`input_on_device`): median wall time of `--steps` timed steps, and images per CPU-second of

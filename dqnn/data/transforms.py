@@ -15,7 +15,7 @@ Grayscale and CMYK images become RGB.
 Two decoders give the same crops (the same sampler draws from the same generator):
 * `LIBJPEG_TURBO` (the default when `simplejpeg` and OpenCV are installed): libjpeg-turbo scaled
   decode (fast integer DCT) and one bilinear warp that crops, resizes and flips at once, without
-  antialiasing (after the scaled decode the crop is shrunk by less than 2x).
+  antialiasing (after the scaled decode a crop under 16x image_size is shrunk by less than 2x).
 * `PILLOW`: `Image.draft` (1/2, 1/4, 1/8 scales) and an antialiased bilinear resize. It reads what
   libjpeg-turbo's decoder does not (CMYK, PNG, other formats), so the fast path falls back to it
   image by image; it is also the whole path where the fast libraries are not installed.
@@ -182,10 +182,12 @@ def dct_reduction(crop_side: int, image_size: int) -> int:
 def turbo_decode(encoded: bytes, height: int, width: int, reduction: int) -> np.ndarray:
   """A JPEG of that size decoded by libjpeg-turbo to RGB at DCT scale 1/`reduction`."""
   simplejpeg, _ = _fast_codecs()
-  # simplejpeg picks the smallest N/8 scale giving at least this size: exactly 8/reduction / 8.
-  return simplejpeg.decode_jpeg(
-      encoded, 'rgb', fastdct=True, min_height=math.ceil(height / reduction) if reduction > 1 else 0,
-      min_width=math.ceil(width / reduction) if reduction > 1 else 0)
+  if reduction == 1:
+    return simplejpeg.decode_jpeg(encoded, 'rgb', fastdct=True)
+  # simplejpeg picks the smallest N/8 scale giving at least this size: exactly (8/reduction)/8.
+  return simplejpeg.decode_jpeg(encoded, 'rgb', fastdct=True,
+                                min_height=math.ceil(height / reduction),
+                                min_width=math.ceil(width / reduction))
 
 
 def _turbo_crop_resize(encoded: bytes, box_fn, image_size: int, flip,
