@@ -16,6 +16,7 @@ DQ parameters are malformed is corrupt: by default it is moved aside (to
 import errno
 import hashlib
 import json
+import logging as std_logging
 import sys
 from typing import Any, Mapping
 
@@ -175,27 +176,36 @@ def _first_line(error: Exception) -> str:
   return f'{type(error).__name__}: {line[:300]}'
 
 
-def _is_leftover_of_a_failed_read(unraisable) -> bool:
-  error = unraisable.exc_value
+def _is_leftover_of_a_failed_read(error: BaseException | None) -> bool:
   return (str(error).startswith('Encountered error while reading array index')
           or (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'))
 
 
+class _DropFailedReadLeftovers(std_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports of a failed read's leftovers."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (record.exc_info and _is_leftover_of_a_failed_read(record.exc_info[1]))
+
+
 def _silence_leftovers_of_failed_reads() -> None:
-  """Drops what a failed orbax read leaves behind, keeping every other unraisable error.
+  """Drops what a failed orbax read leaves behind, keeping every other error report.
 
   When one array of a checkpoint cannot be read, orbax's restore raises, but the reads of the
   other arrays are still in flight: as they finish (or are collected) they report to a closed
-  event loop, and Python prints each as a traceback, long after the error was caught and
-  `CorruptCheckpointError` logged its one line. Installed before the first read, for the rest
-  of the process.
+  event loop (Python's unraisable hook) or as never-retrieved task exceptions (asyncio's
+  logger), each with a traceback, long after the error was caught and `CorruptCheckpointError`
+  logged its one line. Installed before the first read, for the rest of the process.
   """
+  asyncio_logger = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, _DropFailedReadLeftovers) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_DropFailedReadLeftovers())
   previous = sys.unraisablehook
   if getattr(previous, 'drops_failed_read_leftovers', False):
     return
 
   def hook(unraisable):
-    if not _is_leftover_of_a_failed_read(unraisable):
+    if not _is_leftover_of_a_failed_read(unraisable.exc_value):
       previous(unraisable)
 
   hook.drops_failed_read_leftovers = True

@@ -1,4 +1,5 @@
 """Checkpoint faults: corrupt or truncated files are named, never restored; the previous is used."""
+import logging
 import os
 import pathlib
 import shutil
@@ -121,6 +122,21 @@ def test_only_the_leftovers_of_a_failed_read_are_silenced(monkeypatch):
   other = unraisable(RuntimeError('something else'))
   sys.unraisablehook(other)
   assert reported == [other]
+
+
+def test_asyncio_reports_of_a_failed_reads_leftovers_are_silenced(caplog):
+  checkpoint._silence_leftovers_of_failed_reads()  # pylint: disable=protected-access
+  checkpoint._silence_leftovers_of_failed_reads()  # Installed once.
+  asyncio_logger = logging.getLogger('asyncio')
+  assert sum(isinstance(f, checkpoint._DropFailedReadLeftovers)  # pylint: disable=protected-access
+             for f in asyncio_logger.filters) == 1
+  leftover = Exception('Encountered error while reading array index: (slice(0, 8, 1),)')
+  other = ValueError('a real failure')
+  with caplog.at_level(logging.ERROR, logger='asyncio'):
+    for error in (leftover, other):
+      asyncio_logger.error('Task exception was never retrieved',
+                           exc_info=(type(error), error, None))
+  assert [record.exc_info[1] for record in caplog.records] == [other]
 
 
 @pytest.mark.parametrize('state_options, named', [
