@@ -188,11 +188,11 @@ def end_to_end_rate(data_dir: str, batch: int, batches: int, workers: int,
                     path: str) -> tuple[float, float]:
   """(img/s, img per CPU-second) of the `path` ('previous' or 'new') pipeline."""
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags.
+  if path == 'previous':
+    source = ImageNetSizedSplit(previous_source(data_dir), IMAGENET_TRAIN_EXAMPLES)
+    return _rate(iter(previous_pipeline(source, batch, workers)), batch, batches,
+                 buffered=max(workers, 1) * 256)
   with imagenet_sized(data_dir) as info:
-    if path == 'previous':
-      source = ImageNetSizedSplit(previous_source(data_dir), info.num_train)
-      return _rate(iter(previous_pipeline(source, batch, workers)), batch, batches,
-                   buffered=max(workers, 1) * 256)
     ds = data.train_dataset(info, data_dir, global_batch_size=batch, seed=0,
                             image_size=IMAGE_SIZE, process_index=0, process_count=1,
                             num_workers=workers)

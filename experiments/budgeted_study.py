@@ -638,12 +638,8 @@ def _spawn(row: Row, scale: Scale, args, cores: set[int] | None) -> subprocess.P
   env.setdefault('JAX_COMPILATION_CACHE_DIR', str(Path(args.runs_dir) / 'jax_cache'))
   if cores is None and args.workers > 1:  # Sharing one accelerator.
     env['XLA_PYTHON_CLIENT_MEM_FRACTION'] = f'{0.9 / args.workers:.2f}'
-  return scheduler.spawn(command, cwd=ROOT, log_path=_log_path(args, row.name), cores=cores,
-                         env=env)
-
-
-def _log_path(args, name: str) -> Path:
-  return Path(args.runs_dir) / f'{name}.log'
+  return scheduler.spawn(command, cwd=ROOT, log_path=scheduler.log_path(args.runs_dir, row.name),
+                         cores=cores, env=env)
 
 
 def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
@@ -661,7 +657,7 @@ def run_study(selected: list[Row], scale: Scale, args) -> list[Row]:
       is_done=lambda name: _done(by_name[name], record_dir),
       start=lambda job, cores: _spawn(by_name[job.name], scale, args, cores),
       on_done=lambda job: write_table(scale, record_dir),
-      log_path=lambda job: _log_path(args, job.name), deadline=deadline)
+      log_path=lambda job: scheduler.log_path(runs_dir, job.name), deadline=deadline)
   return [by_name[job.name] for job in left]
 
 

@@ -165,11 +165,8 @@ def _spawn(row: Row, args, cores: set[int] | None) -> subprocess.Popen:
   command = [sys.executable, '-m', 'experiments.cifar100_study', f'--data_dir={args.data_dir}',
              f'--runs_dir={args.runs_dir}', f'--record_dir={args.record_dir}',
              f'--run_one={row.name}'] + (['--runlocal'] if args.runlocal else [])
-  return scheduler.spawn(command, cwd=ROOT, log_path=_log_path(args, row.name), cores=cores)
-
-
-def _log_path(args, name: str) -> Path:
-  return Path(args.runs_dir) / f'{name}.log'
+  return scheduler.spawn(command, cwd=ROOT, log_path=scheduler.log_path(args.runs_dir, row.name),
+                         cores=cores)
 
 
 def run_study(args) -> None:
@@ -185,7 +182,7 @@ def run_study(args) -> None:
       is_done=lambda name: _done(ROWS_BY_NAME[name], record_dir),
       start=lambda job, cores: _spawn(ROWS_BY_NAME[job.name], args, cores),
       on_done=lambda job: write_table(record_dir),
-      log_path=lambda job: _log_path(args, job.name))
+      log_path=lambda job: scheduler.log_path(runs_dir, job.name))
   if left:
     raise SystemExit(f'Rows not recorded: {[job.name for job in left]}; see their logs in '
                      f'{runs_dir}. Run the same command again to retry them.')

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 Slot = set[int] | None  # The cores a row is pinned to; None = not pinned.
@@ -33,6 +34,11 @@ def core_slots(workers: int, pin: bool) -> list[Slot]:
     raise SystemExit(f'--workers={workers} exceeds the {len(cores)} cores to pin them to.')
   per_worker = len(cores) // workers
   return [set(cores[i * per_worker:(i + 1) * per_worker]) for i in range(workers)]
+
+
+def log_path(runs_dir: os.PathLike, name: str) -> Path:
+  """Where row `name`'s process writes its output."""
+  return Path(runs_dir) / f'{name}.log'
 
 
 def spawn(command: Sequence[str], *, cwd: os.PathLike, log_path: os.PathLike, cores: Slot,

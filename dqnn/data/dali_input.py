@@ -54,16 +54,9 @@ def crop_requests(examples: list[dict], rng: np.random.Generator) -> dict[str, l
   `rng` in order as `pipeline.imagenet_train_batch` draws them."""
   requests = {'jpeg': [], 'anchor': [], 'shape': [], 'flip': [], 'label': []}
   for example in examples:
-    encoded = example['image']
-    try:
-      width, height = transforms.image_dimensions(encoded)
-    except transforms.UnreadableImageError as e:
-      name = example.get('file_name', b'<no file_name>')
-      name = name.decode() if isinstance(name, bytes) else name
-      raise transforms.UnreadableImageError(
-          f'{name}: {e}; prepare the dataset again without it.') from None
+    width, height = pipeline.decode_example(transforms.image_dimensions, example)
     left, top, w, h, flip = transforms.random_crop_window(width, height, rng)
-    requests['jpeg'].append(np.frombuffer(encoded, np.uint8))
+    requests['jpeg'].append(np.frombuffer(example['image'], np.uint8))
     requests['anchor'].append(np.array([left, top], np.int32))
     requests['shape'].append(np.array([w, h], np.int32))
     requests['flip'].append(np.int32(flip))

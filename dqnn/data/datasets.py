@@ -226,8 +226,8 @@ class _ParsedExamples:
   """A split's raw records as {feature: value}, parsed straight from their tf.Example protos.
 
   Every feature of dqnn's datasets holds one value (encoded image and file name as bytes, labels
-  as int). TFDS's own deserialisation costs ~30 us more a record, the price of decoding a small
-  JPEG's crop for 1 image in 20 (docs/results.md).
+  as int). TFDS's own deserialisation, through the feature spec, costs ~30 us more a record
+  (docs/results.md).
   """
 
   def __init__(self, records):

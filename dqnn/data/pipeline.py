@@ -114,7 +114,7 @@ def _small_train_batch(indices: np.ndarray, rng: np.random.Generator, *, source,
   return {'image': images, 'label': source.labels[indices]}
 
 
-def _decode(transform, example: dict, *args):
+def decode_example(transform, example: dict, *args):
   """`transform(example['image'], *args)`; an unreadable image is one error naming its file."""
   try:
     return transform(example['image'], *args)
@@ -131,7 +131,7 @@ def imagenet_train_batch(examples: list[dict], rng: np.random.Generator, *, imag
   written straight into the batch's array."""
   images = np.empty((len(examples), image_size, image_size, 3), np.uint8)
   for row, example in enumerate(examples):
-    _decode(transforms.imagenet_train, example, rng, image_size, decoder, images[row])
+    decode_example(transforms.imagenet_train, example, rng, image_size, decoder, images[row])
   return {'image': images, 'label': np.array([e['label'] for e in examples], np.int32)}
 
 
@@ -221,9 +221,9 @@ def _eval_batch(k: int, *, source, batch: int, small: bool, image_size: int,
     for row, i in enumerate(indices):
       images[row] = transforms.resize_square(source.images[i], image_size)
     labels[:len(indices)] = source.labels[indices]
-  elif indices:
+  else:
     for row, example in enumerate(source[i] for i in indices):
-      _decode(transforms.imagenet_eval, example, image_size, decoder, images[row])
+      decode_example(transforms.imagenet_eval, example, image_size, decoder, images[row])
       labels[row] = example['label']
   return {'image': images, 'label': labels, 'mask': np.arange(batch) < len(indices)}
 
