@@ -1,7 +1,8 @@
 """Input throughput, side by side in one run: ImageNet decode per CPU core, and CIFAR fed on-device.
 
     python benchmarks/input_pipeline.py --imagenet_folder=../shared/data/imagenet_sample \
-        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=0] [--rounds=3] [--dali]
+        [--cifar_data_dir=$TFDS_DATA_DIR] [--steps=10] [--workers=0] [--rounds=3] [--dali] \
+        [--resized_quality=95]
 
 1. ImageNet training images (read + decode + random-resized crop to 224 + flip + batch) for the
    previous path, kept here as the reference (dqnn's pipeline before the lean one: grain
@@ -9,7 +10,8 @@
    stacked, 4 threads and 256 prefetched examples per process), and the new one
    (`pipeline.train_dataset`: whole batches per thread, libjpeg-turbo through simplejpeg + one
    OpenCV warp where installed, written into the batch), on the original JPEGs and on JPEGs
-   stored with `prepare --max_short_side=256`. Both read the prepared sample as an
+   stored with `prepare --max_short_side=256 --jpeg_quality=Q` (Q = `--resized_quality`,
+   prepare's default unless given). Both read the prepared sample as an
    ImageNet-sized split (record i % n of 1,281,167): indexing and shuffling then cost what they
    cost on ImageNet (grain's shuffle costs ~150 us an element on a 176-example split, 4-5 us on
    ImageNet's), while every image decoded is a real one.
@@ -318,7 +320,8 @@ def _median(rates: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def imagenet_table(folder: str, batch: int, batches: int, workers: int, rounds: int,
-                   dali: bool = False) -> dict[str, float]:
+                   dali: bool = False,
+                   resized_quality: int = prepare.DEFAULT_JPEG_QUALITY) -> dict[str, float]:
   """Prints the per-stage and end-to-end tables; returns end-to-end img per CPU-second (the
   median of `rounds` interleaved rounds)."""
   jpegs = [open(os.path.join(folder, f), 'rb').read() for f in sorted(os.listdir(folder))]
@@ -327,9 +330,11 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int, rounds: 
   settings = sorted({0, workers})
   rows, stages, result, gil = [], {}, {}, {}
   with tempfile.TemporaryDirectory() as tmp:
-    for short_side, kind in ((None, 'original'), (256, 'resized')):
+    for short_side, quality, kind in ((None, prepare.DEFAULT_JPEG_QUALITY, 'original'),
+                                      (256, resized_quality, 'resized')):
       data_dir = os.path.join(tmp, kind)
-      prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side)
+      prepare.prepare_imagenet_folder(folder, data_dir, max_short_side=short_side,
+                                      jpeg_quality=quality)
       gil[kind] = gil_held_us(data_dir, batch)
       measured = {(path, w): [] for path in PATHS for w in settings}
       for _ in range(rounds):  # Interleaved: load that drifts moves every path alike.
@@ -353,7 +358,8 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int, rounds: 
         result[f'dali_{kind}'] = round(rates[1])
   print(f'\nImageNet training images ({IMAGE_SIZE}px, batch {batch}), {os.cpu_count()} CPU '
         f'cores, jax {jax.__version__}, {_versions(dali)}; the sample read as an ImageNet-sized '
-        f'split of {IMAGENET_TRAIN_EXAMPLES:,}.')
+        f'split of {IMAGENET_TRAIN_EXAMPLES:,}; resized = short side 256, JPEG quality '
+        f'{resized_quality}.')
   print('\nCPU microseconds per image by stage (one thread; pipeline = end to end in threads '
         'minus the stages above it; worker hand-off = end to end with '
         f'{workers} worker processes minus threads; negative = within noise):')
@@ -455,6 +461,8 @@ def main():
   parser.add_argument('--dali', action='store_true',
                       help='also measure the DALI input (needs NVIDIA DALI; CPU-only mode '
                            'without a GPU)')
+  parser.add_argument('--resized_quality', type=int, default=prepare.DEFAULT_JPEG_QUALITY,
+                      help='JPEG quality the resized copy is stored at (prepare --jpeg_quality)')
   args = parser.parse_args()
   if args.dali:
     dali_input.import_dali()  # Fails now, naming the fix, not after the grain measurements.
@@ -462,7 +470,7 @@ def main():
   result = None
   if args.imagenet_folder:
     result = imagenet_table(args.imagenet_folder, args.batch, args.batches, args.workers,
-                            args.rounds, args.dali)
+                            args.rounds, args.dali, args.resized_quality)
   if not args.skip_cifar:
     cifar_step_rates(args.cifar_data_dir or None, args.steps)
   if result:

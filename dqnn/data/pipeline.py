@@ -18,7 +18,8 @@ uint8 (the train step standardises them on the device).
 
 Batches are made by threads, one batch per thread (the JPEG decoder and OpenCV release the GIL),
 one per core available to this process, and by `num_workers` processes when > 0, which share the
-cores (`threads_per_process`; docs/results.md measures the choice).
+cores (`threads_per_process`; docs/results.md measures the choice) and hand their batches over
+through shared memory each allocates once (`handoff`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import grain
 import numpy as np
 
 from dqnn.data import datasets
+from dqnn.data import handoff
 from dqnn.data import specs
 from dqnn.data import transforms
 
@@ -200,14 +202,16 @@ def jpeg_train_batches(info: datasets.DatasetInfo, data_dir: str | None,
 
 
 def _prefetched(ds: grain.MapDataset, num_workers: int) -> grain.IterDataset:
-  """`ds` made ahead by threads, and by `num_workers` processes when > 0."""
+  """`ds` made ahead by threads, and by `num_workers` processes when > 0 (their batches handed
+  over through each worker's reused shared memory, not grain's block per array)."""
   threads = threads_per_process(num_workers)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                             prefetch_buffer_size=max(threads, 1)))
   if num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; a library caller has none.
       flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = ds.map(handoff.worker_side()).mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=num_workers)).map(handoff.training_side())
   return ds
 
 

@@ -387,6 +387,25 @@ def test_imagenet_train_with_worker_processes_matches_threads(imagenet):
     np.testing.assert_array_equal(a['mask'], b['mask'])
 
 
+def test_worker_processes_hand_over_many_batches_and_resume_mid_stream(imagenet):
+  root, _ = imagenet
+  d = str(root / 'tfds')
+  info = data.get_dataset_info('imagenet2012', d)
+  kwargs = dict(global_batch_size=4, seed=5, image_size=24, process_index=0, process_count=1)
+  want = _take(data.train_dataset(info, d, **kwargs), 14)
+  it = iter(data.train_dataset(info, d, num_workers=2, **kwargs))
+  for _ in range(2):
+    next(it)
+  state = it.get_state()
+  for _ in range(4):  # Batches in flight (in the workers' rings and grain's queues) are dropped.
+    next(it)
+  it.set_state(state)
+  for expected in want[2:]:  # More batches than the workers' rings have slots.
+    got = next(it)
+    np.testing.assert_array_equal(got['image'], expected['image'])
+    np.testing.assert_array_equal(got['label'], expected['label'])
+
+
 def test_imagenet_decoders_yield_the_same_crops_in_the_pipeline(imagenet):
   root, _ = imagenet
   d = str(root / 'tfds')

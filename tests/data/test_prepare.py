@@ -226,6 +226,28 @@ def test_jpeg_bytes_resizes_to_max_short_side(tmp_path):
   assert prepare.jpeg_bytes(str(small), max_short_side=256) == small.read_bytes()
 
 
+def test_jpeg_bytes_reencodes_at_the_given_quality(tmp_path):
+  from PIL import Image
+  p = tmp_path / 'noisy.png'
+  noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  Image.fromarray(noise).save(p)
+  sizes = {q: len(prepare.jpeg_bytes(str(p), max_short_side=256, jpeg_quality=q))
+           for q in (90, prepare.DEFAULT_JPEG_QUALITY)}
+  assert prepare.jpeg_bytes(str(p), max_short_side=256) == prepare.jpeg_bytes(
+      str(p), max_short_side=256, jpeg_quality=prepare.DEFAULT_JPEG_QUALITY)
+  assert sizes[90] < 0.8 * sizes[prepare.DEFAULT_JPEG_QUALITY]
+
+
+def test_cli_jpeg_quality_outside_1_to_100_is_one_error_before_any_work(tmp_path):
+  r = subprocess.run([sys.executable, '-m', 'dqnn.data.prepare', '--source=image_folder',
+                      f'--input={tmp_path / "absent"}', f'--data_dir={tmp_path / "out"}',
+                      '--max_short_side=256', '--jpeg_quality=0'],
+                     cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 1
+  assert 'ERROR: --jpeg_quality must be in 1..100 (got 0).' in r.stderr
+  assert not (tmp_path / 'out').exists()
+
+
 # ------------------------------------------------------------ bad input.
 
 
