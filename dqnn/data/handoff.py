@@ -3,19 +3,23 @@ that each worker allocates once.
 
 grain's `mp_prefetch` copies every numpy array a worker yields into a new shared-memory block,
 which the kernel must allocate and zero and both processes must fault in page by page: ~150 us
-an image for a batch of 224px images, a quarter of what making it costs (docs/results.md). Here
+an image for a batch of 224px images, a quarter of what making a resized one costs
+(docs/results.md). Here
 a worker copies each batch into the next slot of a ring it allocated once and yields a small
 `_Handed` record; the training process copies the batch out and writes the sequence number it
 has read into the ring's header, which frees every slot of that sequence number or below.
 
 `worker_side` goes before `mp_prefetch`, `training_side` after it. Elements that are not flat
-dicts of numpy arrays pass through as they are.
+dicts of numpy arrays pass through as they are. A worker's ring takes RING_SLOTS batches of
+/dev/shm (4 x 38.5 MB for a host batch of 256 224px images), about what grain's blocks in flight
+took.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import time
 from multiprocessing import shared_memory
 from typing import Any
@@ -91,11 +95,26 @@ class _WorkerSide:
     if self._shm is not None:  # The training process keeps its own mapping of the old ring.
       self._read_so_far = None  # A mapping closes only once no array views it.
       self._shm.close()
-    self._shm = shared_memory.SharedMemory(create=True,
-                                           size=_HEADER_BYTES + RING_SLOTS * slot_bytes)
+    self._shm = _allocated_shared_memory(_HEADER_BYTES + RING_SLOTS * slot_bytes)
     self._read_so_far = np.ndarray((1,), np.int64, self._shm.buf)
     self._read_so_far[0] = first_seq - 1  # Every slot is free.
     self._slot_bytes = slot_bytes
+
+
+def _allocated_shared_memory(size: int) -> shared_memory.SharedMemory:
+  """A new shared-memory block whose pages exist now: a full /dev/shm is this one error, not a
+  SIGBUS when a batch is written."""
+  shm = shared_memory.SharedMemory(create=True, size=size)
+  if hasattr(os, 'posix_fallocate'):  # Linux; elsewhere the block is reserved on creation.
+    try:
+      os.posix_fallocate(shm._fd, 0, size)  # pylint: disable=protected-access
+    except OSError as e:
+      shm.close()
+      shm.unlink()
+      raise OSError(f'An input worker needs {size / 2**20:.0f} MiB of shared memory (/dev/shm) '
+                    f'for its batches and cannot have it ({e}): give the host or container more '
+                    '(docker run --shm-size=...) or use fewer input_workers.') from e
+  return shm
 
 
 def _wait_until(ready) -> bool:

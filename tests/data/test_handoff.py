@@ -72,3 +72,11 @@ def test_a_batch_of_another_size_gets_a_new_ring():
 def test_elements_that_are_not_dicts_of_arrays_pass_through(element):
   worker, reader = handoff.worker_side(), handoff.training_side()
   assert reader(worker(element)) is element
+
+
+def test_too_little_shared_memory_is_one_error_naming_the_fix(monkeypatch):
+  def no_space(fd, offset, length):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(handoff.os, 'posix_fallocate', no_space, raising=False)
+  with pytest.raises(OSError, match=r'needs \d+ MiB of shared memory .* --shm-size'):
+    handoff.worker_side()(_batch(0))
