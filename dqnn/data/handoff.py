@@ -17,7 +17,6 @@ took.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import time
@@ -129,12 +128,15 @@ def _wait_until(ready) -> bool:
 
 
 class _TrainingSide:
-  """Map run in the training process: `_Handed` -> the batch, in memory of its own."""
+  """Map run in the training process: `_Handed` -> the batch, in memory of its own.
 
-  _MAX_RINGS = 64  # Rings of workers that grain has since replaced are closed, oldest first.
+  Rings stay mapped while this map lives, i.e. while its dataset does (a record still queued may
+  name a ring whose worker has ended); dqnn iterates a training dataset once and builds a new
+  eval dataset for every evaluation.
+  """
 
   def __init__(self):
-    self._rings: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+    self._rings: dict[str, tuple] = {}
 
   def __call__(self, element):
     if not isinstance(element, _Handed):
@@ -149,18 +151,12 @@ class _TrainingSide:
     return batch
 
   def _attach(self, name: str):
-    if name in self._rings:
-      self._rings.move_to_end(name)
-      return self._rings[name]
-    shm = shared_memory.SharedMemory(name)
-    # Both processes keep their mapping; without a name, nothing is left in /dev/shm however
-    # either process ends.
-    shm.unlink()
-    self._rings[name] = shm, np.ndarray((1,), np.int64, shm.buf)
-    if len(self._rings) > self._MAX_RINGS:
-      _, (old, old_header) = self._rings.popitem(last=False)
-      del old_header  # A mapping closes only once no array views it.
-      old.close()
+    if name not in self._rings:
+      shm = shared_memory.SharedMemory(name)
+      # Both processes keep their mapping; without a name, nothing is left in /dev/shm however
+      # either process ends.
+      shm.unlink()
+      self._rings[name] = shm, np.ndarray((1,), np.int64, shm.buf)
     return self._rings[name]
 
 
