@@ -9,7 +9,8 @@
    shuffling and mapping example by example, Pillow's decode and antialiased resize, batches
    stacked, 4 threads and 256 prefetched examples per process), and the new one
    (`pipeline.train_dataset`: whole batches per thread, libjpeg-turbo through simplejpeg + one
-   OpenCV warp where installed, written into the batch), on the original JPEGs and on JPEGs
+   OpenCV warp where installed, written into the batch; worker processes hand batches over
+   through shared memory each allocates once), on the original JPEGs and on JPEGs
    stored with `prepare --max_short_side=256 --jpeg_quality=Q` (Q = `--resized_quality`,
    prepare's default unless given). Both read the prepared sample as an
    ImageNet-sized split (record i % n of 1,281,167): indexing and shuffling then cost what they
