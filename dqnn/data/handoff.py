@@ -69,13 +69,6 @@ class _WorkerSide:
     self._slot_bytes = 0
     self._seq = 0
 
-  def __getstate__(self):  # Pickled into each worker before it has a ring.
-    return {}
-
-  def __setstate__(self, state):
-    del state
-    self.__init__()
-
   def __call__(self, element):
     if not _flat_arrays(element):
       return element
