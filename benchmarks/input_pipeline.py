@@ -24,6 +24,10 @@
      delivers; it does not depend on other load on the host) and the cores one H200 needs at
      17,600 img/s, in threads only and, with `--workers` > 0, with that many processes; the
      median of `--rounds` rounds that alternate between the paths;
+   - handing a batch from a worker process to the trainer: through a new shared-memory block
+     per batch (grain's `mp_prefetch`) and through `handoff`'s reused ring, CPU us an image;
+   - resized storage by JPEG quality (95, 90, 85; `prepare --jpeg_quality`): KB an image, the new
+     path's decode, PSNR against the resized image before compression;
    - the tf.data ops dqnn used before grain (TensorFlow's decode_and_crop_jpeg; needs the `[tf]`
      extra, skipped without it), from encoded bytes in memory.
    - with `--dali` (NVIDIA DALI installed): dqnn's DALI input (`input_backend='dali'`), the
@@ -51,6 +55,7 @@ import sys
 import tempfile
 import time
 import unittest.mock
+from multiprocessing import shared_memory
 
 from absl import flags
 import grain
@@ -68,6 +73,7 @@ from dqnn import runs
 from dqnn import train
 from dqnn.data import dali_input
 from dqnn.data import datasets
+from dqnn.data import handoff
 from dqnn.data import pipeline
 from dqnn.data import prepare
 from dqnn.data import transforms
@@ -316,6 +322,58 @@ def gil_held_us(data_dir: str, batch: int) -> float | None:
 PATHS = ('previous', 'new')
 
 
+def handoff_us(batch: int) -> dict[str, float]:
+  """CPU us an image to pass a uint8 batch [batch, 224, 224, 3] from a maker to a reader and copy
+  it out: through a new shared-memory block each time (what grain's `mp_prefetch` does), and
+  through `handoff`'s ring (both sides in this process, so only the memory costs are compared)."""
+  images = np.random.default_rng(0).integers(0, 256, (batch, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+
+  def new_block(_):
+    made = shared_memory.SharedMemory(create=True, size=images.nbytes)
+    np.copyto(np.ndarray(images.shape, images.dtype, made.buf), images)
+    read = shared_memory.SharedMemory(made.name)
+    np.ndarray(images.shape, images.dtype, read.buf).copy()
+    read.close()
+    made.close()
+    made.unlink()
+
+  worker, reader = handoff.worker_side(), handoff.training_side()
+  ring = lambda _: reader(worker({'image': images}))
+  return {name: _cpu_us(fn, range(20)) / batch
+          for name, fn in (('new block per batch', new_block), ('reused ring', ring))}
+
+
+def storage_quality_table(jpegs: list[bytes], short_side: int = 256,
+                          qualities=(95, 90, 85)) -> None:
+  """Prints, for the sample resized to `short_side` and stored at each JPEG quality: KB an image,
+  the new path's decode (CPU us an image, one thread) and the PSNR against the resized image
+  before compression."""
+  from PIL import Image
+  resized = []
+  for encoded in jpegs:
+    with Image.open(io.BytesIO(encoded)) as image:
+      image = image.convert('RGB')
+      resized.append(prepare.resized_to_short_side(image, short_side)
+                     if min(image.size) > short_side else image)
+  print(f'\nResized storage (short side {short_side}, Pillow bicubic) by JPEG quality '
+        f'(prepare --jpeg_quality), {len(resized)} images:')
+  print('| quality | KB an image | decode, us an image (new path) | PSNR vs uncompressed (dB) |')
+  print('| ---: | ---: | ---: | ---: |')
+  for quality in qualities:
+    stored = []
+    for image in resized:
+      buf = io.BytesIO()
+      image.save(buf, format='JPEG', quality=quality)
+      stored.append(buf.getvalue())
+    decode = _cpu_us(lambda item: transforms.turbo_decode(item[0], item[1].height,
+                                                          item[1].width, 1),
+                     list(zip(stored, resized)))
+    errors = [np.mean((np.asarray(image, np.float64) - np.asarray(Image.open(io.BytesIO(e)))) ** 2)
+              for image, e in zip(resized, stored)]
+    print(f'| {quality} | {np.mean([len(e) for e in stored]) / 1024:.1f} | {decode:.0f} | '
+          f'{10 * np.log10(255 ** 2 / np.mean(errors)):.1f} |')
+
+
 def _median(rates: list[tuple[float, float]]) -> tuple[float, float]:
   return statistics.median(r[0] for r in rates), statistics.median(r[1] for r in rates)
 
@@ -374,6 +432,12 @@ def imagenet_table(folder: str, batch: int, batches: int, workers: int, rounds: 
           'decode and the warp, which release it, returning ready arrays): ' + ', '.join(
               f'{kind} {us:.0f} us per image, so one process tops out near {1e6 / us:,.0f} img/s'
               for kind, us in gil.items()) + '.')
+  passing = handoff_us(batch)
+  print(f'\nHanding a batch from a worker process to the trainer (a {batch} x {IMAGE_SIZE}px '
+        'uint8 batch, made, passed and copied out in one process), CPU us an image: ' +
+        ', '.join(f'{name} {us:.0f}' for name, us in passing.items()) + '.')
+  if transforms.default_decoder() == transforms.LIBJPEG_TURBO:
+    storage_quality_table(jpegs)
   print(f'\nEnd to end, over the prepared array_record data, {batches} batches after the buffer '
         f'is drained, median of {rounds} interleaved rounds. img per CPU-second = img/s per '
         f'fully used core; cores per H200 = {H200_IMAGES_PER_S:,} img/s / that.')
